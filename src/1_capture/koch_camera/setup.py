@@ -1,0 +1,26 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "koch_camera"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="Robot learning team",
+    maintainer_email="robot-learning@example.com",
+    description="Camera capture nodes publishing sensor_msgs/Image and CameraInfo with capture timestamps.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "camera = koch_camera.camera_node:main"
+        ],
+    },
+)

@@ -1,0 +1,75 @@
+"""An rclpy context with nodes spun on a background thread, shut down cleanly.
+
+Used by the demo's orchestrator and by the tests: `close()` stops the executor, joins its
+thread, destroys the nodes and shuts the context down, in that order, so no thread is
+left spinning at exit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+
+
+class RosSession:
+    def __init__(self, threads: int = 4) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        self.nodes: list[Node] = []
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def add(self, node: Node) -> Node:
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def node(self, name: str) -> Node:
+        return self.add(rclpy.create_node(name, context=self.context))
+
+    def call(self, node: Node, srv_type: Any, name: str, request: Any, timeout: float = 10.0) -> Any:
+        """Call a service and wait for the response (the executor thread delivers it)."""
+        client = node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"service {name} is not available after {timeout} s")
+            future = client.call_async(request)
+            wait_for(future.done, timeout, f"response from {name}")
+            return future.result()
+        finally:
+            node.destroy_client(client)
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self._thread.join(timeout=5.0)
+        for node in self.nodes:
+            node.destroy_node()
+        self.nodes.clear()
+        rclpy.try_shutdown(context=self.context)
+
+
+@contextmanager
+def ros_session(threads: int = 4) -> Iterator[RosSession]:
+    session = RosSession(threads)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.005)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")

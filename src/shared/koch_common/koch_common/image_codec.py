@@ -1,0 +1,94 @@
+"""numpy <-> sensor_msgs/Image field conversion, without cv_bridge.
+
+Works on the message's plain fields, so the same code decodes rclpy messages (policy node),
+rosbags messages (converter) and builds messages for publishers. Encodings and byte layout
+match cv_bridge's for `rgb8`, `bgr8`, `mono8`, `16UC1` and `32FC1`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+# encoding -> (dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "mono8": (np.dtype(np.uint8), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+
+
+class ImageEncodingError(ValueError):
+    pass
+
+
+@dataclass
+class ImageFields:
+    """The payload fields of a sensor_msgs/Image."""
+
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: bytes
+
+
+def _spec(encoding: str) -> tuple[np.dtype, int]:
+    if encoding not in ENCODINGS:
+        raise ImageEncodingError(
+            f"unsupported image encoding {encoding!r}; supported: {sorted(ENCODINGS)}"
+        )
+    return ENCODINGS[encoding]
+
+
+def to_fields(array: np.ndarray, encoding: str) -> ImageFields:
+    dtype, channels = _spec(encoding)
+    arr = np.ascontiguousarray(array, dtype=dtype)
+    if channels == 1 and arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    expected_ndim = 2 if channels == 1 else 3
+    if arr.ndim != expected_ndim or (channels > 1 and arr.shape[2] != channels):
+        raise ImageEncodingError(f"array of shape {array.shape} does not fit encoding {encoding!r}")
+    height, width = arr.shape[:2]
+    return ImageFields(
+        height=int(height),
+        width=int(width),
+        encoding=encoding,
+        is_bigendian=int(sys.byteorder == "big"),
+        step=int(width * channels * dtype.itemsize),
+        data=arr.tobytes(),
+    )
+
+
+def from_fields(
+    height: int, width: int, encoding: str, step: int, data: bytes | np.ndarray, is_bigendian: int = 0
+) -> np.ndarray:
+    """Decode an Image payload into an (H, W) or (H, W, C) array (a copy, safe to keep)."""
+    dtype, channels = _spec(encoding)
+    buf = np.frombuffer(memoryview(data), dtype=np.uint8)
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes or buf.size < step * height:
+        raise ImageEncodingError(
+            f"image data too short: {buf.size} bytes for {height}x{width} {encoding} with step {step}"
+        )
+    rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
+    arr = np.ascontiguousarray(rows).view(dtype.newbyteorder(">" if is_bigendian else "<"))
+    arr = arr.astype(dtype, copy=False)
+    return arr.reshape(height, width, channels) if channels > 1 else arr.reshape(height, width)
+
+
+def to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
+    """Colour image in RGB order whatever the source encoding (mono is replicated)."""
+    if encoding == "rgb8":
+        return array
+    if encoding == "bgr8":
+        return np.ascontiguousarray(array[:, :, ::-1])
+    if encoding == "mono8":
+        return np.repeat(array[:, :, None], 3, axis=2)
+    raise ImageEncodingError(f"encoding {encoding!r} is not a colour image")

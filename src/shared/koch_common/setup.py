@@ -1,0 +1,28 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "koch_common"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        # The project's config/ (a symlink here) ships with the package for non-symlink installs.
+        *[(f"share/{PACKAGE}/{d}", glob(f"{d}/*.yaml")) for d in ("config", "config/mapping", "config/train")],
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="Robot learning team",
+    maintainer_email="robot-learning@example.com",
+    description="Shared ROS-free core: Koch robot model, config loading, resampler, safety limits, image codec, policy runtime.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+
+        ],
+    },
+)

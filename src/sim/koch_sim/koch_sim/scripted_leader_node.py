@@ -1,0 +1,83 @@
+"""The scripted expert as a leader arm: publishes leader joint states at a fixed rate.
+
+`~/go_home` moves the leader to the home pose, `~/reach` to the pose that puts the tcp on
+the current target (from the sim's target topic). Teleop mirrors it onto the follower.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PointStamped
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from sensor_msgs.msg import JointState
+from std_srvs.srv import Trigger
+
+from koch_common.robot import load_koch
+from koch_sim.expert import HOME, ScriptedLeader, reach_goal
+from koch_sim.sim_config import load_sim
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class ScriptedLeaderNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("scripted_leader", **kwargs)
+        self.koch = load_koch()
+        self.task = load_sim().task
+        rate = self.declare_parameter("rate_hz", 30.0).value
+        self.reach_duration = self.declare_parameter("reach_duration_s", self.task.reach_duration_s).value
+        self.home_duration = self.declare_parameter("home_duration_s", 1.0).value
+        self.leader = ScriptedLeader(HOME)
+        self.target: np.ndarray | None = None
+        self.state_pub = self.create_publisher(JointState, "joint_states", 10)
+        self.create_subscription(PointStamped, "target", self.on_target, LATCHED)
+        self.create_service(Trigger, "~/go_home", self.on_go_home)
+        self.create_service(Trigger, "~/reach", self.on_reach)
+        self.create_timer(1.0 / rate, self.on_tick)
+
+    def now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def on_target(self, msg: PointStamped) -> None:
+        self.target = np.array([msg.point.x, msg.point.y, msg.point.z])
+
+    def on_go_home(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.leader.move_to(HOME, self.now(), self.home_duration)
+        response.success = True
+        response.message = f"moving home over {self.home_duration:.2f} s"
+        return response
+
+    def on_reach(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.target is None:
+            response.success = False
+            response.message = "no target received yet on the target topic"
+            return response
+        now = self.now()
+        goal = reach_goal(self.target, self.koch.kinematics, self.leader.position(now))
+        self.leader.move_to(goal, now, self.reach_duration)
+        response.success = True
+        response.message = f"reaching {self.target.round(3).tolist()} over {self.reach_duration:.2f} s"
+        return response
+
+    def on_tick(self) -> None:
+        now = self.now()
+        msg = JointState()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.name = self.koch.leader.names
+        msg.position = [float(v) for v in self.leader.position(now)]
+        self.state_pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = ScriptedLeaderNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()

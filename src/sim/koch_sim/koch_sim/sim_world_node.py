@@ -1,0 +1,74 @@
+"""The simulated world: the follower arm's servos behind a pseudo-terminal, and the target.
+
+The Dynamixel emulator serves the follower's six servos on a pty linked at
+`follower_port_link`; the driver opens that path like a USB serial adapter. `~/new_episode`
+places a new target drawn from the seeded generator and publishes it (latched) on `target`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PointStamped
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from std_srvs.srv import Trigger
+
+from koch_common.dynamixel_models import model_by_name
+from koch_common.robot import load_koch
+from koch_sim.dxl_emulator import DynamixelBusEmulator
+from koch_sim.sim_config import load_sim
+from koch_sim.task import sample_target
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class SimWorldNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("sim_world", **kwargs)
+        sim = load_sim()
+        self.task = sim.task
+        link = self.declare_parameter("follower_port_link", sim.emulator.follower_port_link).value
+        tau = self.declare_parameter("time_constant_s", sim.emulator.time_constant_s).value
+        self.rng = np.random.default_rng(self.declare_parameter("seed", 0).value)
+        arm = load_koch().follower
+        self.emulator = DynamixelBusEmulator(
+            [(j.id, model_by_name(j.model).model_number) for j in arm.joints], time_constant_s=tau, link_path=link
+        )
+        self.emulator.start()
+        self.get_logger().info(f"follower servos emulated on {self.emulator.port} (linked at {link})")
+        self.target_pub = self.create_publisher(PointStamped, "target", LATCHED)
+        self.create_service(Trigger, "~/new_episode", self.on_new_episode)
+        self.target = sample_target(self.rng, self.task)
+        self.publish_target()
+
+    def publish_target(self) -> None:
+        msg = PointStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = "base_link"
+        msg.point.x, msg.point.y, msg.point.z = (float(v) for v in self.target)
+        self.target_pub.publish(msg)
+
+    def on_new_episode(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.target = sample_target(self.rng, self.task)
+        self.publish_target()
+        response.success = True
+        response.message = " ".join(f"{v:.4f}" for v in self.target)
+        return response
+
+    def destroy_node(self) -> None:
+        self.emulator.stop()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = SimWorldNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
