@@ -14,6 +14,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
     ],
     install_requires=["setuptools"],
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",

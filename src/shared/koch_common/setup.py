@@ -15,6 +15,7 @@ setup(
         *[(f"share/{PACKAGE}/{d}", glob(f"{d}/*.yaml")) for d in ("config", "config/mapping", "config/train")],
     ],
     install_requires=["setuptools"],
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",

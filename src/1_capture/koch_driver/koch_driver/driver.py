@@ -15,7 +15,7 @@ import numpy as np
 
 from koch_common.robot import ArmConfig
 from koch_common.safety import SafetyLimits
-from koch_driver.bus import DynamixelBus
+from koch_driver.bus import BusError, DynamixelBus
 from koch_driver.trajectory import TimedTrajectory, TrajectoryFollower
 
 # Present_Current is in ~1 mA units on the XL330/XM430 (Present_Load, 0.1 %, on the XL430);
@@ -43,14 +43,25 @@ class ArmDriver:
         self._follower = TrajectoryFollower()
         self._goal: np.ndarray | None = None
 
-    def connect(self) -> JointStateSample:
+    def connect(self, timeout_s: float = 0.0, retry_period_s: float = 0.5) -> JointStateSample:
         """Open the port, check every servo, and hold the present pose with torque on.
 
+        A port that is not there yet (USB adapter enumerating, emulator starting) is retried
+        until `timeout_s`; then the last error, which names port, ID and model, is raised.
         Goals are synced to the present positions before torque is enabled, so the arm
         does not jump to whatever goal the servos last had.
         """
-        self.bus.open()
-        self.bus.ping_all()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.bus.open()
+                self.bus.ping_all()
+                break
+            except BusError:
+                self.bus.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(retry_period_s)
         state = self.read()
         self._goal = state.position.copy()
         if self.torque_enable:

@@ -24,9 +24,10 @@ class DriverNode(Node):
         arm.baudrate = self.declare_parameter("baudrate", arm.baudrate).value
         rate = self.declare_parameter("control_rate_hz", arm.control_rate_hz).value
         torque = self.declare_parameter("torque_enable", arm_name == "follower").value
+        connect_timeout = self.declare_parameter("connect_timeout_s", 10.0).value
         self.driver = ArmDriver(arm, SafetyLimits.for_arm(arm, koch.safety), torque_enable=torque,
                                 clock=self.now)
-        self.driver.connect()
+        self.driver.connect(timeout_s=connect_timeout)
         self.get_logger().info(f"{arm_name} arm on {arm.port}: {len(arm.joints)} servos, torque {torque}")
         self.state_pub = self.create_publisher(JointState, "joint_states", 10)
         self.create_subscription(JointTrajectory, "joint_commands", self.on_command, 10)

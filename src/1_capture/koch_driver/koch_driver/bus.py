@@ -1,0 +1,304 @@
+"""The Koch arm's Dynamixel bus on the real `dynamixel_sdk` (ROS-free).
+
+One GroupSyncRead of Present_Current..Present_Position (126..135) per control cycle and one
+GroupSyncWrite of Goal_Position per command, with bounded retries and errors that name the
+port, the servo ID and the model so a person at the robot knows what to check.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable
+
+import dynamixel_sdk as sdk
+import numpy as np
+import serial
+
+from koch_common.dynamixel_models import (
+    EEPROM_END,
+    MODELS,
+    SIGNED_FIELDS,
+    ModelSpec,
+    model_by_name,
+    to_signed,
+    to_unsigned,
+)
+
+STATE_ADDRESS = 126  # Present_Current(2) + Present_Velocity(4) + Present_Position(4)
+STATE_LENGTH = 10
+GOAL_POSITION_ADDRESS = 116
+GOAL_POSITION_LENGTH = 4
+TORQUE_ENABLE_ADDRESS = 64
+DEFAULT_ATTEMPTS = 3
+DEFAULT_TIMEOUT_SLACK_MS = 20.0
+SUPPORTED_BAUDRATES = (
+    9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000, 576000, 921600,
+    1000000, 1152000, 2000000, 2500000, 3000000, 3500000, 4000000,
+)  # fmt: skip
+
+
+class _PortHandler(sdk.PortHandler):
+    """The SDK's port with extra slack on every status timeout.
+
+    The SDK waits (bytes x byte time) + 34 ms for a reply. A loaded host (the simulator's
+    emulator on a busy 2-core CI machine, or a slow USB hub) can exceed that; the slack costs
+    nothing while servos answer and only lengthens the wait for one that does not.
+    """
+
+    def __init__(self, port_name: str, timeout_slack_ms: float) -> None:
+        super().__init__(port_name)
+        self.timeout_slack_ms = timeout_slack_ms
+
+    def setPacketTimeout(self, packet_length: int) -> None:  # noqa: N802 (SDK's name)
+        super().setPacketTimeout(packet_length)
+        self.packet_timeout += self.timeout_slack_ms
+
+
+class BusError(RuntimeError):
+    """The Dynamixel bus failed; the message names the port, the servo and what to check."""
+
+
+class DynamixelBus:
+    """Protocol 2.0 bus of servos `ids` on `port`; arrays are always in `ids` order."""
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int,
+        ids: list[int],
+        expected_models: dict[int, str] | None = None,
+        attempts: int = DEFAULT_ATTEMPTS,
+        timeout_slack_ms: float = DEFAULT_TIMEOUT_SLACK_MS,
+    ) -> None:
+        if not ids:
+            raise ValueError("DynamixelBus needs at least one servo ID")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"servo IDs must be unique, got {ids}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        self.port_name = port
+        self.baudrate = baudrate
+        self.ids = list(ids)
+        self.attempts = attempts
+        self.timeout_slack_ms = timeout_slack_ms
+        self._expected: dict[int, ModelSpec] = {
+            servo_id: model_by_name(name) for servo_id, name in (expected_models or {}).items()
+        }
+        unknown_ids = sorted(set(self._expected) - set(self.ids))
+        if unknown_ids:
+            raise ValueError(f"expected_models names IDs {unknown_ids} that are not on the bus {self.ids}")
+        self._models: dict[int, ModelSpec] = dict(self._expected)
+        self._port: sdk.PortHandler | None = None
+        self._packets = sdk.PacketHandler(2.0)
+        self._state_reader: sdk.GroupSyncRead | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def open(self) -> None:
+        if self.baudrate not in SUPPORTED_BAUDRATES:
+            raise BusError(
+                f"baud rate {self.baudrate} cannot be set on {self.port_name}: dynamixel_sdk supports "
+                f"{list(SUPPORTED_BAUDRATES)}; the Koch servos ship at 57600 and are usually set to 1000000"
+            )
+        if not os.path.exists(self.port_name):
+            hint = ""
+            if os.path.islink(self.port_name):
+                hint = f" (it is a dangling symlink to {os.readlink(self.port_name)})"
+            raise BusError(
+                f"serial port {self.port_name} does not exist{hint}: check the USB cable and the udev rule "
+                "for the arm, or start the simulator's servo emulator"
+            )
+        port = _PortHandler(self.port_name, self.timeout_slack_ms)
+        try:
+            ok = port.setBaudRate(self.baudrate)  # opens the port at that rate
+        except serial.SerialException as exc:
+            raise BusError(self._open_error(exc)) from exc
+        except (OSError, ValueError) as exc:
+            raise BusError(f"cannot set baud rate {self.baudrate} on {self.port_name}: {exc}") from exc
+        if not ok:
+            raise BusError(f"cannot set baud rate {self.baudrate} on {self.port_name}")
+        self._port = port
+        reader = sdk.GroupSyncRead(port, self._packets, STATE_ADDRESS, STATE_LENGTH)
+        for servo_id in self.ids:
+            reader.addParam(servo_id)
+        self._state_reader = reader
+
+    def _open_error(self, exc: serial.SerialException) -> str:
+        code = getattr(exc, "errno", None)
+        if code == errno.EACCES or "Permission denied" in str(exc):
+            return (
+                f"permission denied opening {self.port_name}: add your user to the 'dialout' group "
+                "(sudo usermod -aG dialout $USER, then log in again) or fix the udev rule's MODE"
+            )
+        if code == errno.ENOENT:
+            return f"serial port {self.port_name} does not exist: check the USB cable and udev rule"
+        if code == errno.ENOTTY or "Inappropriate ioctl" in str(exc):
+            return f"{self.port_name} is not a serial device: point the arm's port at the U2D2 adapter"
+        if code == errno.EBUSY:
+            return f"serial port {self.port_name} is busy: another process (a driver node?) holds it"
+        return f"cannot open serial port {self.port_name} at {self.baudrate} baud: {exc}"
+
+    def close(self) -> None:
+        if self._port is not None and self._port.is_open:
+            self._port.closePort()
+        self._port = None
+        self._state_reader = None
+
+    def __enter__(self) -> DynamixelBus:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None
+
+    def _require_port(self) -> sdk.PortHandler:
+        if self._port is None:
+            raise BusError(f"the bus on {self.port_name} is not open; call open() first")
+        return self._port
+
+    # -- discovery ------------------------------------------------------------------------
+    def ping_all(self) -> dict[int, int]:
+        """Ping every servo; returns id -> model number, checked against `expected_models`."""
+        found: dict[int, int] = {}
+        for servo_id in self.ids:
+            expected = self._expected.get(servo_id)
+            wanted = f" (expected {expected.name})" if expected else ""
+            model_number = self._with_retry(
+                lambda sid=servo_id: self._ping_once(sid),
+                f"servo ID {servo_id}{wanted} does not answer a ping on {self.port_name} at "
+                f"{self.baudrate} baud: check its power and cable, its ID and baud rate (Dynamixel Wizard)",
+            )
+            spec = MODELS.get(model_number)
+            if spec is None:
+                raise BusError(
+                    f"servo ID {servo_id} on {self.port_name} reports unknown model number {model_number}"
+                    f"{wanted}; supported: {sorted((s.name, n) for n, s in MODELS.items())}"
+                )
+            if expected is not None and spec.model_number != expected.model_number:
+                raise BusError(
+                    f"servo ID {servo_id} on {self.port_name} is a {spec.name} (model number "
+                    f"{model_number}) but config/koch.yaml expects {expected.name} (model number "
+                    f"{expected.model_number}): fix the ID assignment or the model in the config"
+                )
+            self._models[servo_id] = spec
+            found[servo_id] = model_number
+        return found
+
+    def _ping_once(self, servo_id: int) -> tuple[int, int, int]:
+        return self._packets.ping(self._require_port(), servo_id)
+
+    # -- cyclic I/O -------------------------------------------------------------------------
+    def read_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position_raw, velocity_raw, current_raw) as int64 arrays in `ids` order."""
+        self._require_port()
+        reader = self._state_reader
+        assert reader is not None
+        last_result = sdk.COMM_SUCCESS
+        for _ in range(self.attempts):
+            last_result = reader.txRxPacket()
+            if last_result == sdk.COMM_SUCCESS and all(
+                reader.isAvailable(servo_id, STATE_ADDRESS, STATE_LENGTH) for servo_id in self.ids
+            ):
+                return self._decode_state(reader)
+        silent = [sid for sid in self.ids if len(reader.data_dict.get(sid) or []) < STATE_LENGTH]
+        raise BusError(
+            f"sync read of the servo state on {self.port_name} failed {self.attempts} times "
+            f"({self._packets.getTxRxResult(last_result)}); first servo without data: ID "
+            f"{silent[0] if silent else '?'} ({self._model_label(silent[0]) if silent else 'unknown'})"
+        )
+
+    def _decode_state(self, reader: sdk.GroupSyncRead) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        count = len(self.ids)
+        position, velocity, current = (np.empty(count, dtype=np.int64) for _ in range(3))
+        for index, servo_id in enumerate(self.ids):
+            current[index] = to_signed(reader.getData(servo_id, 126, 2), 2)
+            velocity[index] = to_signed(reader.getData(servo_id, 128, 4), 4)
+            position[index] = to_signed(reader.getData(servo_id, 132, 4), 4)
+        return position, velocity, current
+
+    def write_goal_positions(self, raw: np.ndarray | list[int]) -> None:
+        """One GroupSyncWrite of Goal_Position (no status reply, so no retry is possible)."""
+        port = self._require_port()
+        values = np.asarray(raw)
+        if values.shape != (len(self.ids),):
+            raise ValueError(
+                f"expected {len(self.ids)} goal positions (one per ID {self.ids}), got shape {values.shape}"
+            )
+        writer = sdk.GroupSyncWrite(port, self._packets, GOAL_POSITION_ADDRESS, GOAL_POSITION_LENGTH)
+        for servo_id, value in zip(self.ids, values, strict=True):
+            encoded = to_unsigned(int(value), GOAL_POSITION_LENGTH)
+            data = list(encoded.to_bytes(GOAL_POSITION_LENGTH, "little"))
+            writer.addParam(servo_id, data)
+        result = writer.txPacket()
+        if result != sdk.COMM_SUCCESS:
+            reason = self._packets.getTxRxResult(result)
+            raise BusError(f"sync write of goal positions on {self.port_name} failed: {reason}")
+
+    def set_torque(self, enabled: bool) -> None:
+        for servo_id in self.ids:
+            self.write_field(servo_id, "Torque_Enable", int(enabled))
+
+    # -- single fields ----------------------------------------------------------------------
+    def write_field(self, servo_id: int, name: str, value: int) -> None:
+        address, size = self._model(servo_id).address(name)
+        data = to_unsigned(int(value), size)
+        port = self._require_port()
+        writers = {
+            1: self._packets.write1ByteTxRx,
+            2: self._packets.write2ByteTxRx,
+            4: self._packets.write4ByteTxRx,
+        }
+        hint = " (EEPROM fields are locked while Torque_Enable is 1: set_torque(False) first)"
+        self._with_retry(
+            lambda: (0, *writers[size](port, servo_id, address, data)),
+            f"writing {name}={value} to servo ID {servo_id} ({self._model_label(servo_id)}) on "
+            f"{self.port_name} failed{hint if address < EEPROM_END else ''}",
+        )
+
+    def read_field(self, servo_id: int, name: str) -> int:
+        address, size = self._model(servo_id).address(name)
+        port = self._require_port()
+        readers = {
+            1: self._packets.read1ByteTxRx,
+            2: self._packets.read2ByteTxRx,
+            4: self._packets.read4ByteTxRx,
+        }
+        value = self._with_retry(
+            lambda: readers[size](port, servo_id, address),
+            f"reading {name} from servo ID {servo_id} ({self._model_label(servo_id)}) on "
+            f"{self.port_name} failed",
+        )
+        return to_signed(value, size) if name in SIGNED_FIELDS else value
+
+    def _model(self, servo_id: int) -> ModelSpec:
+        if servo_id not in self.ids:
+            raise BusError(f"servo ID {servo_id} is not on the bus {self.port_name} (IDs {self.ids})")
+        if servo_id not in self._models:
+            self.ping_all()
+        return self._models[servo_id]
+
+    def _model_label(self, servo_id: int) -> str:
+        spec = self._models.get(servo_id)
+        return spec.name if spec else "model not yet known"
+
+    def _with_retry(self, call: Callable[[], tuple[int, int, int]], what: str) -> int:
+        """Run `call() -> (value, comm_result, servo_error)` up to `attempts` times."""
+        result, error = sdk.COMM_SUCCESS, 0
+        for attempt in range(self.attempts):
+            value, result, error = call()
+            if result == sdk.COMM_SUCCESS and error == 0:
+                return int(value)
+            if result == sdk.COMM_SUCCESS:
+                break  # the servo answered with an error: repeating the request will not help
+            time.sleep(0.002 * (attempt + 1))
+        detail = (
+            self._packets.getTxRxResult(result)
+            if result != sdk.COMM_SUCCESS
+            else f"servo error 0x{error:02x}: {self._packets.getRxPacketError(error)}"
+        )
+        raise BusError(f"{what} ({detail})")

@@ -1,0 +1,83 @@
+"""bag_to_lerobot: convert recorded rosbag2 episodes into a LeRobot v3.0 dataset.
+
+    bag_to_lerobot --bag-root bags/ --mapping mapping/koch_sim.yaml \\
+        --output datasets/koch_sim --repo-id local/koch_sim [--vcodec h264]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from koch_common.config import ConfigError
+from koch_common.feature_mapping import load_mapping
+from koch_convert.bag_reader import BagReadError
+from koch_convert.convert import ConversionError, EpisodeSummary, convert_bags
+
+VCODECS = ("libsvtav1", "h264", "hevc")
+
+
+def find_bags(root: Path) -> list[Path]:
+    """Bag directories directly under `root` (those with a metadata.yaml), in name order.
+    Hidden ones are partial recordings and are skipped."""
+    if not root.is_dir():
+        raise ConversionError(f"--bag-root {root} is not a directory")
+    bags = sorted(p for p in root.iterdir() if (p / "metadata.yaml").is_file() and not p.name.startswith("."))
+    if not bags:
+        raise ConversionError(f"no rosbag2 directories (with metadata.yaml) under {root}")
+    return bags
+
+
+def print_summary(summary: EpisodeSummary) -> None:
+    report = summary.report
+    print(
+        f"episode {summary.episode_index}: {summary.bag.name}: {summary.frames} frames, "
+        f"{summary.duration_s:.2f} s (skipped {summary.skipped_head_s:.3f} s at the start)"
+    )
+    for stream in report.streams.values():
+        rate = f"{stream.input_rate_hz:.1f} Hz" if stream.input_rate_hz else "n/a"
+        print(
+            f"    {stream.name}: {stream.samples_in} msgs at {rate}, {stream.distinct_samples_used} used, "
+            f"max age {stream.max_age_s * 1000:.1f} ms, {stream.stale} stale frames"
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bag_to_lerobot", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bags", nargs="+", type=Path, help="bag directories, one episode each")
+    source.add_argument("--bag-root", type=Path, help="convert every bag directory under this folder")
+    parser.add_argument("--mapping", default="mapping/koch_sim.yaml", help="mapping YAML (or under config/)")
+    parser.add_argument("--output", required=True, type=Path, help="dataset root to create")
+    parser.add_argument("--repo-id", default="local/koch_sim")
+    parser.add_argument("--vcodec", default="libsvtav1", choices=VCODECS)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="mapping overrides key=value")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        mapping = load_mapping(args.mapping, args.overrides)
+        bags = list(args.bags) if args.bags else find_bags(args.bag_root)
+        output = convert_bags(
+            bags,
+            mapping,
+            args.output,
+            args.repo_id,
+            vcodec=args.vcodec,
+            overwrite=args.overwrite,
+            progress=True,
+            on_episode=print_summary,
+        )
+    except (ConfigError, BagReadError, ConversionError) as err:
+        print(f"bag_to_lerobot: error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(bags)} episode(s) to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The one policy runtime that training and the robot's policy node share.
+
+Pre-processing (numpy observation -> the tensors LeRobotDataset yields), normalisation
+(LeRobot's processor pipelines holding the dataset stats), the model, and post-processing
+(unnormalisation back to robot units) live here exactly once, so what was trained is what runs.
+
+torch and lerobot are imported inside the functions: the driver imports koch_common and must
+not pay seconds of start-up for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from koch_common.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.pretrained import PreTrainedPolicy
+    from lerobot.processor import PolicyProcessorPipeline
+
+ACTION_KEY = "action"
+IMAGE_PREFIX = "observation.images."
+# LeRobot's checkpoint layout: <output_dir>/checkpoints/<step>/pretrained_model/{config.json,
+# model.safetensors, policy_preprocessor.json, policy_postprocessor.json, *.safetensors}.
+PRETRAINED_MODEL_DIR = "pretrained_model"
+# Our addition to that layout: the dataset's feature specs (dtype, shape, joint names) for the
+# policy's inputs and action, so the robot knows which joint each action column drives.
+FEATURE_SPECS_FILE = "koch_features.json"
+_REQUIRED_CHECKPOINT_FILES = ("config.json", "model.safetensors", "policy_preprocessor.json",
+                              "policy_postprocessor.json", FEATURE_SPECS_FILE)
+
+
+class PolicyInputError(ValueError):
+    """An observation handed to the policy does not match what it was trained on."""
+
+
+def make_policy_config(policy_type: str, overrides: Mapping[str, Any], device: str) -> PreTrainedConfig:
+    """LeRobot's config class for `policy_type` built from `overrides`, with unknown keys named."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_policy_config as lerobot_make_policy_config
+
+    known_types = sorted(PreTrainedConfig.get_known_choices())
+    if policy_type not in known_types:
+        raise ConfigError(f"policy.type {policy_type!r} is not a LeRobot policy; known types: {known_types}")
+    config_cls = PreTrainedConfig.get_choice_class(policy_type)
+    valid = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ConfigError(
+            f"policy.overrides: unknown key(s) {unknown} for {config_cls.__name__}; "
+            f"valid keys are {sorted(valid)}"
+        )
+    kwargs = dict(overrides)
+    # The robot and CI machines are offline: torchvision would try to download ImageNet weights.
+    if "pretrained_backbone_weights" in valid:
+        kwargs.setdefault("pretrained_backbone_weights", None)
+        if kwargs["pretrained_backbone_weights"] is not None:
+            raise ConfigError(
+                "policy.overrides.pretrained_backbone_weights must be null: pretrained weights would be "
+                "downloaded, and this project trains offline from scratch"
+            )
+    try:
+        return lerobot_make_policy_config(policy_type, device=device, **kwargs)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise ConfigError(f"policy.overrides are invalid for {config_cls.__name__}: {exc}") from exc
+
+
+def require_features(dataset_features: Mapping[str, Any], wanted: Sequence[str]) -> None:
+    """Raise a ConfigError naming each wanted feature the dataset lacks, and listing what it has."""
+    missing = [key for key in wanted if key not in dataset_features]
+    if missing:
+        raise ConfigError(
+            f"the dataset lacks feature(s) {missing} that the policy needs; it has "
+            f"{sorted(dataset_features)}. Fix policy.input_features in the training config or "
+            "re-convert the dataset with those features"
+        )
+
+
+def select_policy_features(
+    dataset_features: Mapping[str, Mapping[str, Any]], input_keys: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(input_features, output_features) as LeRobot PolicyFeatures, only for `input_keys` + action.
+
+    Raises a ConfigError naming each missing feature and listing the ones the dataset has.
+    """
+    from lerobot.datasets.utils import dataset_to_policy_features
+
+    wanted = [*input_keys, ACTION_KEY]
+    require_features(dataset_features, wanted)
+    policy_features = dataset_to_policy_features({key: dict(dataset_features[key]) for key in wanted})
+    inputs = {key: policy_features[key] for key in input_keys}
+    outputs = {ACTION_KEY: policy_features[ACTION_KEY]}
+    return inputs, outputs
+
+
+def build_policy(
+    policy_type: str,
+    overrides: Mapping[str, Any],
+    dataset_features: Mapping[str, Mapping[str, Any]],
+    dataset_stats: Mapping[str, Mapping[str, Any]],
+    input_keys: Sequence[str],
+    device: str = "cpu",
+) -> PolicyRuntime:
+    """A fresh (untrained) policy with processors normalising by `dataset_stats`.
+
+    Training builds its policy here and saves it with `PolicyRuntime.save`; the robot loads it
+    with `PolicyRuntime.load`. Both then run the same processors and model code.
+    """
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    config = make_policy_config(policy_type, overrides, device)
+    config.input_features, config.output_features = select_policy_features(dataset_features, input_keys)
+    try:
+        config.validate_features()
+    except ValueError as exc:
+        raise ConfigError(
+            f"policy.input_features {list(input_keys)} do not suit {policy_type}: {exc}"
+        ) from exc
+    policy = get_policy_class(policy_type)(config)
+    policy.to(device)
+    preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=dict(dataset_stats))
+    feature_specs = {key: _json_feature_spec(dataset_features[key]) for key in [*input_keys, ACTION_KEY]}
+    return PolicyRuntime(policy, preprocessor, postprocessor, feature_specs)
+
+
+def _json_feature_spec(feature: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "dtype": str(feature["dtype"]),
+        "shape": [int(n) for n in feature["shape"]],
+        "names": list(feature["names"]) if feature.get("names") is not None else None,
+    }
+
+
+def observation_to_batch(
+    observation: Mapping[str, np.ndarray], input_features: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Numpy robot observation -> a batch of one, in the layout LeRobotDataset produces.
+
+    State: float32 (D,) -> (1, D). Images: uint8 HxWx3 RGB -> float32 (1, 3, H, W) in [0, 1],
+    the same `/ 255` the dataset's video decoder applies.
+    """
+    import torch
+
+    missing = [key for key in input_features if key not in observation]
+    if missing:
+        raise PolicyInputError(
+            f"observation lacks {missing}; the policy needs {sorted(input_features)}, "
+            f"got {sorted(observation)}"
+        )
+    batch: dict[str, torch.Tensor] = {}
+    for key, feature in input_features.items():
+        value = np.asarray(observation[key])
+        expected = tuple(feature.shape)
+        if key.startswith(IMAGE_PREFIX):
+            channels, height, width = expected
+            if value.dtype != np.uint8 or value.shape != (height, width, channels):
+                raise PolicyInputError(
+                    f"{key}: expected a uint8 RGB image of shape {(height, width, channels)} (HxWxC, as "
+                    f"trained), got {value.dtype} {value.shape}; fix the camera resolution"
+                )
+            tensor = torch.from_numpy(np.ascontiguousarray(value)).permute(2, 0, 1).float() / 255.0
+        else:
+            if value.shape != expected:
+                raise PolicyInputError(f"{key}: expected shape {expected}, got {value.shape}")
+            if not np.all(np.isfinite(value)):
+                raise PolicyInputError(f"{key}: contains non-finite values {value}")
+            tensor = torch.from_numpy(value.astype(np.float32, copy=True))
+        batch[key] = tensor.unsqueeze(0)
+    return batch
+
+
+class PolicyRuntime:
+    """A LeRobot policy with its pre- and post-processor pipelines."""
+
+    def __init__(
+        self,
+        policy: PreTrainedPolicy,
+        preprocessor: PolicyProcessorPipeline,
+        postprocessor: PolicyProcessorPipeline,
+        feature_specs: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        self.policy = policy
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+        # Dataset feature specs ({dtype, shape, names}) of the inputs and the action.
+        self.feature_specs = {key: dict(spec) for key, spec in feature_specs.items()}
+
+    @classmethod
+    def load(cls, checkpoint_dir: Path | str, device: str = "cpu") -> PolicyRuntime:
+        """Load a checkpoint saved by `save` (LeRobot's `pretrained_model` layout).
+
+        `checkpoint_dir` may be the `pretrained_model` folder itself or a step folder / `last`
+        link that contains one. Only JSON and safetensors are read, never pickles.
+        """
+        from lerobot.configs.policies import PreTrainedConfig
+        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+        path = resolve_pretrained_dir(checkpoint_dir)
+        config = PreTrainedConfig.from_pretrained(path)
+        config.device = device
+        # strict: every weight must match the architecture in config.json, none silently left random.
+        policy = get_policy_class(config.type).from_pretrained(path, config=config, strict=True)
+        preprocessor, postprocessor = make_pre_post_processors(
+            config,
+            pretrained_path=str(path),
+            # The device the checkpoint was trained on need not be the one it runs on.
+            preprocessor_overrides={"device_processor": {"device": device}},
+        )
+        feature_specs = json.loads((path / FEATURE_SPECS_FILE).read_text(encoding="utf-8"))
+        runtime = cls(policy, preprocessor, postprocessor, feature_specs)
+        runtime.reset()
+        return runtime
+
+    def save(self, directory: Path | str) -> None:
+        """Write the policy (config.json + model.safetensors) and both processors into `directory`."""
+        directory = Path(directory)
+        self.policy.save_pretrained(directory)
+        self.preprocessor.save_pretrained(directory)
+        self.postprocessor.save_pretrained(directory)
+        specs_json = json.dumps(self.feature_specs, indent=2)
+        (directory / FEATURE_SPECS_FILE).write_text(specs_json, encoding="utf-8")
+
+    @property
+    def config(self) -> PreTrainedConfig:
+        return self.policy.config
+
+    @property
+    def input_features(self) -> dict[str, Any]:
+        """Feature key -> PolicyFeature (type, shape; images channel-first)."""
+        return dict(self.config.input_features)
+
+    @property
+    def action_names(self) -> list[str]:
+        """Name of each action column (the dataset's joint names), in order."""
+        names = self.feature_specs[ACTION_KEY].get("names")
+        return list(names) if names else [f"action_{i}" for i in range(self.action_dim)]
+
+    def feature_names(self, key: str) -> list[str] | None:
+        """The dataset's names for feature `key` (e.g. joint order of observation.state)."""
+        spec = self.feature_specs.get(key)
+        return list(spec["names"]) if spec and spec.get("names") is not None else None
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.config.output_features[ACTION_KEY].shape[0])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.config.chunk_size)
+
+    @property
+    def n_action_steps(self) -> int:
+        return int(self.config.n_action_steps)
+
+    def reset(self) -> None:
+        """Forget per-episode state (action queue, temporal ensembler, stateful processors).
+
+        Call at the start of every episode. `predict_chunk` itself is stateless.
+        """
+        self.policy.reset()
+        self.preprocessor.reset()
+        self.postprocessor.reset()
+
+    def predict_chunk(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Actions (chunk_size, action_dim) float32 in robot units for one observation."""
+        import torch
+
+        batch = observation_to_batch(observation, self.config.input_features)
+        with torch.inference_mode():
+            batch = self.preprocessor(batch)
+            actions = self.policy.predict_action_chunk(batch)
+            actions = self.postprocessor(actions)
+        return actions[0].detach().cpu().numpy().astype(np.float32)
+
+
+def resolve_pretrained_dir(checkpoint_dir: Path | str) -> Path:
+    """The folder holding config.json etc.: `checkpoint_dir` or its `pretrained_model` child."""
+    path = Path(checkpoint_dir).expanduser()
+    if not (path / "config.json").is_file() and (path / PRETRAINED_MODEL_DIR).is_dir():
+        path = path / PRETRAINED_MODEL_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist; pass <run>/checkpoints/last")
+    missing = [name for name in _REQUIRED_CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a complete policy checkpoint: missing {missing}. Pass a "
+            f"<output_dir>/checkpoints/<step> (or .../last) folder written by the `train` command"
+        )
+    return path.resolve()

@@ -1,0 +1,253 @@
+"""Bag -> LeRobot v3.0 conversion against real rosbag2 files (written here and recorded by ROS 2)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_typestore
+
+from koch_common.config import ConfigError, load_config
+from koch_common.feature_mapping import FeatureConfig, MappingConfig, load_mapping, resolve
+from koch_common.image_codec import to_fields
+from koch_common.robot import load_koch
+from koch_convert.bag_reader import BagReadError, read_topics
+from koch_convert.cli import main as cli_main
+from koch_convert.convert import ConversionError, convert_bags, resample_bag
+from koch_record.bag_writer import BagWriter
+
+REAL_BAGS = Path("/work/shared/fixtures/real_bags")
+TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+FPS = 30
+STATE_HZ, IMAGE_HZ, DURATION_S = 50, 30, 1.5
+HEIGHT, WIDTH = 96, 128
+# Stream start offsets after the bag's first stamp: the image stream starts last, so t0 = 0.010.
+FOLLOWER_T0, LEADER_T0, IMAGE_T0 = 0.0, 0.005, 0.010
+
+
+def joint_values(t: np.ndarray | float, arm: int) -> np.ndarray:
+    """Known, smooth joint trajectory: value of joint j at time t (s after the bag start)."""
+    j = np.arange(6)
+    return np.sin(np.multiply.outer(t, 1.0 + j) + arm) * 0.5
+
+
+def header(stamp_ns: int, frame: str = ""):
+    time = TYPESTORE.types["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+    return TYPESTORE.types["std_msgs/msg/Header"](stamp=time, frame_id=frame)
+
+
+def ns(seconds: float) -> int:
+    return int(round(seconds * 1e9))
+
+
+def write_episode_bag(path: Path, start_ns: int, seed: int) -> None:
+    """A bag as the recorder writes it: follower/leader joint states at 50 Hz with the joint order
+    shuffled per message, a 30 Hz rgb8 camera, receive times a few ms after the header stamps."""
+    rng = np.random.default_rng(seed)
+    joint_state = TYPESTORE.types["sensor_msgs/msg/JointState"]
+    image = TYPESTORE.types["sensor_msgs/msg/Image"]
+    names = np.array(load_koch().follower.names)
+    messages: list[tuple[str, float, object, str]] = []
+    for topic, t0, arm in (
+        ("/follower/joint_states", FOLLOWER_T0, 0),
+        ("/leader/joint_states", LEADER_T0, 1),
+    ):
+        for k in range(int(DURATION_S * STATE_HZ)):
+            t = t0 + k / STATE_HZ
+            order = rng.permutation(6)
+            msg = joint_state(
+                header=header(start_ns + ns(t)),
+                name=list(names[order]),
+                position=joint_values(t, arm)[order],
+                velocity=np.zeros(6),
+                effort=np.zeros(6),
+            )
+            messages.append((topic, t, msg, "sensor_msgs/msg/JointState"))
+    for k in range(int(DURATION_S * IMAGE_HZ)):
+        t = IMAGE_T0 + k / IMAGE_HZ
+        rgb = np.full((HEIGHT, WIDTH, 3), (k * 5) % 256, dtype=np.uint8)
+        f = to_fields(rgb, "rgb8")
+        msg = image(
+            header=header(start_ns + ns(t), "head_camera"),
+            height=f.height,
+            width=f.width,
+            encoding=f.encoding,
+            is_bigendian=f.is_bigendian,
+            step=f.step,
+            data=np.frombuffer(f.data, dtype=np.uint8),
+        )
+        messages.append(("/head/color/image_raw", t, msg, "sensor_msgs/msg/Image"))
+    # Written in receive order; latency is random so the bag order differs from header order.
+    receive = [t + rng.uniform(0.001, 0.004) for _, t, _, _ in messages]
+    with BagWriter(path, storage="mcap", typestore=TYPESTORE) as bag:
+        for topic, msgtype in {(m[0], m[3]) for m in messages}:
+            bag.add_topic(topic, msgtype)
+        for i in np.argsort(receive):
+            topic, _, msg, msgtype = messages[i]
+            bag.write(topic, start_ns + ns(receive[i]), TYPESTORE.serialize_cdr(msg, msgtype))
+
+
+@pytest.fixture(scope="module")
+def episode_bags(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("bags")
+    bags = [root / f"episode_{i:04d}" for i in range(2)]
+    for i, bag in enumerate(bags):
+        write_episode_bag(bag, start_ns=(1_700_000_000 + 10 * i) * 10**9, seed=i)
+    return bags
+
+
+@pytest.fixture(scope="module")
+def dataset_root(episode_bags: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("datasets") / "koch_sim"
+    code = cli_main(
+        ["--bags", *map(str, episode_bags), "--mapping", "mapping/koch_sim.yaml"]
+        + ["--output", str(output), "--repo-id", "local/koch_sim", "--vcodec", "h264"]
+    )
+    assert code == 0
+    return output
+
+
+def test_mapping_resolves_topics_and_joint_order() -> None:
+    mapping = load_mapping("mapping/koch_sim.yaml")
+    assert mapping.fps == FPS and mapping.clock == "header"
+    assert mapping.feature("observation.state").topic == "/follower/joint_states"
+    assert mapping.feature("action").joint_names == tuple(load_koch().leader.names)
+    assert mapping.feature("observation.images.head").is_image
+    with pytest.raises(ConfigError, match="clock 'bag' is unknown"):
+        load_mapping("mapping/koch_sim.yaml", ["clock=bag"])
+    with pytest.raises(ConfigError, match="expected 'follower', 'leader' or a list"):
+        load_mapping("mapping/koch_sim.yaml", ["features.action.joints=both"])
+
+
+def test_dataset_has_one_episode_per_bag_on_the_exact_grid(dataset_root: Path) -> None:
+    dataset = LeRobotDataset("local/koch_sim", root=dataset_root)
+    # Grid from t0 = 0.010 (first all-fresh time) to the last image at 0.010 + 44/30.
+    expected_frames = 45
+    assert dataset.num_episodes == 2
+    assert dataset.num_frames == 2 * expected_frames
+    assert dataset.fps == FPS
+    assert dataset.meta.robot_type == "koch"
+    assert dataset.meta.names["observation.state"] == load_koch().follower.names
+    assert tuple(dataset.meta.features["observation.images.head"]["shape"]) == (HEIGHT, WIDTH, 3)
+
+    for k in (0, 1, 17, 44):
+        t = IMAGE_T0 + k / FPS
+        # Hold: the latest joint sample stamped at or before the frame time, in koch.yaml order.
+        follower_t = FOLLOWER_T0 + np.floor((t - FOLLOWER_T0) * STATE_HZ) / STATE_HZ
+        leader_t = LEADER_T0 + np.floor((t - LEADER_T0) * STATE_HZ) / STATE_HZ
+        for episode in range(2):
+            item = dataset[episode * expected_frames + k]
+            assert int(item["episode_index"]) == episode and int(item["frame_index"]) == k
+            assert float(item["timestamp"]) == pytest.approx(k / FPS)
+            np.testing.assert_allclose(item["observation.state"], joint_values(follower_t, 0), atol=1e-6)
+            np.testing.assert_allclose(item["action"], joint_values(leader_t, 1), atol=1e-6)
+            # Each frame shows the image stamped at its own time (video compression: tolerance).
+            pixel_mean = float(item["observation.images.head"].mean()) * 255
+            assert pixel_mean == pytest.approx((k * 5) % 256, abs=3)
+
+
+def test_dataloader_batches_have_policy_shapes(dataset_root: Path) -> None:
+    dataset = LeRobotDataset("local/koch_sim", root=dataset_root)
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True, num_workers=0)))
+    assert batch["observation.state"].shape == (4, 6) and batch["observation.state"].dtype == torch.float32
+    assert batch["action"].shape == (4, 6)
+    assert batch["observation.images.head"].shape == (4, 3, HEIGHT, WIDTH)
+    assert batch["task"] == ["reach the red target"] * 4
+
+
+def test_existing_dataset_is_not_overwritten(dataset_root: Path, episode_bags: list[Path]) -> None:
+    mapping = load_mapping("mapping/koch_sim.yaml")
+    with pytest.raises(ConversionError, match="already exists"):
+        convert_bags(episode_bags[:1], mapping, dataset_root, "local/koch_sim", vcodec="h264")
+
+
+def test_missing_topic_lists_present_topics_and_leaves_nothing(
+    tmp_path: Path, episode_bags: list[Path]
+) -> None:
+    # Feature keys contain dots, so edit the loaded config rather than use a key=value override.
+    config = load_config(MappingConfig, "mapping/koch_sim.yaml")
+    config.features["observation.images.head"].topic = "/wrist/image"
+    output = tmp_path / "out" / "ds"
+    with pytest.raises(BagReadError) as err:
+        convert_bags(episode_bags, resolve(config), output, "local/x", vcodec="h264")
+    message = str(err.value)
+    assert "/wrist/image" in message
+    for present in ("/follower/joint_states", "/leader/joint_states", "/head/color/image_raw"):
+        assert present in message
+
+    # The second bag fails after the first episode was written: the half-built dataset goes away.
+    real_bag = copy_real_bag("jazzy_mcap_joint_states", tmp_path)
+    with pytest.raises(BagReadError, match=r"topics present: /imu/data .*, /joint_states"):
+        convert_bags(
+            [episode_bags[0], real_bag],
+            load_mapping("mapping/koch_sim.yaml"),
+            output,
+            "local/x",
+            vcodec="h264",
+        )
+    assert list(output.parent.iterdir()) == [], "no dataset and no staging directory left behind"
+
+
+def test_missing_joint_name_is_a_clear_error(episode_bags: list[Path]) -> None:
+    mapping = load_mapping("mapping/koch_sim.yaml", ["features.action.joints=[shoulder_pan, thumb]"])
+    with pytest.raises(ConversionError, match=r"lacks joint\(s\) \['thumb'\].*shoulder_pan"):
+        resample_bag(episode_bags[0], mapping)
+
+
+def copy_real_bag(name: str, tmp_path: Path) -> Path:
+    bag = tmp_path / name
+    shutil.copytree(REAL_BAGS / name, bag)
+    bag.chmod(0o755)
+    return bag
+
+
+def test_real_jazzy_mcap_joint_states_resample_on_header_clock(tmp_path: Path) -> None:
+    bag = copy_real_bag("jazzy_mcap_joint_states", tmp_path)
+    joints = ["arm_1_link_joint", "arm_2_link_joint", "arm_3_link_joint", "gripper_link_joint"]
+    config = MappingConfig(
+        fps=10,
+        clock="header",
+        features={
+            "observation.state": FeatureConfig(
+                topic="/joint_states", type="sensor_msgs/msg/JointState", joints=joints, max_staleness_s=0.1
+            )
+        },
+    )
+    mapping = resolve(config)
+    episode = resample_bag(bag, mapping)
+
+    raw = read_topics(bag, {"/joint_states": "sensor_msgs/msg/JointState"})["/joint_states"]
+    assert len(raw.stamps_ns) == 1866
+    assert raw.stamps_ns[0] == 101_550_000_000, "header stamps (sim time), not wall-clock receive times"
+    stamps_s = (np.array(raw.stamps_ns) - raw.stamps_ns[0]) / 1e9
+    assert len(episode) == (raw.stamps_ns[-1] - raw.stamps_ns[0]) // 100_000_000 + 1, "10 fps over the bag"
+    for k in (0, 5, 333, len(episode) - 1):
+        t = episode.frame_times_s[k]
+        held = raw.messages[int(np.searchsorted(stamps_s, t, side="right")) - 1]
+        expected = [held.position[list(held.name).index(j)] for j in joints]
+        np.testing.assert_allclose(episode.value("observation.state", k), expected, rtol=1e-6)
+        assert episode.samples["observation.state"][k].stamp_s <= t
+
+    with pytest.raises(
+        BagReadError, match=r"no topic\(s\) \['/camera/image_raw'\].*/imu/data.*/joint_states"
+    ):
+        read_topics(bag, {"/camera/image_raw": "sensor_msgs/msg/Image"})
+
+
+@pytest.mark.parametrize("name", ["split_sqlite3_wbag", "split_mcap_wbag"])
+def test_real_split_bags_read_across_all_files(tmp_path: Path, name: str) -> None:
+    bag = copy_real_bag(name, tmp_path)
+    with AnyReader([bag], default_typestore=TYPESTORE) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        assert len(reader.connections) >= 8
+    streams = read_topics(bag, topics, clock="receive")
+    assert sum(len(s.messages) for s in streams.values()) == 6074
+    assert len(streams["AAA"].messages) == 804
+    assert all(isinstance(m.data, str) for m in streams["HHH"].messages)
+    with pytest.raises(BagReadError, match="has type std_msgs/msg/String, expected sensor_msgs/msg/Image"):
+        read_topics(bag, {"AAA": "sensor_msgs/msg/Image"}, clock="receive")

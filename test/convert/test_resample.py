@@ -1,0 +1,145 @@
+"""The shared resampler: hold/asof semantics, no look-ahead, and live/offline parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from koch_common.resample import (
+    SAME_INSTANT_S,
+    StreamBuffer,
+    StreamSpec,
+    common_window,
+    first_all_fresh_time,
+    grid,
+    resample_streams,
+)
+
+
+def buffer(
+    policy: str, stamps: list[float], staleness: float = 0.05, maxlen: int | None = None
+) -> StreamBuffer:
+    buf = StreamBuffer(StreamSpec("s", policy, staleness), maxlen=maxlen)
+    for i, stamp in enumerate(stamps):
+        assert buf.push(stamp, f"v{i}")
+    return buf
+
+
+def test_hold_returns_latest_sample_at_or_before_t_and_flags_staleness() -> None:
+    buf = buffer("hold", [0.0, 0.1, 0.2])
+    assert buf.sample(-0.001) is None, "nothing at or before t"
+    first = buf.sample(0.0)
+    assert first is not None and (first.value, first.age_s, first.stale) == ("v0", 0.0, False)
+    assert buf.sample(0.05).stale is False, "age equal to max_staleness_s is still fresh"
+    held = buf.sample(0.07)
+    assert held.value == "v0" and held.stale and held.age_s == pytest.approx(0.07)
+    assert buf.sample(0.0999).value == "v0", "never the sample stamped after t"
+    assert buf.sample(0.1).value == "v1"
+    assert buf.sample(0.1 - 1e-9).value == "v1", "ns rounding of a stamp does not count as the future"
+    late = buf.sample(5.0)
+    assert late.value == "v2" and late.stale and late.stamp_s == 0.2
+
+
+def test_asof_is_missing_beyond_its_tolerance() -> None:
+    buf = buffer("asof", [0.0, 0.1, 0.2])
+    assert buf.sample(0.04).value == "v0"
+    assert buf.sample(0.07) is None
+    assert buf.sample(0.12).value == "v1"
+    assert buf.sample(0.3) is None
+
+
+def test_out_of_order_pushes_are_refused_and_counted() -> None:
+    buf = buffer("hold", [0.0, 0.2])
+    assert buf.push(0.15, "late") is False
+    assert buf.out_of_order == 1 and len(buf) == 2
+    assert buf.sample(0.17).value == "v0", "a refused sample never shows up"
+    assert buf.push(0.2, "same stamp") is True
+    assert buf.sample(0.2).value == "same stamp", "equal stamps: the later push wins"
+
+
+def test_maxlen_bounds_memory_keeping_newest() -> None:
+    buf = buffer("hold", [0.0, 0.1, 0.2, 0.3], maxlen=2)
+    assert len(buf) == 2 and buf.first_stamp == 0.2
+    assert buf.sample(0.35).value == "v3"
+
+
+def test_bad_specs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="policy 'nearest' is unknown"):
+        StreamSpec("s", "nearest", 0.1)
+    with pytest.raises(ValueError, match="max_staleness_s must be > 0"):
+        StreamSpec("s", "hold", 0.0)
+
+
+def test_grid_is_exact_frame_times() -> None:
+    times = grid(0.5, 1.0, 30)
+    assert len(times) == 16
+    np.testing.assert_array_equal(times, 0.5 + np.arange(16) / 30)
+    assert grid(0.0, 1.0, 30)[-1] == 1.0, "a frame landing exactly on the end is kept"
+    assert len(grid(0.0, 0.9999, 30)) == 30
+    assert len(grid(1.0, 0.5, 30)) == 0
+
+
+def test_common_window_starts_when_every_stream_is_fresh() -> None:
+    fast = buffer("hold", [0.0, 0.5, 1.0, 1.02, 1.04, 1.06, 1.5], staleness=0.1)
+    slow = buffer("hold", [0.9, 1.05, 1.3], staleness=0.3)
+    # At 0.9 the fast stream's newest sample (0.5) is stale; it is fresh again at 1.0.
+    assert first_all_fresh_time({"fast": fast, "slow": slow}) == 1.0
+    assert common_window({"fast": fast, "slow": slow}) == (1.0, 1.3)
+    assert common_window({"fast": fast, "empty": buffer("hold", [])}) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stamps=st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=30),
+    t=st.floats(-1, 11, allow_nan=False),
+    policy=st.sampled_from(["hold", "asof"]),
+)
+def test_never_uses_a_sample_from_the_future(stamps: list[float], t: float, policy: str) -> None:
+    stamps = sorted(stamps)
+    buf = buffer(policy, stamps, staleness=0.5)
+    sample = buf.sample(t)
+    past = [s for s in stamps if s <= t + SAME_INSTANT_S]
+    if not past or (policy == "asof" and t - past[-1] > 0.5):
+        assert sample is None
+    else:
+        assert sample is not None and sample.stamp_s == past[-1] <= t + SAME_INSTANT_S
+        assert sample.stale == (t - past[-1] > 0.5)
+        assert sample.age_s >= 0.0
+
+
+def test_live_path_equals_offline_resampling() -> None:
+    """The policy node pushes messages as they arrive and samples at each control tick; the
+    converter pushes everything then resamples. Same messages, same frames."""
+    rng = np.random.default_rng(7)
+    specs = {"state": StreamSpec("state", "hold", 0.1), "image": StreamSpec("image", "asof", 0.05)}
+    messages = {
+        "state": np.cumsum(rng.uniform(0.015, 0.025, 150)),
+        "image": np.cumsum(rng.uniform(0.025, 0.045, 80)),
+    }
+    # A 0.2 s camera dropout, so the asof stream goes missing and the hold stream goes stale.
+    messages["image"] = messages["image"][(messages["image"] < 1.0) | (messages["image"] > 1.2)]
+    messages["state"] = messages["state"][(messages["state"] < 1.5) | (messages["state"] > 1.7)]
+    ticks = grid(0.1, 2.5, 30)
+
+    offline_buffers = {name: StreamBuffer(spec) for name, spec in specs.items()}
+    for name, stamps in messages.items():
+        for stamp in stamps:
+            offline_buffers[name].push(stamp, ("msg", name, stamp))
+    offline, report = resample_streams(offline_buffers, ticks)
+
+    live_buffers = {name: StreamBuffer(spec, maxlen=4) for name, spec in specs.items()}
+    events = sorted((stamp, name) for name, stamps in messages.items() for stamp in stamps)
+    live: list[dict] = []
+    next_event = 0
+    for tick in ticks:
+        while next_event < len(events) and events[next_event][0] <= tick:
+            stamp, name = events[next_event]
+            live_buffers[name].push(stamp, ("msg", name, stamp))
+            next_event += 1
+        live.append({name: buf.sample(tick) for name, buf in live_buffers.items()})
+
+    assert live == offline
+    assert report.streams["image"].missing > 0 and report.streams["state"].stale > 0
+    assert not report.complete
