@@ -6,12 +6,12 @@ The node graph is declared once in koch_bringup.graph.deploy; this file only tur
 into launch_ros Nodes.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from koch_bringup import graph
+from launch import LaunchDescription
 
 ARGUMENTS = {
     "checkpoint": ("", "LeRobot pretrained_model directory written by kuavo_train"),

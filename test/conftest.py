@@ -19,3 +19,15 @@ for package_dir in sorted(ROOT.glob("src/*/*/package.xml")):
 os.environ.setdefault("KOCH_CONFIG_DIR", str(ROOT / "config"))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
+
+# Test-only helpers (synthetic datasets) live beside this file.
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+from synthetic_reach import SyntheticDataset, build_reach_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def reach_dataset(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
+    """A real LeRobot v3.0 dataset: 3 episodes x 30 frames, h264 video, built once per session."""
+    return build_reach_dataset(tmp_path_factory.mktemp("lerobot") / "koch_synthetic_reach")

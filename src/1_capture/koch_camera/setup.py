@@ -1,4 +1,3 @@
-from glob import glob
 
 from setuptools import find_packages, setup
 
@@ -17,7 +16,9 @@ setup(
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",
-    description="Camera capture nodes publishing sensor_msgs/Image and CameraInfo with capture timestamps.",
+    description=(
+        "Camera capture nodes publishing sensor_msgs/Image and CameraInfo with capture timestamps."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

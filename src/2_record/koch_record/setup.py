@@ -1,4 +1,3 @@
-from glob import glob
 
 from setuptools import find_packages, setup
 
@@ -17,7 +16,10 @@ setup(
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",
-    description="Records live topics into rosbag2 (MCAP or sqlite3) episodes, byte-for-byte what ros2 bag record stores.",
+    description=(
+        "Records live topics into rosbag2 (MCAP or sqlite3) episodes, byte-for-byte what ros2 bag "
+        "record stores."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -16,7 +16,9 @@ setup(
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",
-    description="Offline policy training on LeRobot datasets with the same policy code as the robot.",
+    description=(
+        "Offline policy training on LeRobot datasets with the same policy code as the robot."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

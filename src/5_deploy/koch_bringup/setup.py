@@ -18,7 +18,10 @@ setup(
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",
-    description="Launch files, node graph declarations and the simulated end-to-end demo for the Koch v1.1 arm.",
+    description=(
+        "Launch files, node graph declarations and the simulated end-to-end demo for the Koch v1.1 "
+        "arm."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -1,4 +1,3 @@
-from glob import glob
 
 from setuptools import find_packages, setup
 
@@ -17,7 +16,10 @@ setup(
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",
-    description="Policy inference node: action chunks as JointTrajectory at 30 Hz through the shared safety layer.",
+    description=(
+        "Policy inference node: action chunks as JointTrajectory at 30 Hz through the shared safety"
+        " layer."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

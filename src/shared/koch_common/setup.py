@@ -12,14 +12,18 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         # The project's config/ (a symlink here) ships with the package for non-symlink installs.
-        *[(f"share/{PACKAGE}/{d}", glob(f"{d}/*.yaml")) for d in ("config", "config/mapping", "config/train")],
+        *[(f"share/{PACKAGE}/{folder}", glob(f"{folder}/*.yaml"))
+          for folder in ("config", "config/mapping", "config/train")],
     ],
     install_requires=["setuptools"],
     extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",
-    description="Shared ROS-free core: Koch robot model, config loading, resampler, safety limits, image codec, policy runtime.",
+    description=(
+        "Shared ROS-free core: Koch robot model, config loading, resampler, safety limits, image "
+        "codec, policy runtime."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -1,4 +1,3 @@
-from glob import glob
 
 from setuptools import find_packages, setup
 
@@ -17,7 +16,10 @@ setup(
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",
-    description="Simulated Koch v1.1: Dynamixel Protocol 2.0 servo emulator on a pseudo-terminal, rendered scene, reach task and scripted expert.",
+    description=(
+        "Simulated Koch v1.1: Dynamixel Protocol 2.0 servo emulator on a pseudo-terminal, rendered "
+        "scene, reach task and scripted expert."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -7,15 +7,14 @@ target; the arm and the target it sees are the ones the driver and the task know
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PointStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from koch_camera.sim_source import SimSceneSource
 from koch_common.image_codec import to_fields
+from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_sim.sim_config import load_sim
 
@@ -73,12 +72,4 @@ class CameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = CameraNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(CameraNode, args)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
+from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
 from koch_driver.driver import ArmDriver
@@ -60,12 +59,4 @@ class DriverNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = DriverNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(DriverNode, args)

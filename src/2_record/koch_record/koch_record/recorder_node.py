@@ -7,28 +7,26 @@ clock's receive time in ns.
 
 Parameters: output_dir, storage ('mcap' | 'sqlite3'), topics, types (same length as
 topics), episode_prefix. Services (std_srvs/srv/Trigger): `~/start` opens
-`<output_dir>/<prefix>_<NNNN>` and answers its path; `~/stop` closes it and answers a JSON
-message `{"bag": path, "counts": {topic: n}}`.
+`<output_dir>/<prefix>_<NNNN>` and answers its path; `~/stop` closes it and answers
+`<bag path> <topic>=<count> ...`.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from std_srvs.srv import Trigger
 
+from koch_common.node_runner import run_node
 from koch_record.bag_writer import STORAGES, BagWriter, BagWriterError, next_bag_path
 
 # Best effort accepts both reliable and best-effort publishers; cameras publish best effort.
@@ -170,21 +168,4 @@ class RecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = RecorderNode()
-    except ValueError as err:
-        print(f"recorder: error: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
-        raise SystemExit(1) from None
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-
-
-if __name__ == "__main__":
-    main()
+    run_node(RecorderNode, args)

@@ -161,6 +161,8 @@ def evaluate(workdir: Path, checkpoint: Path, episodes: int) -> tuple[list[Episo
             probe = WorldProbe(session)
             wait_for(lambda: probe.joints is not None, 30.0, "follower joint states")
             enable = "/policy/policy/enable"
+            # Loading torch, LeRobot and the checkpoint takes a while on a small CPU.
+            session.call(probe.node, SetBool, enable, SetBool.Request(data=False), timeout=120.0)
             for index in range(episodes):
                 running.check_alive()
                 session.call(probe.node, SetBool, enable, SetBool.Request(data=False))

@@ -28,9 +28,13 @@ class NodeSpec:
         return f"/{self.namespace}/{self.name}" if self.namespace else f"/{self.name}"
 
 
-def sim_robot(seed: int = 0) -> list[NodeSpec]:
-    """The simulated Koch: servo emulator + target, follower driver on its pty, head camera."""
-    port = load_sim().emulator.follower_port_link
+def sim_robot(seed: int = 0, port_link: str | None = None) -> list[NodeSpec]:
+    """The simulated Koch: servo emulator + target, follower driver on its pty, head camera.
+
+    `port_link` overrides where the emulator's pseudo-terminal is linked (sim.yaml's default),
+    so two simulated robots on one machine do not share a serial port.
+    """
+    port = port_link or load_sim().emulator.follower_port_link
     return [
         NodeSpec("koch_sim", "sim_world", "sim_world", "sim",
                  {"seed": seed, "follower_port_link": port}),

@@ -8,10 +8,8 @@ limits; with `enabled` false nothing is published. `~/enable` (std_srvs/SetBool)
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -20,6 +18,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from koch_common.feature_mapping import Feature, Mapping, load_mapping
 from koch_common.image_codec import from_fields, to_rgb
+from koch_common.node_runner import run_node
 from koch_common.policy_runtime import PolicyRuntime
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
@@ -146,17 +145,6 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = PolicyNode()
     # Subscriptions, timer and services run on separate threads so a burst of images never
     # delays a tick; inference has its own worker thread inside the runner.
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(PolicyNode, args, threads=3)

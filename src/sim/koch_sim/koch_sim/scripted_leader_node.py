@@ -7,14 +7,13 @@ the current target (from the sim's target topic). Teleop mirrors it onto the fol
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PointStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
+from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_sim.expert import HOME, ScriptedLeader, reach_goal
 from koch_sim.sim_config import load_sim
@@ -72,12 +71,4 @@ class ScriptedLeaderNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = ScriptedLeaderNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(ScriptedLeaderNode, args)

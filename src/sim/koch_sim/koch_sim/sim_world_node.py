@@ -8,14 +8,13 @@ places a new target drawn from the seeded generator and publishes it (latched) o
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PointStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_srvs.srv import Trigger
 
 from koch_common.dynamixel_models import model_by_name
+from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_sim.dxl_emulator import DynamixelBusEmulator
 from koch_sim.sim_config import load_sim
@@ -63,12 +62,4 @@ class SimWorldNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = SimWorldNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(SimWorldNode, args)

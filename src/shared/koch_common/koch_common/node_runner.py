@@ -1,0 +1,36 @@
+"""The `main()` of every node: init, construct, spin, and shut down cleanly.
+
+The only module of koch_common that touches rclpy, and only when called, so the cores stay
+importable without ROS. A node that cannot start (missing port, bad parameter, missing
+checkpoint) prints one line saying why and exits 1 instead of dumping a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def run_node(factory: Callable[[], Any], args: list[str] | None = None, threads: int = 1) -> None:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+
+    rclpy.init(args=args)
+    try:
+        node = factory()
+    except Exception as err:  # noqa: BLE001 - reported in one line, then exit
+        name = getattr(factory, "__name__", "node")
+        print(f"{name}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        rclpy.try_shutdown()
+        raise SystemExit(1) from None
+    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()

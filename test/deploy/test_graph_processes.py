@@ -1,0 +1,61 @@
+"""The declared graphs started as processes from the installed executables, as the demo does.
+
+Needs the workspace built and sourced (`scripts/test.sh` does both).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from rosbags.highlevel import AnyReader
+from std_srvs.srv import Trigger
+
+from koch_bringup import graph
+from koch_bringup.launcher import GraphProcess
+from koch_bringup.ros_session import ros_session, wait_for
+from koch_common.feature_mapping import load_mapping
+from koch_common.robot import load_koch
+from koch_common.topics import topic
+
+
+def test_record_graph_records_an_expert_episode_into_an_mcap_bag(tmp_path: Path) -> None:
+    mapping = load_mapping("mapping/koch_sim.yaml")
+    topics = list(mapping.topics)
+    specs = (graph.sim_robot(seed=3, port_link=str(tmp_path / "follower")) + graph.scripted_teleop()
+             + graph.recorder(str(tmp_path / "bags"), topics, list(mapping.topics.values())))
+    with GraphProcess(specs, tmp_path / "logs") as running, ros_session() as ros:
+        node = ros.node("probe")
+        from sensor_msgs.msg import JointState
+
+        states: list[JointState] = []
+        node.create_subscription(JointState, topic("follower_joint_states"), states.append, 10)
+        try:
+            wait_for(lambda: len(states) > 5, 120.0, "follower joint states from the launched graph")
+
+            def trigger(name: str) -> str:
+                response = ros.call(node, Trigger, name, Trigger.Request(), timeout=30.0)
+                assert response.success, response.message
+                return response.message
+
+            trigger("/sim/sim_world/new_episode")
+            trigger("/recorder/start")
+            trigger("/leader/scripted_leader/reach")
+            time.sleep(2.5)
+            bag = Path(trigger("/recorder/stop").split()[0])
+            running.check_alive()
+        finally:
+            running.check_alive()
+        moved = np.abs(np.array(states[-1].position)).max()
+    assert moved > 0.1, "teleop made the follower follow the scripted leader"
+    assert (bag / "metadata.yaml").is_file()
+    with AnyReader([bag]) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        assert set(counts) == set(topics)
+        assert reader.connections[0].msgtype in mapping.topics.values()
+    # 2.5 s of 50 Hz joint states, 30 Hz leader states and 30 Hz images
+    assert counts[topic("follower_joint_states")] > 0.6 * 2.5 * load_koch().follower.control_rate_hz
+    assert counts[topic("leader_joint_states")] > 0.6 * 2.5 * 30
+    assert counts[topic("head_image")] > 0.6 * 2.5 * 30
+    assert bag.parent == tmp_path / "bags" and any(bag.glob("*.mcap"))
