@@ -13,7 +13,7 @@ from synthetic_reach import JOINTS, SyntheticDataset
 
 from koch_common.config import ConfigError
 from koch_common.policy_runtime import PolicyInputError, PolicyRuntime, build_policy, observation_to_batch
-from kuavo_train.config import DatasetConfig
+from kuavo_train.config import DatasetConfig, load_train_config
 from kuavo_train.data import infinite_batches, load_metadata, open_dataset
 from kuavo_train.train import main, train_step
 
@@ -120,10 +120,12 @@ def test_train_cli_writes_checkpoints_that_the_runtime_loads(
     assert all(np.isfinite(record["loss"]) and record["samples_per_s"] > 0 for record in log)
 
     runtime = PolicyRuntime.load(checkpoints / "last")
-    assert runtime.chunk_size == 20 and runtime.n_action_steps == 10  # from act_sim.yaml
+    configured = load_train_config("train/act_sim.yaml").policy.overrides
+    assert runtime.chunk_size == configured["chunk_size"]
+    assert runtime.n_action_steps == configured["n_action_steps"]
     assert runtime.config.pretrained_backbone_weights is None
     actions = runtime.predict_chunk(robot_observation(reach_dataset, index=3))
-    assert actions.shape == (20, 6) and actions.dtype == np.float32
+    assert actions.shape == (configured["chunk_size"], 6) and actions.dtype == np.float32
     assert np.all(np.isfinite(actions))
 
     # A second run into the same folder must not silently mix checkpoints.

@@ -9,6 +9,7 @@ from trajectory_msgs.msg import JointTrajectory
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
+from koch_driver.bus import BusError
 from koch_driver.driver import ArmDriver
 from koch_driver.ros_convert import joint_state_msg, trajectory_from_msg
 
@@ -31,6 +32,7 @@ class DriverNode(Node):
         self.state_pub = self.create_publisher(JointState, "joint_states", 10)
         self.create_subscription(JointTrajectory, "joint_commands", self.on_command, 10)
         self.period = 1.0 / rate
+        self.bus_errors = 0
         self.create_timer(self.period, self.on_tick)
 
     def now(self) -> float:
@@ -48,7 +50,14 @@ class DriverNode(Node):
         self.driver.command(trajectory, self.now())
 
     def on_tick(self) -> None:
-        state = self.driver.step(self.period)
+        try:
+            state = self.driver.step(self.period)
+        except BusError as err:
+            # A transient bus error must not kill the driver: the servos keep their last goal
+            # (hold) and the next cycle tries again; no joint state is published for this one.
+            self.bus_errors += 1
+            self.get_logger().warning(f"bus error #{self.bus_errors}: {err}", throttle_duration_sec=1.0)
+            return
         self.state_pub.publish(
             joint_state_msg(state.stamp, state.names, state.position, state.velocity, state.effort)
         )

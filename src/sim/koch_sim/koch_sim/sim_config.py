@@ -20,8 +20,8 @@ class TaskConfig:
     azimuth_max: float = 0.8
     target_height: float = 0.02
     success_distance: float = 0.03
-    reach_duration_s: float = 2.0
-    episode_duration_s: float = 3.0
+    reach_duration_s: float = 1.0
+    episode_duration_s: float = 2.5
 
 
 @dataclass
