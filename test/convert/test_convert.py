@@ -21,7 +21,8 @@ from koch_convert.cli import main as cli_main
 from koch_convert.convert import ConversionError, convert_bags, resample_bag
 from koch_record.bag_writer import BagWriter
 
-REAL_BAGS = Path("/work/shared/fixtures/real_bags")
+# Bags recorded by real `ros2 bag record`, kept in ../shared beside the checkout (as on CI).
+REAL_BAGS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "real_bags"
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 FPS = 30
 STATE_HZ, IMAGE_HZ, DURATION_S = 50, 30, 1.5
