@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from geometry_msgs.msg import PointStamped
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from koch_bringup.ros_session import ros_session, wait_for
+from koch_bringup.ros_session import RosSession, ros_session, wait_for
 from koch_camera.camera_node import CameraNode
 from koch_common.dynamixel_models import model_by_name
 from koch_common.image_codec import from_fields
@@ -44,14 +45,19 @@ def _trajectory(positions: list[list[float]], times: list[float]) -> JointTrajec
     return msg
 
 
+def _start_driver(ros: RosSession, port: Path) -> tuple[list[JointState], Publisher]:
+    """The follower driver on `port`, and a probe recording its states and sending commands."""
+    ros.add(DriverNode(context=ros.context, namespace="follower",
+                       parameter_overrides=[Parameter("port", value=str(port))]))
+    probe = ros.node("probe")
+    states: list[JointState] = []
+    probe.create_subscription(JointState, "/follower/joint_states", states.append, 50)
+    return states, probe.create_publisher(JointTrajectory, "/follower/joint_commands", 10)
+
+
 def test_driver_publishes_states_and_follows_a_trajectory(emulator, tmp_path: Path) -> None:
     with ros_session() as ros:
-        ros.add(DriverNode(context=ros.context, namespace="follower",
-                           parameter_overrides=[Parameter("port", value=str(tmp_path / "follower"))]))
-        probe = ros.node("probe")
-        states: list[JointState] = []
-        probe.create_subscription(JointState, "/follower/joint_states", states.append, 50)
-        command_pub = probe.create_publisher(JointTrajectory, "/follower/joint_commands", 10)
+        states, command_pub = _start_driver(ros, tmp_path / "follower")
         wait_for(lambda: len(states) > 5, 10.0, "joint states")
 
         started, count = time.monotonic(), len(states)
@@ -73,12 +79,7 @@ def test_driver_publishes_states_and_follows_a_trajectory(emulator, tmp_path: Pa
 
 def test_driver_never_commands_outside_the_joint_limits(emulator, tmp_path: Path) -> None:
     with ros_session() as ros:
-        ros.add(DriverNode(context=ros.context, namespace="follower",
-                           parameter_overrides=[Parameter("port", value=str(tmp_path / "follower"))]))
-        probe = ros.node("probe")
-        states: list[JointState] = []
-        probe.create_subscription(JointState, "/follower/joint_states", states.append, 50)
-        command_pub = probe.create_publisher(JointTrajectory, "/follower/joint_commands", 10)
+        states, command_pub = _start_driver(ros, tmp_path / "follower")
         wait_for(lambda: states and command_pub.get_subscription_count() > 0, 10.0, "driver")
         command_pub.publish(_trajectory([[9.0, -9.0, 9.0, -9.0, 9.0, float("nan")]], [0.0]))
         time.sleep(2.0)
