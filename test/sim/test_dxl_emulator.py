@@ -39,11 +39,11 @@ ADDR_PRESENT_POSITION = 132
 
 
 class PatientPortHandler(sdk.PortHandler):
-    """The SDK's port with 200 ms more patience, so a loaded CI host cannot fail a test by timing."""
+    """The SDK's port with 1 s more patience, so a loaded CI host cannot fail a test by timing."""
 
     def setPacketTimeout(self, packet_length: int) -> None:  # noqa: N802 (SDK's name)
         super().setPacketTimeout(packet_length)
-        self.packet_timeout += 200.0
+        self.packet_timeout += 1000.0
 
 
 def follower_servos() -> list[tuple[int, int]]:
