@@ -39,7 +39,7 @@ SUPPORTED_BAUDRATES = (
 )  # fmt: skip
 
 
-class _PortHandler(sdk.PortHandler):
+class PatientPortHandler(sdk.PortHandler):
     """The SDK's port with extra slack on every status timeout.
 
     The SDK waits (bytes x byte time) + 34 ms for a reply. A loaded host (the simulator's
@@ -109,7 +109,7 @@ class DynamixelBus:
                 f"serial port {self.port_name} does not exist{hint}: check the USB cable and the udev rule "
                 "for the arm, or start the simulator's servo emulator"
             )
-        port = _PortHandler(self.port_name, self.timeout_slack_ms)
+        port = PatientPortHandler(self.port_name, self.timeout_slack_ms)
         try:
             ok = port.setBaudRate(self.baudrate)  # opens the port at that rate
         except serial.SerialException as exc:
@@ -216,9 +216,9 @@ class DynamixelBus:
         count = len(self.ids)
         position, velocity, current = (np.empty(count, dtype=np.int64) for _ in range(3))
         for index, servo_id in enumerate(self.ids):
-            current[index] = to_signed(reader.getData(servo_id, 126, 2), 2)
-            velocity[index] = to_signed(reader.getData(servo_id, 128, 4), 4)
-            position[index] = to_signed(reader.getData(servo_id, 132, 4), 4)
+            current[index] = to_signed(reader.getData(servo_id, STATE_ADDRESS, 2), 2)
+            velocity[index] = to_signed(reader.getData(servo_id, STATE_ADDRESS + 2, 4), 4)
+            position[index] = to_signed(reader.getData(servo_id, STATE_ADDRESS + 6, 4), 4)
         return position, velocity, current
 
     def write_goal_positions(self, raw: np.ndarray | list[int]) -> None:

@@ -14,6 +14,8 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,6 +81,11 @@ class WorldProbe:
             raise RuntimeError(f"{service} failed: {response.message}")
         return response.message
 
+    def enable_policy(self, enabled: bool, timeout: float = 10.0) -> None:
+        request = SetBool.Request(data=enabled)
+        if not self.session.call(self.node, SetBool, "/policy/policy/enable", request, timeout).success:
+            raise RuntimeError(f"the policy node refused enable={enabled}")
+
     def new_target(self) -> np.ndarray:
         message = self.trigger("/sim/sim_world/new_episode")
         target = np.array([float(v) for v in message.split()])
@@ -96,6 +103,19 @@ class WorldProbe:
         self.command_pub.publish(msg)
 
 
+@contextmanager
+def running_world(specs: list[graph.NodeSpec], log_dir: Path) -> Iterator[tuple[GraphProcess, WorldProbe]]:
+    """Start `specs` as processes and a probe on them; wait until the follower reports state."""
+    with GraphProcess(specs, log_dir) as running:
+        session = RosSession()
+        try:
+            probe = WorldProbe(session)
+            wait_for(lambda: probe.joints is not None, 30.0, "follower joint states")
+            yield running, probe
+        finally:
+            session.close()
+
+
 def record_demonstrations(workdir: Path, episodes: int) -> list[Path]:
     sim = load_sim()
     mapping = load_mapping("mapping/koch_sim.yaml")
@@ -105,27 +125,21 @@ def record_demonstrations(workdir: Path, episodes: int) -> list[Path]:
     specs = graph.sim_robot(TRAIN_SEED) + graph.scripted_teleop() + graph.recorder(str(bag_root), topics, types)
     bags: list[Path] = []
     expert_success = 0
-    with GraphProcess(specs, workdir / "logs" / "record") as running:
-        session = RosSession()
-        try:
-            probe = WorldProbe(session)
-            wait_for(lambda: probe.joints is not None, 30.0, "follower joint states")
-            for index in range(episodes):
-                running.check_alive()
-                target = probe.new_target()
-                probe.trigger("/leader/scripted_leader/go_home")
-                time.sleep(1.3)
-                probe.trigger("/recorder/start")
-                probe.trigger("/leader/scripted_leader/reach")
-                time.sleep(sim.task.episode_duration_s)
-                message = probe.trigger("/recorder/stop")
-                bags.append(Path(message.split()[0]))
-                distance = tcp_distance(probe.joints, target, load_koch().kinematics)
-                expert_success += distance <= sim.task.success_distance
-                print(f"  demo {index + 1:3d}/{episodes}: target {np.round(target, 3).tolist()}, "
-                      f"final distance {distance * 100:.1f} cm", flush=True)
-        finally:
-            session.close()
+    with running_world(specs, workdir / "logs" / "record") as (running, probe):
+        for index in range(episodes):
+            running.check_alive()
+            target = probe.new_target()
+            probe.trigger("/leader/scripted_leader/go_home")
+            time.sleep(1.3)
+            probe.trigger("/recorder/start")
+            probe.trigger("/leader/scripted_leader/reach")
+            time.sleep(sim.task.episode_duration_s)
+            message = probe.trigger("/recorder/stop")
+            bags.append(Path(message.split()[0]))
+            distance = tcp_distance(probe.joints, target, load_koch().kinematics)
+            expert_success += distance <= sim.task.success_distance
+            print(f"  demo {index + 1:3d}/{episodes}: target {np.round(target, 3).tolist()}, "
+                  f"final distance {distance * 100:.1f} cm", flush=True)
     print(f"expert success rate: {expert_success}/{episodes}")
     return bags
 
@@ -155,43 +169,36 @@ def evaluate(workdir: Path, checkpoint: Path, episodes: int) -> tuple[list[Episo
     kinematics = load_koch().kinematics
     results: list[EpisodeResult] = []
     specs = graph.deploy(str(checkpoint), sim=True, seed=EVAL_SEED)
-    with GraphProcess(specs, workdir / "logs" / "deploy") as running:
-        session = RosSession()
-        try:
-            probe = WorldProbe(session)
-            wait_for(lambda: probe.joints is not None, 30.0, "follower joint states")
-            enable = "/policy/policy/enable"
-            # Loading torch, LeRobot and the checkpoint takes a while on a small CPU.
-            session.call(probe.node, SetBool, enable, SetBool.Request(data=False), timeout=120.0)
-            for index in range(episodes):
-                running.check_alive()
-                session.call(probe.node, SetBool, enable, SetBool.Request(data=False))
-                target = probe.new_target()
-                probe.send_home(1.0)
-                time.sleep(1.4)
-                # The hold-still baseline ends where it starts: its final distance is this one.
-                start = tcp_distance(probe.joints, target, kinematics)
-                probe.diagnostics.clear()
-                session.call(probe.node, SetBool, enable, SetBool.Request(data=True))
-                time.sleep(sim.task.episode_duration_s)
-                final = tcp_distance(probe.joints, target, kinematics)
-                results.append(EpisodeResult(target.round(4).tolist(), start, final))
-                print(f"  eval {index + 1:3d}/{episodes}: start {start * 100:5.1f} cm -> "
-                      f"policy {final * 100:5.1f} cm", flush=True)
-            session.call(probe.node, SetBool, enable, SetBool.Request(data=False))
-            time.sleep(1.2)  # one more diagnostics message with the full latency history
-            stats = {}
-            if probe.diagnostics:
-                last = probe.diagnostics[-1]
-                rates = [float(d["chunk_publish_rate_hz"]) for d in probe.diagnostics[:-1]
-                         if d["enabled"] == "True"]
-                stats = {
-                    "chunk_publish_rate_hz": float(np.median(rates)) if rates else float("nan"),
-                    "inference_latency_p50_ms": float(last["inference_latency_p50_ms"]),
-                    "inference_latency_p99_ms": float(last["inference_latency_p99_ms"]),
-                }
-        finally:
-            session.close()
+    with running_world(specs, workdir / "logs" / "deploy") as (running, probe):
+        # Loading torch, LeRobot and the checkpoint takes a while on a small CPU.
+        probe.enable_policy(False, timeout=120.0)
+        for index in range(episodes):
+            running.check_alive()
+            probe.enable_policy(False)
+            target = probe.new_target()
+            probe.send_home(1.0)
+            time.sleep(1.4)
+            # The hold-still baseline ends where it starts: its final distance is this one.
+            start = tcp_distance(probe.joints, target, kinematics)
+            probe.diagnostics.clear()
+            probe.enable_policy(True)
+            time.sleep(sim.task.episode_duration_s)
+            final = tcp_distance(probe.joints, target, kinematics)
+            results.append(EpisodeResult(target.round(4).tolist(), start, final))
+            print(f"  eval {index + 1:3d}/{episodes}: start {start * 100:5.1f} cm -> "
+                  f"policy {final * 100:5.1f} cm", flush=True)
+        probe.enable_policy(False)
+        time.sleep(1.2)  # one more diagnostics message with the full latency history
+        stats = {}
+        if probe.diagnostics:
+            last = probe.diagnostics[-1]
+            rates = [float(d["chunk_publish_rate_hz"]) for d in probe.diagnostics[:-1]
+                     if d["enabled"] == "True"]
+            stats = {
+                "chunk_publish_rate_hz": float(np.median(rates)) if rates else float("nan"),
+                "inference_latency_p50_ms": float(last["inference_latency_p50_ms"]),
+                "inference_latency_p99_ms": float(last["inference_latency_p99_ms"]),
+            }
     return results, stats
 
 
