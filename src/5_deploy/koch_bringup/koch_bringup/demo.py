@@ -180,7 +180,6 @@ def evaluate(workdir: Path, checkpoint: Path, episodes: int) -> tuple[list[Episo
             time.sleep(1.4)
             # The hold-still baseline ends where it starts: its final distance is this one.
             start = tcp_distance(probe.joints, target, kinematics)
-            probe.diagnostics.clear()
             probe.enable_policy(True)
             time.sleep(sim.task.episode_duration_s)
             final = tcp_distance(probe.joints, target, kinematics)
@@ -192,6 +191,7 @@ def evaluate(workdir: Path, checkpoint: Path, episodes: int) -> tuple[list[Episo
         stats = {}
         if probe.diagnostics:
             last = probe.diagnostics[-1]
+            # Median over every second the policy was enabled, in all episodes.
             rates = [float(d["chunk_publish_rate_hz"]) for d in probe.diagnostics[:-1]
                      if d["enabled"] == "True"]
             stats = {
