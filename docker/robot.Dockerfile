@@ -1,10 +1,12 @@
 # Robot computer image: ROS 2 Jazzy with the workspace built by colcon.
 #   docker build -f docker/robot.Dockerfile -t koch-robot .
+# (RViz runs on a desktop with ROS 2; this image is headless.)
 FROM ros:jazzy-ros-base
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ffmpeg python3-venv python3-pip \
+       ros-jazzy-robot-state-publisher ros-jazzy-rosbag2-storage-mcap \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /ws

@@ -12,4 +12,10 @@ export KOCH_CONFIG_DIR="${KOCH_CONFIG_DIR:-$_koch_root/config}"
 export HF_HUB_OFFLINE=1
 # Keep DDS traffic on this machine and away from other users' graphs.
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
-unset _koch_root _koch_nounset
+# The workspace's executables (what `ros2 run <pkg> <exe>` finds in install/<pkg>/lib/<pkg>/) on
+# PATH, so the README's `launch_graph …`, `bag_to_lerobot …`, `train …` run without the ros2 CLI.
+for _koch_bin in "$_koch_root"/install/*/lib/*/; do
+    case ":$PATH:" in *":${_koch_bin%/}:"*) ;; *) PATH="${_koch_bin%/}:$PATH" ;; esac
+done
+export PATH
+unset _koch_root _koch_nounset _koch_bin

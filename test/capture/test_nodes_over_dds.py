@@ -1,4 +1,4 @@
-"""Driver, teleop and camera nodes over real DDS, on the emulated servo bus."""
+"""Driver and teleop nodes over real DDS, on the emulated servo bus."""
 
 from __future__ import annotations
 
@@ -7,21 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from geometry_msgs.msg import PointStamped
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from sensor_msgs.msg import JointState
+from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from koch_bringup.ros_session import RosSession, ros_session, wait_for
-from koch_camera.camera_node import CameraNode
 from koch_common.dynamixel_models import model_by_name
-from koch_common.image_codec import from_fields
 from koch_common.robot import load_koch
 from koch_driver.driver_node import DriverNode
 from koch_driver.teleop_node import TeleopNode
-from koch_sim.dxl_emulator import DynamixelBusEmulator
+from koch_sim.dxl_emulator import HW_OVERLOAD, DynamixelBusEmulator
 
 ARM = load_koch().follower
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -109,27 +108,68 @@ def test_teleop_mirrors_the_leader_onto_the_follower(emulator, tmp_path: Path) -
         np.testing.assert_allclose(states[-1].position, leader, atol=0.01)
 
 
-def test_sim_camera_publishes_rgb_images_with_capture_stamps_and_camera_info() -> None:
+def test_driver_node_survives_an_unplug_and_reconnects(emulator, tmp_path: Path) -> None:
     with ros_session() as ros:
-        ros.add(CameraNode(context=ros.context, namespace="head", cli_args=[
-            "--ros-args", "-r", "joint_states:=/follower/joint_states", "-r", "target:=/sim/target"]))
-        probe = ros.node("probe")
-        images: list[Image] = []
-        infos: list[CameraInfo] = []
-        probe.create_subscription(Image, "/head/color/image_raw", images.append, qos_profile_sensor_data)
-        probe.create_subscription(CameraInfo, "/head/color/camera_info", infos.append, qos_profile_sensor_data)
-        target_pub = probe.create_publisher(PointStamped, "/sim/target", LATCHED)
-        target_pub.publish(PointStamped())
-        wait_for(lambda: len(images) > 3, 10.0, "images")
-        count = len(images)
-        wait_for(lambda: len(images) > count + 10, 10.0, "more images")
-        image = images[-1]
-        assert image.encoding == "rgb8"
-        array = from_fields(image.height, image.width, image.encoding, image.step, bytes(image.data))
-        assert array.shape == (image.height, image.width, 3)
-        stamps = [i.header.stamp.sec + i.header.stamp.nanosec * 1e-9 for i in images]
-        assert np.all(np.diff(stamps) > 0)
-        assert infos and infos[-1].width == image.width and infos[-1].k[0] > 0
-        image_stamps = {(i.header.stamp.sec, i.header.stamp.nanosec) for i in images}
-        assert any((i.header.stamp.sec, i.header.stamp.nanosec) in image_stamps for i in infos), \
-            "CameraInfo carries the stamp of the image it describes"
+        states, _ = _start_driver(ros, tmp_path / "follower")
+        probe = ros.node("diag_probe")
+        diagnostics: list[DiagnosticArray] = []
+        probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+        wait_for(lambda: len(states) > 3, 10.0, "joint states")
+        emulator.unplug()
+
+        def bus_reported(level: bytes, text: str, since: int) -> bool:
+            return any(s.level == level and s.name.endswith("follower bus") and text in s.message
+                       for d in diagnostics[since:] for s in d.status)
+
+        wait_for(lambda: bus_reported(DiagnosticStatus.ERROR, "disconnected", 0), 10.0, "disconnected in /diagnostics")
+        seen = len(diagnostics)
+        emulator.replug()
+        count = len(states)
+        wait_for(lambda: len(states) > count + 3, 15.0, "joint states again after the reconnect")
+        wait_for(lambda: bus_reported(DiagnosticStatus.OK, "ok", seen), 10.0, "bus ok again in /diagnostics")
+        reconnects = [v.value for d in diagnostics for s in d.status for v in s.values if v.key == "reconnects"]
+        assert reconnects[-1] == "1"
+
+
+def _call(ros: RosSession, service_type, name: str, request):  # noqa: ANN001, ANN202
+    client = ros.node("caller").create_client(service_type, name)
+    assert client.wait_for_service(timeout_sec=10.0), f"service {name}"
+    future = client.call_async(request)
+    wait_for(future.done, 10.0, f"{name} response")
+    return future.result()
+
+
+def test_driver_reports_hardware_errors_and_serves_torque_reboot_hold(emulator, tmp_path: Path) -> None:
+    with ros_session() as ros:
+        states, _ = _start_driver(ros, tmp_path / "follower")
+        probe = ros.node("diag_probe")
+        diagnostics: list[DiagnosticArray] = []
+        probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+        point_pub = probe.create_publisher(JointState, "/follower/joint_position_command", 10)
+        wait_for(lambda: states and point_pub.get_subscription_count() > 0, 10.0, "driver")
+
+        # single-point streaming
+        goal = [0.2, -0.1, 0.3, 0.0, -0.2, 0.1]
+        point_pub.publish(JointState(name=ARM.names, position=goal))
+        wait_for(lambda: np.allclose(states[-1].position, goal, atol=0.01), 5.0, "streamed point reached")
+
+        emulator.set_hardware_error(3, HW_OVERLOAD)
+
+        def servo3_error() -> bool:
+            return any(s.level == DiagnosticStatus.ERROR and "ID 3" in s.name and "overload error" in s.message
+                       for d in diagnostics for s in d.status)
+
+        wait_for(servo3_error, 10.0, "overload on ID 3 in /diagnostics")
+        reply = _call(ros, Trigger, "/follower/koch_driver/reboot", Trigger.Request())
+        assert reply.success and "[3]" in reply.message, reply.message
+        assert emulator.read_field(3, "Hardware_Error_Status") == 0
+        assert emulator.read_field(3, "Torque_Enable") == 1
+
+        reply = _call(ros, SetBool, "/follower/koch_driver/torque", SetBool.Request(data=False))
+        assert reply.success
+        assert [emulator.read_field(i, "Torque_Enable") for i in ARM.ids] == [0] * 6
+        reply = _call(ros, SetBool, "/follower/koch_driver/torque", SetBool.Request(data=True))
+        assert reply.success and emulator.read_field(1, "Torque_Enable") == 1
+        reply = _call(ros, Trigger, "/follower/koch_driver/hold", Trigger.Request())
+        assert reply.success and reply.message.startswith("holding")
+

@@ -70,7 +70,7 @@ def test_stale_observation_holds_the_measured_position() -> None:
         assert runner.tick(now + 0.01).kind == "chunk"
         # no new messages: 0.1 s later every stream is stale
         output = runner.tick(now + 0.2)
-        assert output.kind == "hold" and "stale" in output.reason
+        assert output.kind == "stale" and "stale" in output.reason
         np.testing.assert_allclose(output.positions[0], measured)
         assert runner.limits.interventions["stale_observation"] == 1
     finally:

@@ -143,3 +143,24 @@ def test_live_path_equals_offline_resampling() -> None:
     assert live == offline
     assert report.streams["image"].missing > 0 and report.streams["state"].stale > 0
     assert not report.complete
+
+
+def test_asof_tolerance_and_drop_policy() -> None:
+    # asof with a tolerance tighter than the staleness limit: usable only within 0.02 s
+    tight = StreamBuffer(StreamSpec("s", "asof", 0.1, tolerance_s=0.02))
+    tight.push(1.0, "a")
+    assert tight.sample(1.015).value == "a"
+    assert tight.sample(1.03) is None
+    # drop samples like asof (missing when too old); the converter then leaves the frame out
+    drop = buffer("drop", [1.0, 1.2], staleness=0.05)
+    assert drop.sample(1.04).value == "v0" and drop.sample(1.1) is None and drop.sample(1.2).value == "v1"
+    with pytest.raises(ValueError, match="tolerance_s must be > 0"):
+        StreamSpec("s", "asof", 0.1, tolerance_s=0.0)
+
+
+def test_report_counts_input_gaps() -> None:
+    buf = buffer("hold", [0.0, 0.02, 0.04, 0.5, 0.52], staleness=0.1)
+    _, report = resample_streams({"s": buf}, grid(0.0, 0.52, 30))
+    assert report.streams["s"].gaps == 1
+    assert report.streams["s"].max_gap_s == pytest.approx(0.46)
+    assert report.streams["s"].stale > 0

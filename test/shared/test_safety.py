@@ -1,8 +1,15 @@
-"""The shared safety layer: nothing outside the limits leaves it."""
+"""The shared safety layer: nothing outside the limits leaves it.
+
+The property tests push more than 10^5 generated chunks through the filter: hypothesis draws
+each example's ingredients (seed, length, rates of NaN / inf / out-of-range values / jumps,
+measured position, initial velocity, one fully hypothesis-built chunk) and a batch of
+`BATCH` chunks is built from them, filtered in one vectorised call and checked point by point.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -13,41 +20,146 @@ from koch_common.safety import SafetyLimits
 KOCH = load_koch()
 ARM = KOCH.follower
 DT = 1.0 / 30.0
+BATCH = 512
+EXAMPLES = 200  # 200 x 512 = 102,400 chunks
+TOL = 1e-9
+CHUNKS_CHECKED = [0]
 
 values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64), st.floats(-4, 4))
 
 
-@settings(max_examples=300, deadline=None)
+def _limits() -> SafetyLimits:
+    return SafetyLimits.for_arm(ARM, KOCH.safety)
+
+
+def _assert_safe(limits: SafetyLimits, safe: np.ndarray, measured: np.ndarray,
+                 initial_velocity: np.ndarray | None) -> None:
+    assert np.all(np.isfinite(safe)), "non-finite output"
+    assert np.all(safe >= limits.lower - TOL) and np.all(safe <= limits.upper + TOL), "outside position limits"
+    start = np.clip(measured, limits.lower, limits.upper)
+    assert np.all(np.abs(safe[:, 0] - start) <= limits.max_step + TOL), "first point leads measured too far"
+    velocity = np.diff(safe, axis=1) / DT
+    assert np.all(np.abs(velocity) <= limits.max_velocity + TOL), "above velocity limit"
+    acceleration = np.diff(velocity, axis=1) / DT
+    assert np.all(np.abs(acceleration) <= limits.max_acceleration + 1e-6), "above acceleration limit"
+    if initial_velocity is not None and safe.shape[1] > 1:
+        # across chunks: from the previous command's velocity, unless that one could not brake in time
+        v0 = np.broadcast_to(initial_velocity, safe[:, 0].shape)
+        feasible = limits.feasible_initial_velocity(safe[:, 0], v0, DT) == np.clip(v0, -limits.max_velocity,
+                                                                                  limits.max_velocity)
+        first = np.abs(velocity[:, 0] - v0) / DT
+        assert np.all(first[feasible] <= np.broadcast_to(limits.max_acceleration, first.shape)[feasible] + 1e-6)
+
+
+@st.composite
+def chunk_batches(draw):
+    seed = draw(st.integers(0, 2**32 - 1))
+    steps = draw(st.integers(1, 40))
+    rates = [draw(st.floats(0.0, 0.05)) for _ in range(3)]  # nan, +-inf, out of range (per value)
+    jump_rate = draw(st.floats(0.0, 0.5))  # per chunk: a step change of up to 6 rad at a random point
+    measured = draw(arrays(np.float64, 6, elements=st.floats(-3.5, 3.5)))
+    with_velocity = draw(st.booleans())
+    one = draw(arrays(np.float64, (steps, 6), elements=values))
+    rng = np.random.default_rng(seed)
+    lower, upper = ARM.lower, ARM.upper
+    # smooth-ish random walks around the measured position, then corrupted
+    chunks = measured + np.cumsum(rng.normal(0, 0.15, (BATCH, steps, 6)), axis=1)
+    jumps = rng.random(BATCH) < jump_rate
+    at = rng.integers(0, steps, BATCH)
+    for b in np.flatnonzero(jumps):
+        chunks[b, at[b]:] += rng.uniform(-6, 6, 6)
+    u = rng.random(chunks.shape)
+    chunks[u < rates[0]] = np.nan
+    chunks[(u >= rates[0]) & (u < rates[0] + rates[1])] = np.inf * rng.choice([-1, 1])
+    out = (u >= rates[0] + rates[1]) & (u < sum(rates))
+    chunks[out] = rng.choice([-1, 1], out.sum()) * rng.uniform(2, 1e6, out.sum())
+    chunks[0] = one
+    chunks = np.clip(chunks, -1e300, 1e300, where=np.isfinite(chunks), out=chunks)
+    measured_b = np.clip(measured + rng.normal(0, 0.05, (BATCH, 6)), lower - 0.5, upper + 0.5)
+    velocity = rng.uniform(-1, 1, (BATCH, 6)) * ARM.max_velocity if with_velocity else None
+    return chunks, measured_b, velocity
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(batch=chunk_batches())
+def test_generated_chunks_never_leave_position_velocity_acceleration_and_step_limits(batch) -> None:
+    chunks, measured, velocity = batch
+    limits = _limits()
+    safe = limits.filter_chunks(chunks, measured, DT, velocity)
+    assert safe.shape == chunks.shape
+    _assert_safe(limits, safe, measured, velocity)
+    # a chunk with a non-finite value holds the measured position (from rest: exactly; when the arm
+    # is moving, it brakes towards it within the acceleration limit, checked above)
+    bad = ~np.isfinite(chunks).all(axis=(1, 2))
+    if velocity is None:
+        held = np.clip(measured, limits.lower, limits.upper)[:, None, :]
+        assert np.all(safe[bad] == np.broadcast_to(held, safe.shape)[bad])
+    assert limits.interventions["non_finite"] == int(bad.sum())
+    CHUNKS_CHECKED[0] += len(chunks)
+
+
+def test_the_property_run_covered_at_least_1e5_chunks() -> None:
+    # runs after the property test in file order; guards against a settings change shrinking the run
+    if CHUNKS_CHECKED[0] == 0:
+        pytest.skip("run together with the property test to count its chunks")
+    assert CHUNKS_CHECKED[0] >= 100_000
+
+
+@settings(max_examples=100, deadline=None)
 @given(chunk=arrays(np.float64, st.tuples(st.integers(1, 20), st.just(6)), elements=values),
        measured=arrays(np.float64, 6, elements=st.floats(-1.4, 1.4)))
-def test_filtered_chunks_stay_inside_position_velocity_and_step_limits(chunk: np.ndarray,
-                                                                        measured: np.ndarray) -> None:
-    limits = SafetyLimits.for_arm(ARM, KOCH.safety)
+def test_single_chunk_api_matches_the_limits(chunk: np.ndarray, measured: np.ndarray) -> None:
+    limits = _limits()
     safe = limits.filter_chunk(chunk, measured, DT)
     assert safe.shape == chunk.shape
-    assert np.all(np.isfinite(safe))
-    assert np.all(safe >= limits.lower - 1e-12) and np.all(safe <= limits.upper + 1e-12)
-    start = np.clip(measured, limits.lower, limits.upper)
-    assert np.all(np.abs(safe[0] - start) <= limits.max_step + 1e-12)
-    assert np.all(np.abs(np.diff(safe, axis=0)) <= limits.max_velocity * DT + 1e-12)
+    _assert_safe(limits, safe[None], measured[None], None)
 
 
 def test_interventions_are_counted_by_kind() -> None:
-    limits = SafetyLimits.for_arm(ARM, KOCH.safety)
-    limits.filter_chunk(np.array([[np.nan, 0, 0, 0, 0, 0], [9.0, 0, 0, 0, 0, 0]]), np.zeros(6), DT)
+    limits = _limits()
+    limits.filter_chunk(np.array([[np.nan, 0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0, 0]]), np.zeros(6), DT)
     assert limits.interventions["non_finite"] == 1
+    limits.filter_chunk(np.array([[0.3, 0, 0, 0, 0, 0], [9.0, 0, 0, 0, 0, 0]]), np.zeros(6), DT)
     assert limits.interventions["position_limit"] == 1
     assert limits.interventions["velocity_limit"] == 1
+    limits.filter_chunk(np.array([[0.5, 0, 0, 0, 0, 0]]), np.zeros(6), DT)
+    assert limits.interventions["max_step"] == 1
+    # 0 -> 0.09 rad/tick (2.7 rad/s, under the limit) in one step from rest: too much acceleration
+    limits.filter_chunk(np.array([[0.0] * 6, [0.09, 0, 0, 0, 0, 0]]), np.zeros(6), DT, np.zeros(6))
+    assert limits.interventions["acceleration_limit"] == 1
+
+
+def test_non_finite_chunk_holds_the_measured_position() -> None:
+    limits = _limits()
+    measured = np.array([0.1, -0.2, 0.3, 0.0, 0.5, 0.2])
+    chunk = np.tile(measured + 0.05, (10, 1))
+    chunk[4, 2] = np.inf
+    np.testing.assert_array_equal(limits.filter_chunk(chunk, measured, DT), np.tile(measured, (10, 1)))
+    with pytest.raises(ValueError, match="measured position is not finite"):
+        limits.filter_chunk(chunk, np.full(6, np.nan), DT)
+
+
+def test_a_joint_driven_into_its_limit_brakes_within_the_acceleration_bound() -> None:
+    limits = _limits()
+    measured = np.array([1.2, 0, 0, 0, 0, 0])
+    chunk = np.tile(measured, (30, 1))
+    chunk[:, 0] = np.linspace(1.2, 5.0, 30)  # runs into the 1.58 rad limit at full speed
+    safe = limits.filter_chunk(chunk, measured, DT, np.array([3.0, 0, 0, 0, 0, 0]))
+    assert safe[:, 0].max() <= limits.upper[0] + TOL
+    _assert_safe(limits, safe[None], measured[None], np.array([3.0, 0, 0, 0, 0, 0]))
+    assert safe[-1, 0] == pytest.approx(limits.upper[0], abs=1e-3)  # it still gets there
 
 
 def test_safe_chunk_is_untouched() -> None:
-    limits = SafetyLimits.for_arm(ARM, KOCH.safety)
+    limits = _limits()
     chunk = np.linspace(0, 0.05, 5)[:, None] * np.ones((1, 6))
     np.testing.assert_allclose(limits.filter_chunk(chunk, np.zeros(6), DT), chunk)
-    assert not limits.interventions
+    assert not +limits.interventions
 
 
-def test_rate_limit_moves_no_faster_than_max_velocity() -> None:
-    limits = SafetyLimits.for_arm(ARM, KOCH.safety)
+def test_rate_limit_moves_no_faster_than_max_velocity_and_rejects_non_finite() -> None:
+    limits = _limits()
     goal = limits.limit_rate(np.zeros(6), np.ones(6), 0.02)
     np.testing.assert_allclose(goal, ARM.max_velocity * 0.02)
+    np.testing.assert_array_equal(limits.limit_rate(goal, np.full(6, np.nan), 0.02), goal)
+    assert limits.interventions["non_finite"] == 1

@@ -21,7 +21,7 @@ from koch_common.dynamixel_models import MODELS, model_by_name
 from koch_common.robot import load_koch
 from koch_driver.bus import PatientPortHandler
 from koch_sim import protocol2 as p2
-from koch_sim.dxl_emulator import DynamixelBusEmulator
+from koch_sim.dxl_emulator import HW_OVERLOAD, DynamixelBusEmulator
 
 # Packets printed in the Robotis e-Manual (Protocol 2.0 page), CRC included.
 E_MANUAL_PACKETS = {
@@ -321,3 +321,116 @@ def test_cli_serves_the_leader_arm_until_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     assert not link.is_symlink()
+
+
+# -- fidelity: alert bit, Fast Sync Read, wire timing, baud, faults ----------------------------
+
+
+def test_hardware_error_sets_the_alert_bit_until_reboot(emulator, port, packets) -> None:
+    assert packets.write1ByteTxRx(port, 2, ADDR_TORQUE, 1) == (sdk.COMM_SUCCESS, 0)
+    emulator.set_hardware_error(2, HW_OVERLOAD)
+    model, result, error = packets.ping(port, 2)
+    assert (model, result, error) == (1060, sdk.COMM_SUCCESS, 0x80)
+    assert packets.read1ByteTxRx(port, 2, 70) == (HW_OVERLOAD, sdk.COMM_SUCCESS, 0x80)
+    assert packets.read1ByteTxRx(port, 2, ADDR_TORQUE)[0] == 0, "overload is a shutdown error: torque off"
+    assert packets.ping(port, 1)[2] == 0, "other servos are unaffected"
+    assert packets.reboot(port, 2)[:2] == (sdk.COMM_SUCCESS, 0)
+    assert packets.read1ByteTxRx(port, 2, 70) == (0, sdk.COMM_SUCCESS, 0)
+
+
+def test_fast_sync_read_reply_layout_and_sdk_decoding(emulator, port, packets) -> None:
+    emulator.set_present_position(3, 1234)
+    # Raw packet: one status from the broadcast ID; per servo ERR, ID, 4 data bytes, CRC.
+    instruction = p2.build_packet(p2.BROADCAST_ID, p2.INST_FAST_SYNC_READ, bytes([132, 0, 4, 0, 1, 3]))
+    port.clearPort()
+    port.writePort(instruction)
+    reply = _read_exactly(port, 8 + 2 * 8)
+    assert reply[:8] == bytes([0xFF, 0xFF, 0xFD, 0x00, 0xFE, 17, 0, 0x55])
+    first, second = reply[8:16], reply[16:24]
+    assert first[:6] == bytes([0, 1]) + (2048).to_bytes(4, "little")
+    assert first[6] | (first[7] << 8) == p2.crc16(reply[:14]), "a servo's CRC covers the packet so far"
+    assert second[:6] == bytes([0, 3]) + (1234).to_bytes(4, "little")
+    assert second[6] | (second[7] << 8) == p2.crc16(reply[:22])
+    reader = sdk.GroupSyncRead(port, packets, ADDR_PRESENT_POSITION, 4)
+    for servo_id in range(1, 7):
+        reader.addParam(servo_id)
+    assert reader.fastSyncRead() == sdk.COMM_SUCCESS
+    assert [reader.getData(i, ADDR_PRESENT_POSITION, 4) for i in range(1, 7)] == [2048, 2048, 1234, 2048, 2048, 2048]
+
+
+def _read_exactly(port: sdk.PortHandler, count: int, timeout_s: float = 1.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout_s
+    while len(data) < count and time.monotonic() < deadline:
+        data += bytes(port.readPort(count - len(data)))
+    return data
+
+
+def test_wire_timing_delays_replies_by_bytes_and_return_delay() -> None:
+    rdt = 250  # 500 us, the factory default
+    with DynamixelBusEmulator([(1, 1200)], wire_timing=True, return_delay_time=rdt) as emu:
+        handler = PatientPortHandler(emu.port, TEST_SLACK_MS)
+        assert handler.setBaudRate(1_000_000)
+        packets = sdk.PacketHandler(2.0)
+        elapsed = []
+        for _ in range(5):
+            start = time.perf_counter()
+            assert packets.ping(handler, 1)[1] == sdk.COMM_SUCCESS
+            elapsed.append(time.perf_counter() - start)
+        # ping 10 bytes + status 14 bytes at 10 bits each, plus 500 us: never sooner than the wire allows.
+        assert min(elapsed) >= (10 + 14) * 10 / 1_000_000 + rdt * 2e-6
+        handler.closePort()
+
+
+def test_servos_at_another_baud_rate_stay_silent(emulator, port, packets) -> None:
+    assert port.setBaudRate(57600)
+    assert packets.ping(port, 1)[1] == sdk.COMM_RX_TIMEOUT
+    assert emulator.baud_mismatches >= 1
+    assert port.setBaudRate(1_000_000)
+    assert packets.ping(port, 1)[:2] == (1060, sdk.COMM_SUCCESS)
+
+
+def test_dropped_and_corrupted_replies(emulator, port, packets) -> None:
+    emulator.drop_replies(1, servo_id=1)
+    assert packets.ping(port, 1)[1] == sdk.COMM_RX_TIMEOUT
+    emulator.corrupt_replies(1)
+    assert packets.ping(port, 4)[1] == sdk.COMM_RX_CORRUPT
+    assert packets.ping(port, 1)[:2] == (1060, sdk.COMM_SUCCESS)
+    assert emulator.faults.applied == {"dropped": 1, "corrupted": 1}
+
+
+def test_unplug_and_replug_keep_servo_state(tmp_path: Path) -> None:
+    link = tmp_path / "follower"
+    with DynamixelBusEmulator([(1, 1200)], link_path=str(link)) as emu:
+        handler = PatientPortHandler(str(link), TEST_SLACK_MS)
+        assert handler.setBaudRate(1_000_000)
+        packets = sdk.PacketHandler(2.0)
+        assert packets.write4ByteTxRx(handler, 1, ADDR_GOAL, 3000) == (sdk.COMM_SUCCESS, 0)
+        emu.unplug()
+        assert not link.is_symlink()
+        with pytest.raises(Exception):  # noqa: B017 - pyserial/termios/OSError, whichever the SDK hits first
+            packets.ping(handler, 1)
+        handler.closePort()
+        emu.replug()
+        handler = PatientPortHandler(str(link), TEST_SLACK_MS)
+        assert handler.setBaudRate(1_000_000)
+        assert packets.read4ByteTxRx(handler, 1, ADDR_GOAL) == (3000, sdk.COMM_SUCCESS, 0)
+        handler.closePort()
+
+
+def test_current_based_position_servo_yields_to_a_hand_and_springs_back(emulator, port, packets) -> None:
+    assert packets.write1ByteTxRx(port, 6, 11, 5) == (sdk.COMM_SUCCESS, 0)  # current-based position
+    assert packets.write1ByteTxRx(port, 6, ADDR_TORQUE, 1) == (sdk.COMM_SUCCESS, 0)
+    emulator.set_present_position(6, 2448)
+    position, _, _ = packets.read4ByteTxRx(port, 6, ADDR_PRESENT_POSITION)
+    assert position == 2448
+    assert sdk_signed16(packets.read2ByteTxRx(port, 6, ADDR_PRESENT_CURRENT)[0]) < 0  # pushing back
+    time.sleep(0.5)
+    assert abs(packets.read4ByteTxRx(port, 6, ADDR_PRESENT_POSITION)[0] - 2048) <= 1
+    assert packets.write1ByteTxRx(port, 3, ADDR_TORQUE, 1) == (sdk.COMM_SUCCESS, 0)
+    with pytest.raises(RuntimeError, match="current-based position"):
+        emulator.set_present_position(3, 2448)  # plain position mode holds against the hand
+
+
+def sdk_signed16(value: int) -> int:
+    return value - 0x10000 if value >= 0x8000 else value

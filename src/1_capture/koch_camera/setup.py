@@ -11,13 +11,15 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
     ],
+    # av (PyAV) and opencv come with lerobot (requirements.txt); pyrealsense2 is optional (source realsense)
     install_requires=["setuptools"],
     extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="Robot learning team",
     maintainer_email="robot-learning@example.com",
     description=(
-        "Camera capture nodes publishing sensor_msgs/Image and CameraInfo with capture timestamps."
+        "Camera capture nodes (sim renderer, video file, V4L2, RealSense) publishing sensor_msgs/Image "
+        "and CameraInfo with capture timestamps."
     ),
     license="Apache-2.0",
     entry_points={

@@ -21,7 +21,8 @@ setup(
     entry_points={
         "console_scripts": [
             "driver = koch_driver.driver_node:main",
-            "teleop = koch_driver.teleop_node:main"
+            "teleop = koch_driver.teleop_node:main",
+            "calibrate = koch_driver.calibrate:main",
         ],
     },
 )

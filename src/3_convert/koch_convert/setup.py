@@ -20,7 +20,8 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "bag_to_lerobot = koch_convert.cli:main"
+            "bag_to_lerobot = koch_convert.cli:main",
+            "lerobot_migrate_v21 = koch_convert.migrate:main",
         ],
     },
 )

@@ -22,7 +22,9 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "train = kuavo_train.train:main"
+            "train = kuavo_train.train:main",
+            "kuavo_eval = kuavo_train.evaluate:main",
+            "kuavo_export = kuavo_train.export:main",
         ],
     },
 )

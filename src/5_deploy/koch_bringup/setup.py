@@ -12,6 +12,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/urdf", glob("urdf/*.urdf")),
+        (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
     ],
     install_requires=["setuptools"],
     extras_require={"test": ["pytest"]},
@@ -26,7 +28,9 @@ setup(
     entry_points={
         "console_scripts": [
             "demo = koch_bringup.demo:main",
-            "launch_graph = koch_bringup.launcher:main"
+            "launch_graph = koch_bringup.launcher:main",
+            "record_episodes = koch_bringup.episodes:main",
+            "koch_urdf = koch_bringup.urdf_model:main",
         ],
     },
 )

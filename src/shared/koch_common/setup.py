@@ -13,7 +13,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         # The project's config/ (a symlink here) ships with the package for non-symlink installs.
         *[(f"share/{PACKAGE}/{folder}", glob(f"{folder}/*.yaml"))
-          for folder in ("config", "config/mapping", "config/train")],
+          for folder in ("config", "config/mapping", "config/train", "config/cameras")],
     ],
     install_requires=["setuptools"],
     extras_require={"test": ["pytest"]},

@@ -1,16 +1,24 @@
 """The Koch arm's Dynamixel bus on the real `dynamixel_sdk` (ROS-free).
 
-One GroupSyncRead of Present_Current..Present_Position (126..135) per control cycle and one
-GroupSyncWrite of Goal_Position per command, with bounded retries and errors that name the
-port, the servo ID and the model so a person at the robot knows what to check.
+One GroupSyncRead of Present_Current..Present_Position (126..135) per control cycle (Fast
+Sync Read when every servo's firmware supports it, with an automatic fall back to plain Sync
+Read when fast reads keep failing where plain ones succeed) and one GroupSyncWrite of
+Goal_Position per command, with bounded retries and errors that name the port, the servo ID
+and the model so a person at the robot knows what to check. A port that vanishes under the
+SDK (USB unplugged) raises `PortLostError`, so the driver can hold safe and reconnect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import select
+import termios
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 import dynamixel_sdk as sdk
 import numpy as np
@@ -26,11 +34,19 @@ from koch_common.dynamixel_models import (
     to_unsigned,
 )
 
+T = TypeVar("T")
+
 STATE_ADDRESS = 126  # Present_Current(2) + Present_Velocity(4) + Present_Position(4)
 STATE_LENGTH = 10
 GOAL_POSITION_ADDRESS = 116
 GOAL_POSITION_LENGTH = 4
 TORQUE_ENABLE_ADDRESS = 64
+HARDWARE_ERROR_ADDRESS = 70
+ALERT_BIT = 0x80  # status packet error byte: a hardware error is latched
+# Fast Sync Read failing this many times in a row while plain Sync Read works -> plain only.
+FAST_READ_FALLBACK_AFTER = 3
+# Baud rates probed when no servo answers, most common first (Koch servos ship at 57600).
+PROBE_BAUDRATES = (57600, 1000000, 115200, 2000000, 3000000, 4000000, 9600)
 DEFAULT_ATTEMPTS = 3
 DEFAULT_TIMEOUT_SLACK_MS = 20.0
 SUPPORTED_BAUDRATES = (
@@ -55,9 +71,26 @@ class PatientPortHandler(sdk.PortHandler):
         super().setPacketTimeout(packet_length)
         self.packet_timeout += self.timeout_slack_ms
 
+    def readPort(self, length: int) -> bytes:  # noqa: N802 (SDK's name)
+        """Wait in select() for the reply instead of the SDK's busy polling loop.
+
+        The SDK polls a non-blocking read until the packet timeout; on a small robot computer
+        (and on the emulator's host) that spinning steals the CPU the rest of the stack needs.
+        Blocking until a byte arrives or the timeout passes returns the same bytes, sooner.
+        """
+        if self.ser.in_waiting == 0 and self.packet_timeout > 0:
+            remaining_ms = self.packet_timeout - self.getTimeSinceStart()
+            if remaining_ms > 0:
+                select.select([self.ser.fileno()], [], [], remaining_ms / 1000.0)
+        return super().readPort(length)
+
 
 class BusError(RuntimeError):
     """The Dynamixel bus failed; the message names the port, the servo and what to check."""
+
+
+class PortLostError(BusError):
+    """The serial port itself failed (adapter unplugged, pty hung up): reopen it to go on."""
 
 
 class DynamixelBus:
@@ -71,6 +104,7 @@ class DynamixelBus:
         expected_models: dict[int, str] | None = None,
         attempts: int = DEFAULT_ATTEMPTS,
         timeout_slack_ms: float = DEFAULT_TIMEOUT_SLACK_MS,
+        fast_sync_read: bool = True,
     ) -> None:
         if not ids:
             raise ValueError("DynamixelBus needs at least one servo ID")
@@ -93,6 +127,14 @@ class DynamixelBus:
         self._port: sdk.PortHandler | None = None
         self._packets = sdk.PacketHandler(2.0)
         self._state_reader: sdk.GroupSyncRead | None = None
+        self._error_reader: sdk.GroupSyncRead | None = None
+        self._firmware: dict[int, int] = {}
+        self.fast_sync_read_wanted = fast_sync_read
+        self._fast_failures = 0
+        self.fast_fallbacks = 0  # times fast reads failed and a plain read was used instead
+        self.alert_seen = False
+        self._baud_probed = False
+        self.retries = 0  # extra attempts spent on reads/writes that eventually succeeded or not
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
@@ -119,10 +161,15 @@ class DynamixelBus:
         if not ok:
             raise BusError(f"cannot set baud rate {self.baudrate} on {self.port_name}")
         self._port = port
-        reader = sdk.GroupSyncRead(port, self._packets, STATE_ADDRESS, STATE_LENGTH)
+        self._state_reader = self._group_reader(STATE_ADDRESS, STATE_LENGTH)
+        self._error_reader = self._group_reader(HARDWARE_ERROR_ADDRESS, 1)
+        self._fast_failures = 0
+
+    def _group_reader(self, address: int, length: int) -> sdk.GroupSyncRead:
+        reader = sdk.GroupSyncRead(self._port, self._packets, address, length)
         for servo_id in self.ids:
             reader.addParam(servo_id)
-        self._state_reader = reader
+        return reader
 
     def _open_error(self, exc: serial.SerialException) -> str:
         code = getattr(exc, "errno", None)
@@ -141,9 +188,21 @@ class DynamixelBus:
 
     def close(self) -> None:
         if self._port is not None and self._port.is_open:
-            self._port.closePort()
+            with contextlib.suppress(OSError, serial.SerialException, termios.error):
+                self._port.closePort()
         self._port = None
         self._state_reader = None
+        self._error_reader = None
+
+    def _io(self, call: Callable[[], T]) -> T:
+        """Run one SDK call; a failing serial port becomes PortLostError (naming the port)."""
+        try:
+            return call()
+        except (serial.SerialException, OSError, termios.error) as exc:
+            raise PortLostError(
+                f"serial port {self.port_name} failed ({exc}): the USB adapter was unplugged or reset; "
+                "check the cable, the driver reconnects when the port returns"
+            ) from exc
 
     def __enter__(self) -> DynamixelBus:
         self.open()
@@ -168,11 +227,18 @@ class DynamixelBus:
         for servo_id in self.ids:
             expected = self._expected.get(servo_id)
             wanted = f" (expected {expected.name})" if expected else ""
-            model_number = self._with_retry(
-                lambda sid=servo_id: self._ping_once(sid),
-                f"servo ID {servo_id}{wanted} does not answer a ping on {self.port_name} at "
-                f"{self.baudrate} baud: check its power and cable, its ID and baud rate (Dynamixel Wizard)",
-            )
+            try:
+                model_number = self._with_retry(
+                    lambda sid=servo_id: self._ping_once(sid),
+                    f"servo ID {servo_id}{wanted} does not answer a ping on {self.port_name} at "
+                    f"{self.baudrate} baud: check its power and cable, its ID and baud rate (Dynamixel Wizard)",
+                )
+            except PortLostError:
+                raise
+            except BusError as exc:
+                if not found:
+                    self._raise_if_other_baud(servo_id, wanted, exc)
+                raise
             spec = MODELS.get(model_number)
             if spec is None:
                 raise BusError(
@@ -186,28 +252,93 @@ class DynamixelBus:
                     f"{expected.model_number}): fix the ID assignment or the model in the config"
                 )
             self._models[servo_id] = spec
+            self._firmware[servo_id] = self.read_field(servo_id, "Firmware_Version")
             found[servo_id] = model_number
         return found
 
+    def _raise_if_other_baud(self, servo_id: int, wanted: str, original: BusError) -> None:
+        """No servo answers at all: ping this one at the other common rates, to name the right one.
+
+        One unicast ping per rate (tens of ms each, unlike a broadcast ping's ~1 s), and only
+        once per bus object, so a driver retrying a powered-off arm does not pay it every time.
+        """
+        if self._baud_probed:
+            return
+        self._baud_probed = True
+        port = self._require_port()
+        try:
+            for baudrate in PROBE_BAUDRATES:
+                if baudrate == self.baudrate or not self._io(lambda b=baudrate: port.setBaudRate(b)):
+                    continue
+                model_number, result, _ = self._ping_once(servo_id)
+                if result == sdk.COMM_SUCCESS:
+                    raise BusError(
+                        f"servo ID {servo_id}{wanted} does not answer on {self.port_name} at {self.baudrate} baud "
+                        f"but answers at {baudrate} baud (model number {model_number}): wrong baud rate; set the "
+                        f"arm's baudrate to {baudrate} in config/koch.yaml or change the servos' Baud_Rate with "
+                        "Dynamixel Wizard"
+                    ) from original
+        finally:
+            self._io(lambda: port.setBaudRate(self.baudrate))
+
     def _ping_once(self, servo_id: int) -> tuple[int, int, int]:
-        return self._packets.ping(self._require_port(), servo_id)
+        port = self._require_port()
+        return self._io(lambda: self._packets.ping(port, servo_id))
+
+    @property
+    def uses_fast_sync_read(self) -> bool:
+        """Fast Sync Read is on: asked for, every servo's firmware has it, and it has not kept failing."""
+        if not self.fast_sync_read_wanted or self._fast_failures >= FAST_READ_FALLBACK_AFTER:
+            return False
+        for servo_id in self.ids:
+            spec, firmware = self._models.get(servo_id), self._firmware.get(servo_id)
+            if spec is None or firmware is None or spec.fast_sync_read_min_firmware is None:
+                return False
+            if firmware < spec.fast_sync_read_min_firmware:
+                return False
+        return True
+
+    def model_of(self, servo_id: int) -> ModelSpec | None:
+        return self._models.get(servo_id)
 
     # -- cyclic I/O -------------------------------------------------------------------------
     def read_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(position_raw, velocity_raw, current_raw) as int64 arrays in `ids` order."""
-        self._require_port()
         reader = self._state_reader
+        self._require_port()
         assert reader is not None
+        self._sync_read(reader, STATE_ADDRESS, STATE_LENGTH, "the servo state")
+        return self._decode_state(reader)
+
+    def read_hardware_errors(self) -> dict[int, int]:
+        """Hardware_Error_Status of every servo (one sync read): id -> bits (0 = healthy)."""
+        reader = self._error_reader
+        self._require_port()
+        assert reader is not None
+        self._sync_read(reader, HARDWARE_ERROR_ADDRESS, 1, "Hardware_Error_Status")
+        return {servo_id: int(reader.getData(servo_id, HARDWARE_ERROR_ADDRESS, 1)) for servo_id in self.ids}
+
+    def _sync_read(self, reader: sdk.GroupSyncRead, address: int, length: int, what: str) -> None:
+        """Up to `attempts` sync reads; fast ones first while they work, plain ones as fall back."""
         last_result = sdk.COMM_SUCCESS
-        for _ in range(self.attempts):
-            last_result = reader.txRxPacket()
-            if last_result == sdk.COMM_SUCCESS and all(
-                reader.isAvailable(servo_id, STATE_ADDRESS, STATE_LENGTH) for servo_id in self.ids
-            ):
-                return self._decode_state(reader)
-        silent = [sid for sid in self.ids if len(reader.data_dict.get(sid) or []) < STATE_LENGTH]
+        for attempt in range(self.attempts):
+            fast = self.uses_fast_sync_read and attempt == 0
+            last_result = self._io(partial(_fast_sync_read, reader) if fast else reader.txRxPacket)
+            ok = last_result == sdk.COMM_SUCCESS and all(
+                reader.isAvailable(servo_id, address, length) for servo_id in self.ids
+            )
+            if attempt > 0:
+                self.retries += 1
+            if ok:
+                if fast:
+                    self._fast_failures = 0
+                elif attempt > 0 and self.uses_fast_sync_read:
+                    self._fast_failures += 1  # plain worked where fast did not
+                    self.fast_fallbacks += 1
+                return
+        silent = [sid for sid in self.ids if len(reader.data_dict.get(sid) or []) < length]
         raise BusError(
-            f"sync read of the servo state on {self.port_name} failed {self.attempts} times "
+            f"sync read of {what} on {self.port_name} failed {self.attempts} times "
             f"({self._packets.getTxRxResult(last_result)}); first servo without data: ID "
             f"{silent[0] if silent else '?'} ({self._model_label(silent[0]) if silent else 'unknown'})"
         )
@@ -234,14 +365,22 @@ class DynamixelBus:
             encoded = to_unsigned(int(value), GOAL_POSITION_LENGTH)
             data = list(encoded.to_bytes(GOAL_POSITION_LENGTH, "little"))
             writer.addParam(servo_id, data)
-        result = writer.txPacket()
+        result = self._io(writer.txPacket)
         if result != sdk.COMM_SUCCESS:
             reason = self._packets.getTxRxResult(result)
             raise BusError(f"sync write of goal positions on {self.port_name} failed: {reason}")
 
-    def set_torque(self, enabled: bool) -> None:
-        for servo_id in self.ids:
+    def set_torque(self, enabled: bool, ids: list[int] | None = None) -> None:
+        for servo_id in self.ids if ids is None else ids:
             self.write_field(servo_id, "Torque_Enable", int(enabled))
+
+    def reboot(self, servo_id: int) -> None:
+        """REBOOT instruction: clears Hardware_Error_Status; the servo comes back with torque off."""
+        port = self._require_port()
+        self._with_retry(
+            lambda: (0, *self._io(lambda: self._packets.reboot(port, servo_id))),
+            f"rebooting servo ID {servo_id} ({self._model_label(servo_id)}) on {self.port_name} failed",
+        )
 
     # -- single fields ----------------------------------------------------------------------
     def write_field(self, servo_id: int, name: str, value: int) -> None:
@@ -255,7 +394,7 @@ class DynamixelBus:
         }
         hint = " (EEPROM fields are locked while Torque_Enable is 1: set_torque(False) first)"
         self._with_retry(
-            lambda: (0, *writers[size](port, servo_id, address, data)),
+            lambda: (0, *self._io(lambda: writers[size](port, servo_id, address, data))),
             f"writing {name}={value} to servo ID {servo_id} ({self._model_label(servo_id)}) on "
             f"{self.port_name} failed{hint if address < EEPROM_END else ''}",
         )
@@ -269,7 +408,7 @@ class DynamixelBus:
             4: self._packets.read4ByteTxRx,
         }
         value = self._with_retry(
-            lambda: readers[size](port, servo_id, address),
+            lambda: self._io(lambda: readers[size](port, servo_id, address)),
             f"reading {name} from servo ID {servo_id} ({self._model_label(servo_id)}) on "
             f"{self.port_name} failed",
         )
@@ -291,10 +430,14 @@ class DynamixelBus:
         result, error = sdk.COMM_SUCCESS, 0
         for attempt in range(self.attempts):
             value, result, error = call()
-            if result == sdk.COMM_SUCCESS and error == 0:
+            # The alert bit (0x80) only says "read Hardware_Error_Status": the instruction worked.
+            if result == sdk.COMM_SUCCESS and error & ~ALERT_BIT == 0:
+                if error & ALERT_BIT:
+                    self.alert_seen = True  # the driver polls Hardware_Error_Status next cycle
                 return int(value)
             if result == sdk.COMM_SUCCESS:
                 break  # the servo answered with an error: repeating the request will not help
+            self.retries += 1
             time.sleep(0.002 * (attempt + 1))
         detail = (
             self._packets.getTxRxResult(result)
@@ -302,3 +445,16 @@ class DynamixelBus:
             else f"servo error 0x{error:02x}: {self._packets.getRxPacketError(error)}"
         )
         raise BusError(f"{what} ({detail})")
+
+
+def _fast_sync_read(reader: sdk.GroupSyncRead) -> int:
+    """GroupSyncRead.fastSyncRead, with a short or foreign reply reported as corrupt.
+
+    dynamixel-sdk 4.1 indexes into the reply without checking its length: a status packet whose
+    ID is not the broadcast ID (a late reply to an earlier instruction) leaves it empty, and the
+    SDK raises IndexError instead of returning an error code.
+    """
+    try:
+        return reader.fastSyncRead()
+    except IndexError:
+        return sdk.COMM_RX_CORRUPT

@@ -1,11 +1,20 @@
-"""rclpy node around ArmDriver: `joint_states` out, `joint_commands` (JointTrajectory) in."""
+"""rclpy node around ArmDriver.
+
+Topics: `joint_states` out (stamped at bus read time); `joint_commands` (JointTrajectory,
+executed by time_from_start) and `joint_position_command` (JointState, single-point
+streaming: go there now, through the limits) in; `/diagnostics` (DiagnosticArray: bus health,
+reconnects, Fast Sync Read use, each servo's decoded Hardware_Error_Status).
+Services: `~/torque` (std_srvs/SetBool), `~/reboot` and `~/hold` (std_srvs/Trigger).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
+from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from koch_common.node_runner import run_node
@@ -13,7 +22,7 @@ from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
 from koch_driver.bus import BusError
 from koch_driver.driver import ArmDriver
-from koch_driver.ros_convert import joint_state_msg, trajectory_from_msg
+from koch_driver.ros_convert import joint_state_msg, to_time_msg, trajectory_from_msg
 
 
 class DriverNode(Node):
@@ -27,50 +36,132 @@ class DriverNode(Node):
             configured,
             port=self.declare_parameter("port", configured.port).value,
             baudrate=self.declare_parameter("baudrate", configured.baudrate).value,
+            error_timeout_s=self.declare_parameter("error_timeout_s", configured.error_timeout_s).value,
+            fast_sync_read=self.declare_parameter("fast_sync_read", configured.fast_sync_read).value,
         )
+        self.arm_name = arm_name
         rate = self.declare_parameter("control_rate_hz", arm.control_rate_hz).value
-        torque = self.declare_parameter("torque_enable", arm_name == "follower").value
+        # Master switch; which joints get torque is per joint in koch.yaml (the leader: its gripper).
+        torque = self.declare_parameter("torque_enable", True).value
         connect_timeout = self.declare_parameter("connect_timeout_s", 10.0).value
+        diagnostics_period = self.declare_parameter("diagnostics_period_s", 1.0).value
         self.driver = ArmDriver(arm, SafetyLimits.for_arm(arm, koch.safety), torque_enable=torque,
                                 clock=self.now)
+        self.driver.log = lambda message: self.get_logger().warning(message)
         self.driver.connect(timeout_s=connect_timeout)
-        self.get_logger().info(f"{arm_name} arm on {arm.port}: {len(arm.joints)} servos, torque {torque}")
+        self.get_logger().info(
+            f"{arm_name} arm on {arm.port}: {len(arm.joints)} servos, torque on IDs "
+            f"{self.driver.torque_ids if torque else []}, fast sync read {self.driver.bus.uses_fast_sync_read}")
         self.state_pub = self.create_publisher(JointState, "joint_states", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(JointTrajectory, "joint_commands", self.on_command, 10)
+        self.create_subscription(JointState, "joint_position_command", self.on_point, 10)
+        self.create_service(SetBool, "~/torque", self.on_torque)
+        self.create_service(Trigger, "~/reboot", self.on_reboot)
+        self.create_service(Trigger, "~/hold", self.on_hold)
         self.period = 1.0 / rate
-        self.bus_errors = 0
+        self._last_hw_errors: dict[int, int] = {}
         self.create_timer(self.period, self.on_tick)
+        self.create_timer(diagnostics_period, self.publish_diagnostics)
+
+    @property
+    def bus_errors(self) -> int:
+        return self.driver.health.total_errors
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    # -- commands -------------------------------------------------------------------------------
     def on_command(self, msg: JointTrajectory) -> None:
         if not msg.points:
             self.driver.hold()
             return
         try:
             trajectory = trajectory_from_msg(msg, self.driver.joint_order(list(msg.joint_names)), self.now())
-        except ValueError as err:
+            self.driver.command(trajectory, self.now())
+        except (ValueError, RuntimeError) as err:
             self.get_logger().error(f"rejected joint command: {err}")
-            return
-        self.driver.command(trajectory, self.now())
 
-    def on_tick(self) -> None:
+    def on_point(self, msg: JointState) -> None:
         try:
-            state = self.driver.step(self.period)
-        except BusError as err:
-            # A transient bus error must not kill the driver: the servos keep their last goal
-            # (hold) and the next cycle tries again; no joint state is published for this one.
-            self.bus_errors += 1
-            self.get_logger().warning(f"bus error #{self.bus_errors}: {err}", throttle_duration_sec=1.0)
-            return
-        self.state_pub.publish(
-            joint_state_msg(state.stamp, state.names, state.position, state.velocity, state.effort)
-        )
+            order = self.driver.joint_order(list(msg.name))
+            if len(msg.position) != len(msg.name):
+                raise ValueError(f"{len(msg.name)} names but {len(msg.position)} positions")
+            self.driver.command_point([msg.position[i] for i in order], self.now())
+        except (ValueError, RuntimeError) as err:
+            self.get_logger().error(f"rejected joint position command: {err}")
 
-    def destroy_node(self) -> None:
-        self.driver.close()
-        super().destroy_node()
+    # -- services -------------------------------------------------------------------------------
+    def _service(self, response, action, describe):  # noqa: ANN001 (any std_srvs response)
+        try:
+            result = action()
+        except BusError as err:
+            response.success, response.message = False, str(err)
+            return response
+        response.success, response.message = True, describe(result)
+        return response
+
+    def on_torque(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        return self._service(response, lambda: self.driver.set_torque(request.data),
+                             lambda _: f"torque {'on (goals synced to the present pose)' if request.data else 'off'}")
+
+    def on_reboot(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        return self._service(response, self.driver.reboot,
+                             lambda ids: f"rebooted IDs {ids}; goals synced to the present pose")
+
+    def on_hold(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        return self._service(response, self.driver.hold_here,
+                             lambda pose: f"holding {[round(float(v), 3) for v in pose]}")
+
+    # -- loop -------------------------------------------------------------------------------------
+    def on_tick(self) -> None:
+        # Never raises on bus trouble: the driver holds, reports and reconnects by itself.
+        state = self.driver.step(self.period)
+        if state is not None:
+            self.state_pub.publish(
+                joint_state_msg(state.stamp, state.names, state.position, state.velocity, state.effort)
+            )
+        if self.driver.health.hardware_errors != self._last_hw_errors:
+            self._last_hw_errors = dict(self.driver.health.hardware_errors)
+            self.publish_diagnostics()  # a new hardware error is reported at once, not at 1 Hz
+
+    def publish_diagnostics(self) -> None:
+        self.diag_pub.publish(diagnostics_msg(self.get_name(), self.arm_name, self.driver, self.now()))
+
+
+def diagnostics_msg(node_name: str, arm_name: str, driver: ArmDriver, stamp: float) -> DiagnosticArray:
+    health, bus = driver.health, driver.bus
+    msg = DiagnosticArray()
+    msg.header.stamp = to_time_msg(stamp)
+    prefix = f"{node_name}: {arm_name}"
+    bus_status = DiagnosticStatus(name=f"{prefix} bus", hardware_id=driver.arm.port)
+    if not health.connected:
+        bus_status.level = DiagnosticStatus.ERROR
+        bus_status.message = f"disconnected, reconnecting: {health.last_error}"
+    elif health.consecutive_errors:
+        bus_status.level, bus_status.message = DiagnosticStatus.WARN, f"bus errors: {health.last_error}"
+    else:
+        bus_status.level, bus_status.message = DiagnosticStatus.OK, "ok"
+    values = {
+        "connected": health.connected, "torque": health.torque, "reads": health.reads,
+        "total_errors": health.total_errors, "consecutive_errors": health.consecutive_errors,
+        "reconnects": health.reconnects, "retries": bus.retries, "fast_sync_read": bus.uses_fast_sync_read,
+        "fast_read_fallbacks": bus.fast_fallbacks, "last_error": health.last_error,
+        **{f"safety_{kind}": count for kind, count in driver.limits.interventions.items()},
+    }
+    bus_status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+    msg.status.append(bus_status)
+    for joint in driver.arm.joints:
+        bits = health.hardware_errors.get(joint.id, 0)
+        model = bus.model_of(joint.id)
+        status = DiagnosticStatus(name=f"{prefix} servo ID {joint.id} ({joint.name})",
+                                  hardware_id=f"{driver.arm.port} ID {joint.id} {model.name if model else joint.model}")
+        names = health.hardware_error_text().get(joint.id, [])
+        status.level = DiagnosticStatus.ERROR if bits else DiagnosticStatus.OK
+        status.message = f"hardware error: {', '.join(names)} (call ~/reboot)" if bits else "ok"
+        status.values = [KeyValue(key="hardware_error_status", value=f"0x{bits:02x}")]
+        msg.status.append(status)
+    return msg
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,12 +1,16 @@
-"""Reading rosbag2 directories (sqlite3 or MCAP, split or not) into time-stamped message lists.
+"""Reading rosbag2 directories (sqlite3 or MCAP, split or not, zstd file or message
+compression) into time-stamped message lists.
 
 `rosbags.highlevel.AnyReader` does the storage work; message definitions stored in the bag
-win, and bags without them (old sqlite3) fall back to the ROS 2 Kilted typestore.
+win, and bags without them (old sqlite3) fall back to the ROS 2 Kilted typestore. Topics the
+mapping does not name are never deserialized, so unknown custom types in a bag are harmless
+unless mapped. Any storage or decoding failure (a truncated file, a bad chunk) becomes a
+`BagReadError` naming the bag, so a caller can refuse it before writing anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,10 @@ def header_stamp_ns(msg: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def has_header(msg: Any) -> bool:
+    return hasattr(msg, "header") and hasattr(msg.header, "stamp")
+
+
 def _open(bag_dir: Path) -> AnyReader:
     bag_dir = Path(bag_dir)
     if not (bag_dir / "metadata.yaml").is_file():
@@ -52,35 +60,64 @@ def bag_topics(bag_dir: Path) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections}
 
 
-def read_topics(bag_dir: Path, topics: Mapping[str, str], clock: str = "header") -> dict[str, TopicStream]:
-    """Deserialize the requested topics (name -> expected type) of one bag.
+def read_topics(
+    bag_dir: Path, topics: Mapping[str, str | None], clock: str = "header", optional: Collection[str] = ()
+) -> dict[str, TopicStream]:
+    """Deserialize the requested topics (name -> expected type, None = any type) of one bag.
+    Topics in `optional` (task, episode marker) may be absent: they come back with no messages.
 
     `clock='header'` stamps each message with its header.stamp (capture time); `'receive'`
-    with the bag's receive time. Topics not requested are skipped without deserializing.
+    with the bag's receive time. Messages without a header (std_msgs/String task or marker
+    topics) always take the receive time. Topics not requested are skipped without deserializing.
     """
     if clock not in CLOCKS:
         raise BagReadError(f"clock {clock!r} is unknown; use one of {CLOCKS}")
     try:
+        return _read_topics(Path(bag_dir), topics, clock, set(optional))
+    except BagReadError:
+        raise
+    except Exception as err:  # rosbags/mcap/sqlite/zstd raise many types for a damaged file
+        raise BagReadError(
+            f"cannot read bag {bag_dir}: it is truncated or corrupt ({type(err).__name__}: {err}); "
+            "re-record it or repair it with `ros2 bag reindex`, then convert again"
+        ) from err
+
+
+def _read_topics(
+    bag_dir: Path, topics: Mapping[str, str | None], clock: str, optional: set[str]
+) -> dict[str, TopicStream]:
+    try:
         reader = _open(bag_dir)
         reader.open()
     except AnyReaderError as err:
-        raise BagReadError(f"cannot open bag {bag_dir}: {err}") from err
+        raise BagReadError(
+            f"cannot open bag {bag_dir}: it is truncated or corrupt, or its stored message definitions are "
+            f"inconsistent ({err}); re-record it or repair it (`ros2 bag reindex`), then convert again"
+        ) from err
     try:
         present = {c.topic: c.msgtype for c in reader.connections}
+        absent_optional = {t for t in optional if t not in present}
+        topics = {t: ty for t, ty in topics.items() if t not in absent_optional}
         missing = sorted(set(topics) - set(present))
         if missing:
             listing = ", ".join(f"{t} ({present[t]})" for t in sorted(present)) or "none"
             raise BagReadError(f"bag {bag_dir} has no topic(s) {missing}; topics present: {listing}")
         for name, msgtype in topics.items():
-            if present[name] != msgtype:
+            if msgtype is not None and present[name] != msgtype:
                 raise BagReadError(
                     f"bag {bag_dir}: topic {name} has type {present[name]}, expected {msgtype}"
+                )
+            if present[name] not in reader.typestore.types:
+                raise BagReadError(
+                    f"bag {bag_dir}: topic {name} has type {present[name]}, whose definition is neither in the "
+                    "bag nor in the ROS 2 typestore; record with MCAP (it stores definitions) or unmap the topic"
                 )
         wanted = [c for c in reader.connections if c.topic in topics]
         pairs: dict[str, list[tuple[int, Any]]] = {name: [] for name in topics}
         for connection, receive_ns, raw in reader.messages(connections=wanted):
             msg = reader.deserialize(raw, connection.msgtype)
-            pairs[connection.topic].append((header_stamp_ns(msg) if clock == "header" else receive_ns, msg))
+            stamp = header_stamp_ns(msg) if clock == "header" and has_header(msg) else receive_ns
+            pairs[connection.topic].append((stamp, msg))
     finally:
         reader.close()
 
@@ -95,8 +132,10 @@ def read_topics(bag_dir: Path, topics: Mapping[str, str], clock: str = "header")
         items.sort(key=lambda pair: pair[0])
         streams[name] = TopicStream(
             topic=name,
-            msgtype=topics[name],
+            msgtype=present[name],
             stamps_ns=[stamp for stamp, _ in items],
             messages=[msg for _, msg in items],
         )
+    for name in absent_optional:
+        streams[name] = TopicStream(topic=name, msgtype="")
     return streams

@@ -1,7 +1,10 @@
 """bag_to_lerobot: convert recorded rosbag2 episodes into a LeRobot v3.0 dataset.
 
     bag_to_lerobot --bag-root bags/ --mapping mapping/koch_sim.yaml \\
-        --output datasets/koch_sim --repo-id local/koch_sim [--vcodec h264]
+        --output datasets/koch_sim --repo-id local/koch_sim [--vcodec h264] [--jobs 2] [--append]
+
+Exit status: 0 when every episode was written, 2 when some were refused by the mapping's
+quality limits (see quality_report.json in the dataset), 1 on an error (nothing written).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def find_bags(root: Path) -> list[Path]:
 
 def print_summary(summary: EpisodeSummary) -> None:
     report = summary.report
+    if summary.refused:
+        print(f"REFUSED {summary.bag.name}: {summary.refused}")
+        return
     print(
         f"episode {summary.episode_index}: {summary.bag.name}: {summary.frames} frames, "
         f"{summary.duration_s:.2f} s (skipped {summary.skipped_head_s:.3f} s at the start)"
@@ -53,12 +59,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repo-id", default="local/koch_sim")
     parser.add_argument("--vcodec", default="libsvtav1", choices=VCODECS)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output")
+    parser.add_argument("--append", action="store_true", help="add the bags' episodes to the dataset at --output")
+    parser.add_argument("--jobs", type=int, default=1, help="bags converted in parallel (processes)")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="mapping overrides key=value")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    summaries: list[EpisodeSummary] = []
+
+    def on_episode(summary: EpisodeSummary) -> None:
+        summaries.append(summary)
+        print_summary(summary)
+
     try:
         mapping = load_mapping(args.mapping, args.overrides)
         bags = list(args.bags) if args.bags else find_bags(args.bag_root)
@@ -69,14 +83,18 @@ def main(argv: list[str] | None = None) -> int:
             args.repo_id,
             vcodec=args.vcodec,
             overwrite=args.overwrite,
+            append=args.append,
+            jobs=args.jobs,
             progress=True,
-            on_episode=print_summary,
+            on_episode=on_episode,
         )
     except (ConfigError, BagReadError, ConversionError) as err:
         print(f"bag_to_lerobot: error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {len(bags)} episode(s) to {output}")
-    return 0
+    written = sum(s.refused is None for s in summaries)
+    refused = len(summaries) - written
+    print(f"wrote {written} episode(s) from {len(bags)} bag(s) to {output}; {refused} refused")
+    return 2 if refused else 0
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
-"""rosbag2 episodes -> a LeRobot v3.0 dataset, one episode per bag, on an exact time grid.
+"""rosbag2 episodes -> a LeRobot v3.0 dataset, safely.
 
-Per bag: every mapped stream goes into a `StreamBuffer` (the resampler the policy node
-uses live), the frame grid is `t0 + k / fps` from the first time every stream has a fresh
-sample to the end of the shortest stream, and each frame takes each stream's value under
-its policy (never a sample from after the frame time).
+Each bag is converted on its own (in worker processes when `jobs > 1`) into a small LeRobot
+dataset in a work folder beside the output; LeRobot's `aggregate_datasets` then joins them,
+after the existing dataset when appending, into a staging dataset that is moved into place
+only when everything succeeded. A bag that cannot be read, or any crash, leaves the existing
+dataset untouched (the work folder is removed); an episode that violates the mapping's
+quality limits is refused, reported and not written. `quality_report.json` beside the data
+(in the dataset root) lists every episode converted or refused, with the reason.
 """
 
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures
+import json
+import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -16,158 +21,59 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
-from koch_common.feature_mapping import Feature, Mapping
-from koch_common.image_codec import from_fields, to_rgb
-from koch_common.resample import ResampleReport, Sample, StreamBuffer, common_window, grid, resample_streams
-from koch_convert.bag_reader import TopicStream, read_topics
+from koch_common.feature_mapping import Mapping
+from koch_common.resample import ResampleReport, StreamReport
+from koch_convert.episodes import ConversionError, Episode, resample_bag, resample_episodes
 
+__all__ = [
+    "ConversionError",
+    "Episode",
+    "EpisodeSummary",
+    "QUALITY_REPORT",
+    "convert_bags",
+    "dataset_features",
+    "resample_bag",
+    "resample_episodes",
+]
 
-class ConversionError(ValueError):
-    pass
+QUALITY_REPORT = "quality_report.json"
+IMAGE_WRITER_THREADS = 2  # per camera
 
 
 @dataclass
 class EpisodeSummary:
     bag: Path
-    episode_index: int
+    episode_index: int  # index in the output dataset; -1 for a refused episode
     frames: int
     duration_s: float
     skipped_head_s: float  # bag data before the first frame (streams not all fresh yet)
     report: ResampleReport
-
-
-@dataclass
-class Episode:
-    """One bag, resampled: the sample each feature takes at each frame time."""
-
-    bag: Path
-    mapping: Mapping
-    frame_times_s: np.ndarray
-    samples: dict[str, list[Sample]]
-    skipped_head_s: float
-    report: ResampleReport
-
-    def __post_init__(self) -> None:
-        self._decoded: dict[str, tuple[float, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return len(self.frame_times_s)
-
-    def value(self, key: str, index: int) -> np.ndarray:
-        """A feature's value at frame `index`; images are decoded here, once per held image, so an
-        episode never holds all its decoded frames in memory."""
-        sample = self.samples[key][index]
-        if not self.mapping.feature(key).is_image:
-            return sample.value
-        cached = self._decoded.get(key)
-        if cached is None or cached[0] != sample.stamp_s:
-            cached = (sample.stamp_s, decode_image(sample.value))
-            self._decoded[key] = cached
-        return cached[1]
-
-    def frame(self, index: int) -> dict[str, np.ndarray]:
-        return {key: self.value(key, index) for key in self.samples}
-
-
-class JointReorder:
-    """JointState.position in the mapping's joint order, whatever order the publisher used."""
-
-    def __init__(self, feature: Feature, topic: str, bag: Path) -> None:
-        self.feature = feature
-        self.where = f"bag {bag}, topic {topic}"
-        self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
-
-    def __call__(self, msg: Any) -> np.ndarray:
-        names = tuple(msg.name)
-        index = self._index_cache.get(names)
-        if index is None:
-            missing = [j for j in self.feature.joint_names if j not in names]
-            if missing:
-                raise ConversionError(
-                    f"{self.where}: JointState lacks joint(s) {missing} needed by {self.feature.key}; "
-                    f"it has {list(names)}. Fix the mapping's joints or the publisher."
-                )
-            index = np.array([names.index(j) for j in self.feature.joint_names])
-            self._index_cache[names] = index
-        position = np.asarray(msg.position, dtype=np.float64)
-        if position.shape[0] != len(names):
-            raise ConversionError(f"{self.where}: {len(names)} names but {position.shape[0]} positions")
-        return position[index].astype(np.float32)
-
-
-def decode_image(msg: Any) -> np.ndarray:
-    array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
-    return to_rgb(array, msg.encoding)
-
-
-def _buffers(bag: Path, mapping: Mapping, streams: dict[str, TopicStream]) -> dict[str, StreamBuffer]:
-    """A StreamBuffer per feature with stamps in seconds from the bag's earliest stamp (so float
-    seconds keep sub-microsecond resolution). Joint vectors are extracted now; images stay
-    messages and are decoded only for the frames that use them."""
-    t_ref_ns = min(s.stamps_ns[0] for s in streams.values() if s.stamps_ns)
-    buffers: dict[str, StreamBuffer] = {}
-    for feature in mapping.features:
-        stream = streams[feature.topic]
-        if not stream.stamps_ns:
-            raise ConversionError(f"bag {bag}: topic {feature.topic} ({feature.key}) has no messages")
-        extract: Callable[[Any], Any] = (
-            (lambda msg: msg) if feature.is_image else JointReorder(feature, feature.topic, bag)
-        )
-        buffer = StreamBuffer(feature.stream)
-        for stamp_ns, msg in zip(stream.stamps_ns, stream.messages, strict=True):
-            buffer.push((stamp_ns - t_ref_ns) / 1e9, extract(msg))
-        buffers[feature.key] = buffer
-    return buffers
-
-
-def resample_bag(bag: Path, mapping: Mapping) -> Episode:
-    streams = read_topics(bag, mapping.topics, clock=mapping.clock)
-    if all(not s.stamps_ns for s in streams.values()):
-        raise ConversionError(f"bag {bag}: none of the mapped topics has messages")
-    buffers = _buffers(bag, mapping, streams)
-    window = common_window(buffers)
-    if window is None:
-        spans = {k: (b.first_stamp, b.last_stamp) for k, b in buffers.items()}
-        raise ConversionError(
-            f"bag {bag}: the streams never all have a fresh sample at once "
-            f"(first/last stamps in s from the bag start: {spans}); check the mapping's clock "
-            f"({mapping.clock!r}) and max_staleness_s"
-        )
-    frame_times = grid(window[0], window[1], mapping.fps)
-    frames, report = resample_streams(buffers, frame_times)
-    samples: dict[str, list[Sample]] = {f.key: [] for f in mapping.features}
-    for t, frame in zip(frame_times, frames, strict=True):
-        for feature in mapping.features:
-            sample = frame[feature.key]
-            if sample is None:
-                raise ConversionError(
-                    f"bag {bag}: {feature.key} ({feature.topic}, policy {feature.stream.policy}) has no "
-                    f"sample within {feature.stream.max_staleness_s} s before t={t:.4f} s; "
-                    "raise max_staleness_s or use policy: hold"
-                )
-            samples[feature.key].append(sample)
-    return Episode(
-        bag=bag,
-        mapping=mapping,
-        frame_times_s=frame_times,
-        samples=samples,
-        skipped_head_s=window[0],
-        report=report,
-    )
+    refused: str | None = None
+    quality: dict[str, Any] | None = None
 
 
 def dataset_features(mapping: Mapping, first: Episode) -> dict[str, dict[str, Any]]:
     features: dict[str, dict[str, Any]] = {}
     for feature in mapping.features:
-        if feature.is_image:
+        if feature.is_color:
             height, width, channels = first.value(feature.key, 0).shape
             features[feature.key] = {
                 "dtype": "video",
                 "shape": (height, width, channels),
                 "names": ["height", "width", "channels"],
+            }
+        elif feature.is_depth:
+            # Lossless: float32 metres as a plain array column (video codecs quantise depth),
+            # flattened because LeRobot 0.4.4's aggregate_datasets cannot write multi-dimensional
+            # array columns; `info.image_shape` says how to reshape it.
+            height, width, _ = first.value(feature.key, 0).shape
+            features[feature.key] = {
+                "dtype": "float32",
+                "shape": (height * width,),
+                "names": None,
+                "info": {"image_shape": [height, width, 1], "unit": "m", "layout": "row-major"},
             }
         else:
             names = list(feature.joint_names)
@@ -175,16 +81,89 @@ def dataset_features(mapping: Mapping, first: Episode) -> dict[str, dict[str, An
     return features
 
 
-def _check_shapes(
-    episode: Episode, frame: dict[str, np.ndarray], features: dict[str, dict[str, Any]]
-) -> None:
+def _check_shapes(episode: Episode, frame: dict[str, Any], features: dict[str, dict[str, Any]]) -> None:
     for key, value in frame.items():
-        expected = tuple(features[key]["shape"])
+        info = features[key].get("info") or {}
+        expected = tuple(info.get("image_shape", features[key]["shape"]))
         if value.shape != expected:
             raise ConversionError(
                 f"bag {episode.bag}: {key} has shape {value.shape} but the dataset's first episode "
                 f"set {expected}; convert bags of different camera resolutions into separate datasets"
             )
+
+
+def convert_one_bag(
+    bag: Path, mapping: Mapping, root: Path, repo_id: str, vcodec: str, progress: bool = False
+) -> list[dict[str, Any]]:
+    """Convert one bag into a LeRobot dataset at `root` (created only if an episode passes).
+    Returns the quality report of each of its episodes (refused ones included)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy import, only when converting
+
+    episodes = resample_episodes(bag, mapping)
+    accepted = [e for e in episodes if e.refused is None]
+    if accepted:
+        features = dataset_features(mapping, accepted[0])
+        dataset = LeRobotDataset.create(
+            repo_id=repo_id,
+            fps=mapping.fps,
+            features=features,
+            root=root,
+            robot_type="koch",
+            use_videos=any(f.is_color for f in mapping.features),
+            vcodec=vcodec,
+            # PNG frames are written by threads while the next frames are read and decoded.
+            image_writer_threads=IMAGE_WRITER_THREADS * sum(f.is_color for f in mapping.features),
+        )
+        try:
+            for episode in accepted:
+                for i in tqdm(range(len(episode)), desc=bag.name, leave=False, disable=not progress):
+                    frame = episode.frame(i)
+                    _check_shapes(episode, frame, features)
+                    for feature in mapping.features:
+                        if feature.is_depth:
+                            frame[feature.key] = frame[feature.key].reshape(-1)
+                    dataset.add_frame({**frame, "task": episode.task})
+                dataset.save_episode()
+        finally:
+            # Always close lerobot's parquet writers: left to the garbage collector they would
+            # write their footers into the work folder after it was removed.
+            dataset.finalize()
+    return [e.quality() for e in episodes]
+
+
+def _worker(args: tuple[Path, Mapping, Path, str, str]) -> list[dict[str, Any]]:
+    return convert_one_bag(*args)
+
+
+def _summaries(reports: list[dict[str, Any]], first_index: int, fps: int) -> list[EpisodeSummary]:
+    out = []
+    index = first_index
+    for quality in reports:
+        streams = {}
+        for name, s in quality["streams"].items():
+            fields = {k: v for k, v in s.items() if k not in ("policy", "max_staleness_s")}
+            streams[name] = StreamReport(name=name, **fields)
+        report = ResampleReport(frames=quality["grid_frames"], streams=streams)
+        accepted = quality["refused"] is None
+        out.append(
+            EpisodeSummary(
+                bag=Path(quality["bag"]),
+                episode_index=index if accepted else -1,
+                frames=quality["frames"],
+                duration_s=quality["frames"] / fps,
+                skipped_head_s=quality["skipped_head_s"],
+                report=report,
+                refused=quality["refused"],
+                quality=quality,
+            )
+        )
+        index += int(accepted)
+    return out
+
+
+def _existing_report(root: Path) -> list[dict[str, Any]]:
+    path = root / QUALITY_REPORT
+    return json.loads(path.read_text())["episodes"] if path.is_file() else []
 
 
 def convert_bags(
@@ -196,72 +175,96 @@ def convert_bags(
     overwrite: bool = False,
     progress: bool = False,
     on_episode: Callable[[EpisodeSummary], None] | None = None,
+    append: bool = False,
+    jobs: int = 1,
 ) -> Path:
-    """Convert bags (one episode each, in the given order) into a LeRobot v3.0 dataset at
-    `output_root`. The dataset is built next to it and moved into place only when complete."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy import, only when converting
+    """Convert bags (one or more episodes each, in the given order) into the LeRobot v3.0 dataset
+    at `output_root`, or append them to it (`append=True`). Nothing at `output_root` changes
+    unless every bag was read and converted (refused episodes are reported, not written)."""
+    from lerobot.datasets.aggregate import aggregate_datasets
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
     if not bag_dirs:
         raise ConversionError("no bags to convert; pass at least one rosbag2 directory")
+    if overwrite and append:
+        raise ConversionError("choose either overwrite or append, not both")
+    if jobs < 1:
+        raise ConversionError(f"jobs must be >= 1, got {jobs}")
     output_root = Path(output_root)
-    if output_root.exists() and not overwrite:
-        raise ConversionError(f"{output_root} already exists; choose another --output or pass --overwrite")
+    exists = output_root.exists()
+    if exists and not (overwrite or append):
+        raise ConversionError(
+            f"{output_root} already exists; choose another --output, --append to add episodes, or --overwrite"
+        )
+    if append and exists:
+        try:
+            existing = LeRobotDatasetMetadata(repo_id, root=output_root)
+        except Exception as err:
+            raise ConversionError(f"cannot append: {output_root} is not a readable LeRobot dataset ({err})") from err
+        if existing.fps != mapping.fps:
+            raise ConversionError(f"cannot append: {output_root} has fps {existing.fps}, the mapping {mapping.fps}")
+    append = append and exists
     output_root.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_root.parent / f".{output_root.name}.converting-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
+    work = output_root.parent / f".{output_root.name}.converting-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
 
-    dataset = None
     try:
-        for index, bag in enumerate(tqdm(bag_dirs, desc="bags", unit="bag", disable=not progress)):
-            episode = resample_bag(Path(bag), mapping)
-            if not len(episode):
-                raise ConversionError(f"bag {bag}: the streams overlap for less than one frame")
-            if dataset is None:
-                features = dataset_features(mapping, episode)
-                dataset = LeRobotDataset.create(
-                    repo_id=repo_id,
-                    fps=mapping.fps,
-                    features=features,
-                    root=staging,
-                    robot_type="koch",
-                    use_videos=True,
-                    vcodec=vcodec,
-                )
-            frame_count = len(episode)
-            for i in tqdm(range(frame_count), desc=f"episode {index}", leave=False, disable=not progress):
-                frame = episode.frame(i)
-                _check_shapes(episode, frame, features)
-                dataset.add_frame({**frame, "task": mapping.task})
-            dataset.save_episode()
-            if on_episode is not None:
-                on_episode(
-                    EpisodeSummary(
-                        bag=Path(bag),
-                        episode_index=index,
-                        frames=frame_count,
-                        duration_s=frame_count / mapping.fps,
-                        skipped_head_s=episode.skipped_head_s,
-                        report=episode.report,
-                    )
-                )
-        assert dataset is not None
-        dataset.finalize()
-    except BaseException:
-        # Close lerobot's parquet writers first: left to the garbage collector they would write
-        # their footers into the staging directory after it was removed.
-        if dataset is not None:
-            with contextlib.suppress(Exception):
-                dataset.finalize()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    dataset = None  # nothing may touch the staging directory once it is renamed
+        bags = [Path(b) for b in bag_dirs]
+        tasks = [(bag, mapping, work / "bags" / f"{i:05d}", repo_id, vcodec) for i, bag in enumerate(bags)]
+        results: list[list[dict[str, Any]] | None] = [None] * len(bags)
+        bar = tqdm(total=len(bags), desc="bags", unit="bag", disable=not progress)
+        if jobs == 1 or len(bags) == 1:
+            for i, task in enumerate(tasks):
+                results[i] = _worker(task)
+                bar.update()
+        else:
+            # spawn, not fork: the parent may hold threads (tqdm, torch) that fork would copy broken.
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(bags)), mp_context=context) as pool:
+                futures = {pool.submit(_worker, task): i for i, task in enumerate(tasks)}
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        results[futures[future]] = future.result()
+                        bar.update()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        bar.close()
 
-    if output_root.exists():
-        retired = output_root.parent / f".{output_root.name}.replaced-{os.getpid()}"
-        output_root.rename(retired)
-        staging.rename(output_root)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(output_root)
+        first_index = LeRobotDatasetMetadata(repo_id, root=output_root).total_episodes if append else 0
+        summaries: list[EpisodeSummary] = []
+        for reports in results:
+            summaries += _summaries(reports or [], first_index + sum(s.refused is None for s in summaries), mapping.fps)
+        sources = [task[2] for task in tasks if task[2].exists()]
+        if not sources:
+            reasons = "; ".join(f"{s.bag.name}: {s.refused}" for s in summaries)
+            raise ConversionError(f"every episode was refused, nothing to write: {reasons}")
+        if append:
+            sources.insert(0, output_root)
+        staging = work / "dataset"
+        if len(sources) == 1:
+            shutil.copytree(sources[0], staging) if append else sources[0].rename(staging)
+        else:
+            aggregate_datasets([repo_id] * len(sources), repo_id, roots=sources, aggr_root=staging)
+        previous = _existing_report(output_root) if append else []
+        report = {"episodes": previous + [s.quality for s in summaries]}
+        (staging / QUALITY_REPORT).write_text(json.dumps(report, indent=2))
+
+        if exists:
+            retired = work / "replaced"
+            output_root.rename(retired)
+            try:
+                staging.rename(output_root)
+            except BaseException:
+                retired.rename(output_root)  # put the old dataset back before the work folder goes
+                raise
+        else:
+            staging.rename(output_root)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if on_episode is not None:
+        for summary in summaries:
+            on_episode(summary)
     return output_root

@@ -2,27 +2,41 @@
 
 The policy, its normalising processors and the checkpoint format come from
 koch_common.policy_runtime, the same code the robot's policy node runs.
+
+Multi-GPU: the same module under accelerate (`accelerate launch -m kuavo_train.train --config ...`)
+or torchrun; each process trains on its share of every global batch, rank 0 logs and saves.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from koch_common.config import ConfigError
-from koch_common.policy_runtime import PRETRAINED_MODEL_DIR, PolicyRuntime, build_policy
+from koch_common.policy_runtime import IMAGE_PREFIX, PRETRAINED_MODEL_DIR, PolicyRuntime, build_policy
 from kuavo_train.config import TrainConfig, load_train_config
-from kuavo_train.data import infinite_batches, load_metadata, open_dataset
+from kuavo_train.data import (
+    ResumableBatchSampler,
+    TransformedDataset,
+    load_metadata,
+    make_loader,
+    open_dataset,
+    select_episodes,
+    split_episodes,
+)
+from kuavo_train.state import EMA, STATE_DIR, load_training_state, save_training_state
 
 if TYPE_CHECKING:
     import torch
@@ -31,17 +45,34 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_LINK = "last"
 LOG_FILE = "train_log.jsonl"
 TRAIN_CONFIG_FILE = "kuavo_train_config.json"
+# Config sections that must match the checkpoint's when resuming (they define the model and data).
+RESUME_MUST_MATCH = ("dataset", "policy", "batch_size", "grad_accum_steps", "seed", "ema_decay", "precision")
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
     import torch
 
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
-def build_runtime(cfg: TrainConfig) -> PolicyRuntime:
+def image_transforms_for(cfg: TrainConfig, features: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per camera feature: resize / crop from the config and whether it is RGB or depth."""
+    out = {}
+    for key in cfg.policy.input_features:
+        if key.startswith(IMAGE_PREFIX) and key in features:
+            channels = int(features[key]["shape"][-1])
+            kind = "depth" if "depth" in key or channels == 1 else "rgb"
+            out[key] = {"resize": cfg.dataset.resize, "crop": cfg.dataset.crop, "kind": kind}
+    return out
+
+
+def build_runtime(cfg: TrainConfig, device: str | None = None) -> PolicyRuntime:
     """A fresh policy + processors for `cfg`, normalising with the dataset's stats."""
     meta = load_metadata(cfg.dataset)
     return build_policy(
@@ -50,7 +81,9 @@ def build_runtime(cfg: TrainConfig) -> PolicyRuntime:
         meta.features,
         meta.stats,
         cfg.policy.input_features,
-        device=cfg.device,
+        device=device or cfg.device,
+        image_transforms=image_transforms_for(cfg, meta.features),
+        pretrained_path=cfg.policy.pretrained_path,
     )
 
 
@@ -61,42 +94,96 @@ def make_optimizer(runtime: PolicyRuntime, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up from lr/warmup to lr over `warmup_steps`, then constant."""
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
+    """Multiplier of the base lr after `step` optimiser steps: linear warm-up, then constant or cosine."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg_or_warmup: TrainConfig | int) -> Any:
     import torch
 
-    def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if isinstance(cfg_or_warmup, int):
+        warmup, total, schedule, ratio = cfg_or_warmup, 1, "constant", 0.0
+    else:
+        warmup, total = cfg_or_warmup.warmup_steps, cfg_or_warmup.steps
+        schedule, ratio = cfg_or_warmup.schedule, cfg_or_warmup.min_lr_ratio
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, schedule, ratio))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def autocast_context(precision: str, device: str) -> Any:
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
 
 
 def train_step(
     runtime: PolicyRuntime,
-    batch: dict[str, Any],
+    batch: dict[str, Any] | list[dict[str, Any]],
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scheduler: Any,
     grad_clip_norm: float,
+    *,
+    precision: str = "fp32",
+    scaler: Any = None,
+    model: torch.nn.Module | None = None,
+    backward: Any = None,
 ) -> dict[str, float]:
-    """One optimisation step on a raw dataset batch; returns loss terms, grad norm and lr."""
+    """One optimisation step on one raw batch or a list of micro-batches (gradient accumulation).
+
+    `model` is the (possibly DDP-wrapped) policy to call; `backward` the accelerate backward.
+    Returns the mean loss, loss terms, grad norm and lr.
+    """
     import torch
 
-    runtime.policy.train()
-    processed = runtime.preprocessor(batch)
-    loss, terms = runtime.policy.forward(processed)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"training loss became {loss.item()}; lower lr or raise warmup_steps")
+    micro_batches = batch if isinstance(batch, list) else [batch]
+    model = model if model is not None else runtime.policy
+    device = str(next(runtime.policy.parameters()).device)
+    model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    losses: list[float] = []
+    terms_sum: dict[str, float] = {}
+    for i, micro in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        # DDP: all-reduce gradients only on the last micro-batch.
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            processed = runtime.preprocessor(micro)
+            with autocast_context(precision, device):
+                loss, terms = model(processed) if model is not runtime.policy else model.forward(processed)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()}; lower lr or raise warmup_steps")
+            scaled = loss / len(micro_batches)
+            if scaler is not None and scaler.is_enabled():
+                scaled = scaler.scale(scaled)
+            if backward is not None:
+                backward(scaled)
+            else:
+                scaled.backward()
+        losses.append(float(loss.detach()))
+        for k, v in (terms or {}).items():
+            if isinstance(v, (int, float)):
+                terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / len(micro_batches)
+    if scaler is not None and scaler.is_enabled():
+        scaler.unscale_(optimizer)
     max_norm = grad_clip_norm if grad_clip_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(runtime.policy.parameters(), max_norm)
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    out = {"loss": float(loss.item()), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"]}
-    out.update({k: float(v) for k, v in (terms or {}).items() if isinstance(v, (int, float))})
+    out = {"loss": float(np.mean(losses)), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"]}
+    out.update(terms_sum)
     return out
 
 
@@ -104,11 +191,15 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / CHECKPOINTS_DIR / f"{step:06d}"
 
 
-def save_checkpoint(runtime: PolicyRuntime, cfg: TrainConfig, step: int) -> Path:
-    """Write `<output_dir>/checkpoints/<step>/pretrained_model` and point `last` at it.
+def save_checkpoint(
+    runtime: PolicyRuntime, cfg: TrainConfig, step: int, training_state: dict[str, Any] | None = None
+) -> Path:
+    """Write `<output_dir>/checkpoints/<step>/{pretrained_model,training_state}` and point `last` at it.
 
-    Everything is written into a hidden temp folder first and renamed into place, so an
-    interrupted save leaves either the previous checkpoint set or the complete new one.
+    pretrained_model holds the EMA weights when EMA is on (what the robot should run);
+    training_state the raw weights and everything else needed to resume. Everything is written
+    into a hidden temp folder first and renamed into place, so an interrupted save leaves either
+    the previous checkpoint set or the complete new one. Older step folders beyond keep_last go.
     """
     checkpoints = Path(cfg.output_dir) / CHECKPOINTS_DIR
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -116,10 +207,18 @@ def save_checkpoint(runtime: PolicyRuntime, cfg: TrainConfig, step: int) -> Path
     staging = checkpoints / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     pretrained = staging / PRETRAINED_MODEL_DIR
-    runtime.save(pretrained)
+    ema: EMA | None = (training_state or {}).get("ema")
+    raw = ema.swap_into(runtime.policy) if ema is not None else None
+    try:
+        runtime.save(pretrained)
+    finally:
+        if raw is not None:
+            runtime.policy.load_state_dict(raw)
     (pretrained / TRAIN_CONFIG_FILE).write_text(
         json.dumps({"step": step, "config": cfg.to_dict()}, indent=2), encoding="utf-8"
     )
+    if training_state is not None:
+        save_training_state(staging / STATE_DIR, model=runtime.policy, **training_state)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
@@ -128,109 +227,209 @@ def save_checkpoint(runtime: PolicyRuntime, cfg: TrainConfig, step: int) -> Path
         link_tmp.unlink()
     link_tmp.symlink_to(final.name, target_is_directory=True)
     os.replace(link_tmp, checkpoints / LAST_LINK)
+    if cfg.keep_last > 0:
+        steps = sorted(p for p in checkpoints.iterdir() if p.name.isdigit() and not p.is_symlink())
+        for old in steps[:-cfg.keep_last]:
+            shutil.rmtree(old)
     return final
 
 
 def prepare_output_dir(cfg: TrainConfig) -> Path:
     output_dir = Path(cfg.output_dir)
     checkpoints = output_dir / CHECKPOINTS_DIR
-    if checkpoints.is_dir() and any(checkpoints.iterdir()) and not cfg.overwrite:
+    has_checkpoints = checkpoints.is_dir() and any(checkpoints.iterdir())
+    if cfg.resume:
+        if not (checkpoints / LAST_LINK).exists():
+            raise ConfigError(f"resume=true but {checkpoints / LAST_LINK} does not exist; nothing to resume")
+        return output_dir
+    if has_checkpoints and not cfg.overwrite:
         raise ConfigError(
-            f"output_dir {output_dir} already holds checkpoints; pick a new output_dir=... "
-            "or pass overwrite=true"
+            f"output_dir {output_dir} already holds checkpoints; pass resume=true to continue, pick a new "
+            "output_dir=... or pass overwrite=true"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite:
+        shutil.rmtree(checkpoints, ignore_errors=True)
         (output_dir / LOG_FILE).unlink(missing_ok=True)
     return output_dir
 
 
+def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
+    """Refuse to resume with settings that change the model or the data order."""
+    saved = json.loads((checkpoint / PRETRAINED_MODEL_DIR / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
+    now = cfg.to_dict()
+    differ = [k for k in RESUME_MUST_MATCH if saved["config"].get(k) != now.get(k)]
+    if differ:
+        details = "; ".join(f"{k}: checkpoint {saved['config'].get(k)!r} vs now {now.get(k)!r}" for k in differ)
+        raise ConfigError(f"cannot resume {checkpoint}: the config conflicts with the run's ({details})")
+
+
 class MetricsLog:
-    """Appends one JSON object per logged step to train_log.jsonl (and TensorBoard if installed)."""
+    """Appends one JSON object per logged step to train_log.jsonl and writes TensorBoard scalars."""
 
     def __init__(self, output_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
         self._file = open(output_dir / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._tensorboard = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
 
-            self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
-        except ImportError:
-            pass  # TensorBoard is optional; the JSON-lines log is always written.
-
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any], prefix: str = "train") -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self._tensorboard is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tensorboard.add_scalar(f"train/{key}", value, record["step"])
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._tensorboard.add_scalar(f"{prefix}/{key}", value, record["step"])
 
     def close(self) -> None:
         self._file.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        self._tensorboard.close()
+
+
+def validation_loss(runtime: PolicyRuntime, loader: Any, batches: int, precision: str) -> float:
+    import torch
+
+    runtime.policy.eval()
+    device = str(next(runtime.policy.parameters()).device)
+    losses = []
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i >= batches:
+                break
+            with autocast_context(precision, device):
+                # train-mode loss definitions (e.g. diffusion noise prediction) need forward in eval mode too
+                loss, _ = runtime.policy.forward(runtime.preprocessor(batch))
+            losses.append(float(loss))
+    runtime.policy.train()
+    return float(np.mean(losses)) if losses else float("nan")
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run training as configured; returns the final checkpoint folder."""
+    """Run training as configured; returns the final (or last saved) checkpoint folder."""
     import torch
+    from accelerate import Accelerator
     from tqdm import tqdm
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={cfg.device} but CUDA is not available here; use device=cpu")
+    if cfg.precision == "fp16" and not cfg.device.startswith("cuda"):
+        raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 on CPU")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    output_dir = prepare_output_dir(cfg)
-    seed_everything(cfg.seed)
-    runtime = build_runtime(cfg)
-    dataset = open_dataset(cfg.dataset, runtime.config, cfg.policy.input_features)
-    batches: Iterator[dict[str, Any]] = infinite_batches(dataset, cfg.batch_size, cfg.num_workers, cfg.seed)
+    # One process: a no-op wrapper. Under `accelerate launch` / torchrun: DDP over the processes.
+    accelerator = Accelerator(cpu=not cfg.device.startswith("cuda"))
+    device = str(accelerator.device) if accelerator.num_processes > 1 else cfg.device
+    is_main = accelerator.is_main_process
+    output_dir = prepare_output_dir(cfg) if is_main else Path(cfg.output_dir)
+    accelerator.wait_for_everyone()
+    seed_everything(cfg.seed, cfg.deterministic)
+    runtime = build_runtime(cfg, device)
+    meta = load_metadata(cfg.dataset)
+    episodes = select_episodes(meta.total_episodes, cfg.dataset.episodes_to_use)
+    train_eps, val_eps = split_episodes(episodes, cfg.dataset.val_episodes, cfg.seed)
+    transforms = image_transforms_for(cfg, meta.features)
+    dataset = open_dataset(cfg.dataset, runtime.config, cfg.policy.input_features, train_eps)
     optimizer = make_optimizer(runtime, cfg)
-    scheduler = make_scheduler(optimizer, cfg.warmup_steps)
-    n_params = sum(p.numel() for p in runtime.policy.parameters())
-    print(
-        f"training {cfg.policy.type} ({n_params / 1e6:.2f} M parameters) on "
-        f"{dataset.num_episodes} episodes / {dataset.num_frames} frames for {cfg.steps} steps "
-        f"-> {output_dir}",
-        file=sys.stderr,
-    )
+    scheduler = make_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+    ema = EMA(runtime.policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
-    log = MetricsLog(output_dir)
-    final = checkpoint_dir(output_dir, cfg.steps)
-    window_losses: list[float] = []
+    start_step, epoch, batch_in_epoch = 0, 0, 0
+    if cfg.resume:
+        last = (output_dir / CHECKPOINTS_DIR / LAST_LINK).resolve()
+        check_resume_config(cfg, last)
+        progress = load_training_state(last / STATE_DIR, model=runtime.policy, optimizer=optimizer,
+                                       scheduler=scheduler, scaler=scaler, ema=ema, device=device)
+        start_step, epoch, batch_in_epoch = progress["step"], progress["epoch"], progress["batch"]
+        if start_step >= cfg.steps:
+            raise ConfigError(f"the checkpoint is at step {start_step} >= steps={cfg.steps}; raise steps to continue")
+
+    sampler = ResumableBatchSampler(
+        len(dataset), cfg.batch_size, cfg.seed, epoch, batch_in_epoch,
+        rank=accelerator.process_index, world_size=accelerator.num_processes,
+    )
+    loader = make_loader(TransformedDataset(dataset, transforms, cfg.augment, train=True), sampler, cfg.loader, device)
+    val_loader = None
+    if val_eps and cfg.val_every:
+        val_dataset = open_dataset(cfg.dataset, runtime.config, cfg.policy.input_features, val_eps)
+        val_sampler = ResumableBatchSampler(len(val_dataset), cfg.batch_size, cfg.seed, shuffle=False)
+        val_loader = make_loader(TransformedDataset(val_dataset, transforms, None, train=False), val_sampler,
+                                 cfg.loader, device)
+    model: torch.nn.Module = runtime.policy
+    if accelerator.num_processes > 1:
+        model = accelerator.prepare_model(runtime.policy)
+    batches = iter(loader)
+    n_params = sum(p.numel() for p in runtime.policy.parameters())
+    if is_main:
+        print(
+            f"training {cfg.policy.type} ({n_params / 1e6:.2f} M parameters) on {len(train_eps)} episodes / "
+            f"{len(dataset)} frames (validation: {len(val_eps)} episodes) for steps {start_step + 1}..{cfg.steps}, "
+            f"effective batch {cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes} "
+            f"-> {output_dir}",
+            file=sys.stderr,
+        )
+
+    log = MetricsLog(output_dir) if is_main else None
+    last_saved: Path | None = None
+    window: dict[str, float] = {"loss": 0.0, "n": 0, "wait": 0.0}
     window_start = start = time.perf_counter()
+    consumed = epoch * sampler.batches_per_epoch + batch_in_epoch  # micro-batches drawn so far
+
+    def state(step_done: int) -> dict[str, Any]:
+        return {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema, "progress": {
+            "step": step_done, "epoch": consumed // sampler.batches_per_epoch,
+            "batch": consumed % sampler.batches_per_epoch}}
+
+    step = start_step
     try:
-        with tqdm(total=cfg.steps, desc="train", unit="step", dynamic_ncols=True) as progress:
-            for step in range(1, cfg.steps + 1):
-                metrics = train_step(runtime, next(batches), optimizer, scheduler, cfg.grad_clip_norm)
-                window_losses.append(metrics["loss"])
-                progress.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
+        with tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                  disable=not is_main) as progress_bar:
+            while step < cfg.steps:
+                wait_start = time.perf_counter()
+                micro = [next(batches) for _ in range(cfg.grad_accum_steps)]
+                window["wait"] += time.perf_counter() - wait_start
+                consumed += cfg.grad_accum_steps
+                metrics = train_step(runtime, micro, optimizer, scheduler, cfg.grad_clip_norm,
+                                     precision=cfg.precision, scaler=scaler, model=model,
+                                     backward=accelerator.backward if accelerator.num_processes > 1 else None)
+                if ema is not None:
+                    ema.update(runtime.policy)
+                step += 1
+                window["loss"] += metrics["loss"]
+                window["n"] += 1
+                progress_bar.update(1)
+                if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
                     now = time.perf_counter()
-                    samples_per_s = len(window_losses) * cfg.batch_size / max(now - window_start, 1e-9)
+                    elapsed = max(now - window_start, 1e-9)
+                    samples = window["n"] * cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
                     record = {
-                        "step": step,
-                        **metrics,
-                        "loss_mean": float(np.mean(window_losses)),
-                        "samples_per_s": samples_per_s,
+                        "step": step, **metrics, "loss_mean": window["loss"] / window["n"],
+                        "samples_per_s": samples / elapsed, "data_wait_fraction": window["wait"] / elapsed,
                         "elapsed_s": now - start,
                     }
                     log.write(record)
-                    progress.set_postfix(loss=f"{record['loss_mean']:.4f}", samples_s=f"{samples_per_s:.1f}")
-                    window_losses.clear()
-                    window_start = now
-                if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
-                    save_checkpoint(runtime, cfg, step)
-        final = save_checkpoint(runtime, cfg, cfg.steps)
+                    progress_bar.set_postfix(loss=f"{record['loss_mean']:.4f}",
+                                             samples_s=f"{record['samples_per_s']:.1f}",
+                                             data_wait=f"{record['data_wait_fraction']:.0%}")
+                    window = {"loss": 0.0, "n": 0, "wait": 0.0}
+                    window_start = time.perf_counter()
+                if is_main and val_loader is not None and step % cfg.val_every == 0:
+                    log.write({"step": step, "val_loss": validation_loss(runtime, val_loader, cfg.val_batches,
+                                                                         cfg.precision)}, prefix="val")
+                stopping = cfg.stop_after and step - start_step >= cfg.stop_after
+                if is_main and (step == cfg.steps or stopping or (cfg.save_every and step % cfg.save_every == 0)):
+                    last_saved = save_checkpoint(runtime, cfg, step, state(step))
+                if stopping:
+                    break
     finally:
-        log.close()
+        if log is not None:
+            log.close()
+    accelerator.wait_for_everyone()
     elapsed = time.perf_counter() - start
-    print(
-        f"done in {elapsed:.0f} s ({elapsed / cfg.steps:.3f} s/step); "
-        f"checkpoint: {final / PRETRAINED_MODEL_DIR}",
-        file=sys.stderr,
-    )
+    done = max(step - start_step, 1)
+    final = last_saved or checkpoint_dir(output_dir, step)
+    if is_main:
+        print(f"done in {elapsed:.0f} s ({elapsed / done:.3f} s/step); checkpoint: {final / PRETRAINED_MODEL_DIR}",
+              file=sys.stderr)
     return final
 
 
@@ -256,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("train: interrupted; the last complete checkpoint is under checkpoints/last", file=sys.stderr)
+        print("train: interrupted; resume from checkpoints/last with resume=true", file=sys.stderr)
         return 130
     return 0
 

@@ -8,6 +8,7 @@ name, the namespace and the remappings, exactly what launch_ros passes.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from koch_bringup.graph import NodeSpec
+from koch_bringup.graph import ROS_TOOL_PACKAGES, NodeSpec, ProcessSpec
 
 
 class LaunchError(RuntimeError):
@@ -34,8 +35,16 @@ def find_executable(package: str, executable: str) -> Path:
     )
 
 
+def ros_tool_available(package: str, executable: str) -> bool:
+    try:
+        find_executable(package, executable)
+        return True
+    except LaunchError:
+        return False
+
+
 def ros_arguments(spec: NodeSpec, params_file: Path) -> list[str]:
-    args = ["--ros-args", "-r", f"__node:={spec.name}"]
+    args = [*spec.arguments, "--ros-args", "-r", f"__node:={spec.name}"]
     if spec.namespace:
         args += ["-r", f"__ns:=/{spec.namespace}"]
     for source, target in spec.remappings:
@@ -45,31 +54,59 @@ def ros_arguments(spec: NodeSpec, params_file: Path) -> list[str]:
     return args
 
 
+def _default_sigint() -> None:
+    # A graph started in the background of a script (`launch_graph ... &`) inherits an ignored
+    # SIGINT; the nodes must still shut down cleanly on the SIGINT stop() sends.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _interrupt(*_args: object) -> None:
+    raise KeyboardInterrupt
+
+
 class GraphProcess:
     """A running graph; stop() sends SIGINT like Ctrl-C in `ros2 launch`, then waits."""
 
-    def __init__(self, specs: list[NodeSpec], log_dir: Path | None = None) -> None:
-        self.specs = specs
+    def __init__(self, specs: list[NodeSpec | ProcessSpec], log_dir: Path | None = None) -> None:
+        # Nodes that come with a ROS 2 install (robot_state_publisher, rviz2) are left out where
+        # they are not installed, as on the PyPI-wheel machines: they only serve TF and views.
+        self.skipped = [s for s in specs if isinstance(s, NodeSpec) and s.package in ROS_TOOL_PACKAGES
+                        and not ros_tool_available(s.package, s.executable)]
+        self.specs = [s for s in specs if s not in self.skipped]
         self._tmp = tempfile.TemporaryDirectory(prefix="koch_launch_")
         self.log_dir = Path(log_dir or self._tmp.name)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.processes: list[tuple[NodeSpec, subprocess.Popen]] = []
+        self.processes: list[tuple[NodeSpec | ProcessSpec, subprocess.Popen]] = []
+
+    def _command(self, spec: NodeSpec | ProcessSpec) -> list[str]:
+        if isinstance(spec, ProcessSpec):
+            if shutil.which(spec.command[0]) is None:
+                raise LaunchError(f"{spec.name}: {spec.command[0]!r} is not on PATH; it needs a ROS 2 install "
+                                  "(source /opt/ros/<distro>/setup.bash), or use recorder:=node")
+            return list(spec.command)
+        params_file = Path(self._tmp.name) / f"{spec.fully_qualified_name.strip('/').replace('/', '__')}.yaml"
+        params_file.write_text(yaml.safe_dump({spec.fully_qualified_name: {"ros__parameters": spec.parameters}}))
+        return [str(find_executable(spec.package, spec.executable)), *ros_arguments(spec, params_file)]
+
+    def _log_path(self, spec: NodeSpec | ProcessSpec) -> Path:
+        if isinstance(spec, ProcessSpec):
+            return self.log_dir / f"{spec.name}.log"
+        return self.log_dir / f"{spec.namespace or 'root'}_{spec.name}.log"
 
     def start(self) -> GraphProcess:
-        for spec in self.specs:
-            params_file = Path(self._tmp.name) / f"{spec.fully_qualified_name.strip('/').replace('/', '__')}.yaml"
-            params_file.write_text(yaml.safe_dump({spec.fully_qualified_name: {"ros__parameters": spec.parameters}}))
-            command = [str(find_executable(spec.package, spec.executable)), *ros_arguments(spec, params_file)]
-            log = open(self.log_dir / f"{spec.namespace or 'root'}_{spec.name}.log", "w")  # noqa: SIM115
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        commands = [(spec, self._command(spec)) for spec in self.specs]  # every error before anything starts
+        for spec, command in commands:
+            log = open(self._log_path(spec), "w")  # noqa: SIM115
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
             self.processes.append((spec, process))
         return self
 
     def check_alive(self) -> None:
         for spec, process in self.processes:
             if process.poll() is not None:
-                log = (self.log_dir / f"{spec.namespace or 'root'}_{spec.name}.log").read_text()[-2000:]
-                raise LaunchError(f"node {spec.fully_qualified_name} exited with {process.returncode}:\n{log}")
+                log = self._log_path(spec).read_text()[-2000:]
+                what = spec.fully_qualified_name if isinstance(spec, NodeSpec) else spec.name
+                raise LaunchError(f"node {what} exited with {process.returncode}:\n{log}")
 
     def stop(self, timeout: float = 10.0) -> None:
         for _, process in self.processes:
@@ -92,25 +129,51 @@ class GraphProcess:
         self.stop()
 
 
+def parse_arguments(items: list[str]) -> dict[str, str]:
+    values = {}
+    for item in items:
+        if ":=" not in item:
+            raise SystemExit(f"launch argument {item!r} must be name:=value (as with ros2 launch)")
+        name, value = item.split(":=", 1)
+        values[name] = value
+    return values
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`launch_graph deploy checkpoint:=PATH sim:=true`: run a graph until Ctrl-C."""
+    """`launch_graph policy checkpoint:=PATH sim:=true`: run a launch file's graph until Ctrl-C."""
     import argparse
 
     from koch_bringup import graph
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("graph", choices=["sim_robot", "deploy"])
+    names = [*graph.LAUNCH_ARGUMENTS, "sim_robot", "deploy"]
+    epilog = "\n".join(f"{n}: " + ", ".join(f"{a.name}:={a.default or '...'}" for a in args)
+                       for n, args in graph.LAUNCH_ARGUMENTS.items())
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("graph", choices=names,
+                        help="a launch file's graph (<graph>.launch.py); sim_robot and deploy are older names")
     parser.add_argument("arguments", nargs="*", help="name:=value launch arguments")
+    parser.add_argument("--log-dir", type=Path, help="keep each node's output here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    kwargs = dict(a.split(":=", 1) for a in args.arguments)
+    values = parse_arguments(args.arguments)
+    # Ctrl-C, `kill -INT` (also when started with `&` in a script) and `kill` all stop the nodes cleanly.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    # The two older names stay as they were: sim_robot = the sim without TF, deploy = policy with sim:=true.
     if args.graph == "sim_robot":
-        specs = graph.sim_robot(int(kwargs.get("seed", 0)))
+        specs: list = graph.sim_robot(int(values.get("seed", 0)))
+    elif args.graph == "deploy":
+        specs = graph.deploy(values["checkpoint"], values.get("device", "cpu"), values.get("sim", "true") == "true",
+                             int(values.get("seed", 0)), values.get("enabled", "false") == "true")
     else:
-        specs = graph.deploy(kwargs["checkpoint"], kwargs.get("device", "cpu"),
-                             kwargs.get("sim", "true") == "true", int(kwargs.get("seed", 0)),
-                             kwargs.get("enabled", "false") == "true")
-    with GraphProcess(specs) as running:
-        print(f"running {len(specs)} nodes; logs in {running.log_dir}; Ctrl-C to stop")
+        try:
+            specs = graph.build(args.graph, values)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+    with GraphProcess(specs, args.log_dir) as running:
+        for spec in running.skipped:
+            print(f"left out {spec.package}/{spec.executable}: not installed (it comes with a ROS 2 install)")
+        print(f"running {len(running.specs)} processes; logs in {running.log_dir}; Ctrl-C to stop", flush=True)
         try:
             while True:
                 running.check_alive()

@@ -1,28 +1,83 @@
 """Policy inference node: observations in, JointTrajectory action chunks out at 30 Hz.
 
 Which topics feed which policy input comes from the same feature mapping the converter
-used to build the training data. Every published point went through the shared safety
-limits; with `enabled` false nothing is published. `~/enable` (std_srvs/SetBool) switches it.
+used to build the training data. Every command goes through `PolicyRunner.tick`, which only
+returns `SafeChunk`s built by the shared safety layer; `_publish_command` accepts nothing else.
+
+Gates, outermost first: `enabled` false -> nothing is published (`~/enable`, std_srvs/SetBool);
+`dry_run` true -> commands go to `~/preview_chunk` only, never to `action_chunk`; a latched
+e-stop (`~/estop` or `/estop` std_msgs/Bool true, or the `~/estop` std_srvs/Trigger service;
+cleared only by `~/reset_estop`) -> hold the position measured when it latched; the optional
+deadman (`deadman_timeout_s` > 0, heartbeats on `~/deadman` std_msgs/Bool true) -> hold; a
+stale or missing observation -> hold the measured position.
+
+JointTrajectory semantics (what ros2_control's joint_trajectory_controller expects): header.stamp
+is the tick time on the node clock and point k is due at stamp + k/fps (time_from_start strictly
+increasing, k/fps); positions and velocities are both set, so the controller interpolates
+cubically. A one-point hold is due one tick after the stamp, so no message ever ends in the past
+(the controller rejects those). A new message replaces the rest of the previous one.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
+
 import numpy as np
-from builtin_interfaces.msg import Duration
+from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
-from std_srvs.srv import SetBool
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from visualization_msgs.msg import Marker, MarkerArray
 
+from koch_common import policy_runtime
 from koch_common.feature_mapping import Feature, Mapping, load_mapping
 from koch_common.image_codec import from_fields, to_rgb
+from koch_common.kinematics import tcp_position
 from koch_common.node_runner import run_node
-from koch_common.policy_runtime import PolicyRuntime
 from koch_common.robot import load_koch
-from koch_common.safety import SafetyLimits
+from koch_common.safety import SafeChunk, SafetyLimits
+from koch_policy.chunk_policies import CHUNK_POLICIES
+from koch_policy.gate import SafetyGate
 from koch_policy.runner import PolicyRunner
+
+DEPTH_ENCODINGS = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}  # -> metres
+
+
+def decode_image(msg: Image) -> np.ndarray:
+    """Colour -> uint8 RGB (H, W, 3); depth (16UC1 mm / 32FC1 m) -> float32 metres (H, W, 1), NaN -> 0."""
+    array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
+    if msg.encoding in DEPTH_ENCODINGS:
+        depth = array.astype(np.float32) * np.float32(DEPTH_ENCODINGS[msg.encoding])
+        return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)[:, :, None]
+    return to_rgb(array, msg.encoding)
+
+
+def _duration(seconds: float) -> Duration:
+    ns = int(round(seconds * 1e9))
+    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def trajectory_msg(command: SafeChunk, names: list[str], stamp, fps: float) -> JointTrajectory:
+    if not isinstance(command, SafeChunk):
+        raise TypeError("only SafeChunk commands (built by the safety layer) may be published")
+    msg = JointTrajectory()
+    msg.header.stamp = stamp
+    msg.joint_names = list(names)
+    dt = 1.0 / fps
+    offset = dt if len(command.positions) == 1 else 0.0  # a hold must not end at the stamp
+    for k, (position, velocity) in enumerate(zip(command.positions, command.velocities())):
+        msg.points.append(JointTrajectoryPoint(
+            positions=[float(v) for v in position], velocities=[float(v) for v in velocity],
+            time_from_start=_duration(offset + k * dt)))
+    return msg
 
 
 class PolicyNode(Node):
@@ -32,26 +87,53 @@ class PolicyNode(Node):
         device = self.declare_parameter("device", "cpu").value
         mapping_path = self.declare_parameter("mapping", "mapping/koch_sim.yaml").value
         self.enabled = bool(self.declare_parameter("enabled", False).value)
+        self.dry_run = bool(self.declare_parameter("dry_run", False).value)
+        chunk_policy = self.declare_parameter("chunk_policy", "execute_k").value
+        threshold = float(self.declare_parameter("replan_threshold", 0.5).value)
+        deadman = float(self.declare_parameter("deadman_timeout_s", 0.0).value)
+        self.publish_markers = bool(self.declare_parameter("publish_markers", True).value)
+        # Publish as soon as a chunk lands instead of at the next 30 Hz tick (saves up to one period).
+        publish_on_arrival = bool(self.declare_parameter("publish_on_arrival", True).value)
         if not checkpoint:
             raise ValueError("parameter 'checkpoint' is empty: pass the pretrained_model directory from training")
+        if chunk_policy not in CHUNK_POLICIES:
+            raise ValueError(f"parameter chunk_policy={chunk_policy!r}; choose one of {list(CHUNK_POLICIES)}")
         koch = load_koch()
         self.arm = koch.follower
+        self.kinematics = koch.kinematics
         self.mapping: Mapping = load_mapping(mapping_path)
-        self.runtime = PolicyRuntime.load(checkpoint, device=device)
+        # A LeRobot checkpoint or its ONNX export (kuavo_export), with the same processors as training.
+        self.runtime = policy_runtime.load_runtime(checkpoint, device)
         self.fps = float(self.declare_parameter("rate_hz", float(self.mapping.fps)).value)
         n_steps = int(self.declare_parameter("n_action_steps", self.runtime.n_action_steps).value)
         inputs = [f for f in self.mapping.features if f.key != "action"]
+        self.gate = SafetyGate(deadman)
         self.runner = PolicyRunner(
             self.runtime.predict_chunk,
             {f.key: f.stream for f in inputs},
             SafetyLimits.for_arm(self.arm, koch.safety), self.fps, n_steps, clock=self.now,
+            chunk_policy=chunk_policy, gate=self.gate, replan_threshold=threshold,
+            on_chunk=self.on_tick if publish_on_arrival else None,
         )
         for feature in inputs:
             self._subscribe(feature)
         self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", 10)
+        self.preview_pub = self.create_publisher(JointTrajectory, "~/preview_chunk", 10)
+        self.ghost_pub = self.create_publisher(JointState, "~/ghost_joint_states", 10)
+        self.marker_pub = self.create_publisher(MarkerArray, "~/predicted_path", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self.on_enable)
+        self.create_service(Trigger, "~/estop", self.on_estop_service)
+        self.create_service(Trigger, "~/reset_estop", self.on_reset_estop)
+        for name in ("~/estop", "/estop"):
+            self.create_subscription(Bool, name, self.on_estop_topic, 10)
+        self.create_subscription(Bool, "~/deadman", self.on_deadman, 10)
+        self.add_on_set_parameters_callback(self.on_parameters)
+        self.estop_tick: int | None = None  # runner tick count when the e-stop latched
         self.published = 0
+        self.previews = 0
+        self.tick_overhead_s: deque[float] = deque(maxlen=1000)
+        self._tick_lock = threading.Lock()  # the timer and a landing chunk never tick at once
         self.create_timer(1.0 / self.fps, self.on_tick)
         self.create_timer(1.0, self.publish_diagnostics)
         self._last_diag = (self.now(), 0)
@@ -79,13 +161,13 @@ class PolicyNode(Node):
         elif feature.is_image:
 
             def on_image(msg: Image) -> None:
-                array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
-                self.runner.push(name, self._stamp(msg.header.stamp, self.now()), to_rgb(array, msg.encoding))
+                self.runner.push(name, self._stamp(msg.header.stamp, self.now()), decode_image(msg))
 
             self.create_subscription(Image, feature.topic, on_image, qos_profile_sensor_data)
         else:
             raise ValueError(f"feature {name!r}: message type {feature.msgtype!r} is not supported by the policy node")
 
+    # -- gates ----------------------------------------------------------------------------------
     def on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         if request.data and not self.enabled:
             self.runner.reset()
@@ -95,52 +177,142 @@ class PolicyNode(Node):
         response.message = "enabled" if self.enabled else "disabled"
         return response
 
+    def _latch(self, reason: str) -> bool:
+        latched = self.gate.estop(reason)
+        if latched:
+            self.estop_tick = self.runner.ticks
+            self.get_logger().warn(f"e-stop latched ({reason}); call ~/reset_estop to release")
+        return latched
+
+    def on_estop_topic(self, msg: Bool) -> None:
+        if msg.data:  # false never releases: only ~/reset_estop does
+            self._latch("topic")
+
+    def on_estop_service(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._latch("service")
+        response.success = True
+        response.message = "e-stop latched"
+        return response
+
+    def on_reset_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        was = self.gate.reset_estop()
+        self.runner.reset()  # never resume an old chunk after an e-stop
+        self.estop_tick = None
+        response.success = True
+        response.message = "e-stop released" if was else "e-stop was not latched"
+        return response
+
+    def on_deadman(self, msg: Bool) -> None:
+        if msg.data:
+            self.gate.heartbeat(self.now())
+
+    def on_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == "chunk_policy":
+                if param.value not in CHUNK_POLICIES:
+                    return SetParametersResult(successful=False,
+                                               reason=f"chunk_policy must be one of {list(CHUNK_POLICIES)}")
+                self.runner.set_chunk_policy(param.value)
+            elif param.name == "dry_run":
+                self.dry_run = bool(param.value)
+            elif param.name in ("checkpoint", "device", "mapping", "rate_hz", "n_action_steps"):
+                return SetParametersResult(successful=False, reason=f"{param.name} is read at start-up only")
+        return SetParametersResult(successful=True)
+
+    # -- tick ------------------------------------------------------------------------------
     def on_tick(self) -> None:
         if not self.enabled:
             return
+        with self._tick_lock:
+            self._tick()
+
+    def _tick(self) -> None:
+        started = time.perf_counter()
         now = self.now()
         output = self.runner.tick(now)
-        if output.positions is None:
+        if output.command is None:
             return
-        msg = JointTrajectory()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.joint_names = self.arm.names
-        dt = 1.0 / self.fps
-        velocities = np.gradient(output.positions, dt, axis=0) if len(output.positions) > 1 else \
-            np.zeros_like(output.positions)
-        for k, (position, velocity) in enumerate(zip(output.positions, velocities)):
-            ns = int(round(k * dt * 1e9))
-            msg.points.append(JointTrajectoryPoint(
-                positions=[float(v) for v in position], velocities=[float(v) for v in velocity],
-                time_from_start=Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
-        self.chunk_pub.publish(msg)
-        self.published += 1
+        ns = int(round(now * 1e9))
+        stamp = Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)  # the tick time: point 0 is due now
+        self._publish_command(output.command, stamp)
+        self.tick_overhead_s.append(time.perf_counter() - started)
+        if self.publish_markers and output.kind == "chunk":
+            self._publish_visuals(output.command, stamp)
 
+    def _publish_command(self, command: SafeChunk, stamp) -> None:
+        msg = trajectory_msg(command, self.arm.names, stamp, self.fps)
+        if self.dry_run:
+            self.preview_pub.publish(msg)
+            self.previews += 1
+        else:
+            self.chunk_pub.publish(msg)
+            self.published += 1
+
+    def _publish_visuals(self, command: SafeChunk, stamp) -> None:
+        ghost = JointState(name=list(self.arm.names), position=[float(v) for v in command.positions[-1]])
+        ghost.header.stamp = stamp
+        self.ghost_pub.publish(ghost)
+        path = Marker(ns="policy_tcp_path", id=0, type=Marker.LINE_STRIP, action=Marker.ADD)
+        path.header.frame_id = "base_link"
+        path.header.stamp = stamp
+        path.scale.x = 0.004
+        path.color.r, path.color.g, path.color.b, path.color.a = 0.1, 0.9, 0.3, 0.9
+        path.pose.orientation.w = 1.0
+        for q in command.positions:
+            x, y, z = (float(v) for v in tcp_position(q, self.kinematics))
+            path.points.append(Point(x=x, y=y, z=z))
+        end = Marker(ns="policy_tcp_path", id=1, type=Marker.SPHERE, action=Marker.ADD)
+        end.header = path.header
+        end.pose.position = path.points[-1]
+        end.pose.orientation.w = 1.0
+        end.scale.x = end.scale.y = end.scale.z = 0.015
+        end.color = path.color
+        self.marker_pub.publish(MarkerArray(markers=[path, end]))
+
+    # -- diagnostics -------------------------------------------------------------------------
     def publish_diagnostics(self) -> None:
         now = self.now()
         last_time, last_count = self._last_diag
-        rate = (self.published - last_count) / max(now - last_time, 1e-6)
-        self._last_diag = (now, self.published)
+        sent = self.published + self.previews
+        rate = (sent - last_count) / max(now - last_time, 1e-6)
+        self._last_diag = (now, sent)
         p50, p99 = self.runner.latency_percentiles_ms()
+        overhead = np.array(self.tick_overhead_s) * 1e3 if self.tick_overhead_s else np.array([np.nan])
+        with self.runner._lock:
+            queue = self.runner.queue
+        blocked = self.gate.blocked(now)
         values = {
             "enabled": str(self.enabled),
+            "dry_run": str(self.dry_run),
+            "chunk_policy": queue.name,
+            "estop_latched": str(self.gate.estop_latched),
+            "gate": blocked or "open",
             "chunk_publish_rate_hz": f"{rate:.2f}",
             "inference_latency_p50_ms": f"{p50:.2f}",
             "inference_latency_p99_ms": f"{p99:.2f}",
-            "inference_count": str(len(self.runner.latencies_s)),
-            "queue_ticks_left": str(self.runner.queue.ticks_left(now)),
+            "tick_overhead_p50_ms": f"{np.percentile(overhead, 50):.3f}",
+            "tick_overhead_p99_ms": f"{np.percentile(overhead, 99):.3f}",
+            "inference_count": str(self.runner.inferences),
+            "ticks": str(self.runner.ticks),
+            "queue_ticks_left": str(queue.ticks_left(now)),
+            "chunks_in_use": str(queue.chunks_in_use(now)),
             "last_inference_error": self.runner.last_error,
             **{f"safety_{k}": str(v) for k, v in sorted(self.runner.limits.interventions.items())},
         }
-        status = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.get_fully_qualified_name()}: policy",
-                                  message="running" if self.enabled else "disabled", hardware_id="policy")
+        level = DiagnosticStatus.ERROR if self.gate.estop_latched else (
+            DiagnosticStatus.WARN if blocked or self.runner.last_error else DiagnosticStatus.OK)
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: policy",
+                                  message="e-stop latched" if self.gate.estop_latched else
+                                  ("running" if self.enabled else "disabled"), hardware_id="policy")
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
 
     def destroy_node(self) -> None:
-        self.runner.close()
+        runner = getattr(self, "runner", None)  # absent when __init__ failed
+        if runner is not None:
+            runner.close()
         super().destroy_node()
 
 

@@ -5,6 +5,11 @@ builds dataset frames with the same buffers). Each 30 Hz `tick` samples every st
 "now": a stale or missing stream holds the measured position; otherwise the due part of
 the current chunk is passed through the shared safety limits. Inference runs on a worker
 thread, so a slow model never blocks a tick; it is requested early by the measured latency.
+
+Every command a tick returns is a `SafeChunk` built by the safety layer, in this order of
+precedence: latched e-stop (hold the position measured when it latched) > deadman lapsed >
+stale/missing observation (hold the measured position) > the chunk policy's due actions.
+`chunk_policy` picks how chunks merge (see `chunk_policies`) and can change while running.
 """
 
 from __future__ import annotations
@@ -19,17 +24,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from koch_common.resample import StreamBuffer, StreamSpec
-from koch_common.safety import SafetyLimits
-from koch_policy.chunk_queue import ChunkQueue
+from koch_common.safety import SafeChunk, SafetyLimits
+from koch_policy.chunk_policies import ChunkPolicy, make_chunk_policy
+from koch_policy.gate import SafetyGate
 
 STATE_FEATURE = "observation.state"
 
 
 @dataclass
 class TickOutput:
-    kind: str  # "chunk", "hold" or "wait"
-    positions: np.ndarray | None  # (K, J) safe position targets for now + k / fps
+    kind: str  # "chunk", "hold" (no chunk yet), "stale", "deadman", "estop" or "wait" (nothing to send)
+    command: SafeChunk | None  # safe position targets for now + k / fps
     reason: str = ""
+    tick: int = 0
+    prediction: np.ndarray | None = None  # the chunk policy's due actions before the safety filter
+
+    @property
+    def positions(self) -> np.ndarray | None:
+        return None if self.command is None else self.command.positions
 
 
 class PolicyRunner:
@@ -41,6 +53,10 @@ class PolicyRunner:
         fps: float,
         n_action_steps: int,
         clock: Callable[[], float] = time.time,
+        chunk_policy: str = "execute_k",
+        gate: SafetyGate | None = None,
+        replan_threshold: float = 0.5,
+        on_chunk: Callable[[], None] | None = None,
     ) -> None:
         if STATE_FEATURE not in streams:
             raise ValueError(f"the feature mapping must provide {STATE_FEATURE!r} for the measured position")
@@ -48,9 +64,18 @@ class PolicyRunner:
         self.buffers = {name: StreamBuffer(spec, maxlen=64) for name, spec in streams.items()}
         self.limits = limits
         self.fps = fps
-        self.queue = ChunkQueue(fps, n_action_steps)
+        self.n_action_steps = n_action_steps
+        self.replan_threshold = replan_threshold
+        self.queue: ChunkPolicy = make_chunk_policy(chunk_policy, fps, n_action_steps, replan_threshold)
+        self.gate = gate or SafetyGate()
         self.clock = clock
         self.latencies_s: deque[float] = deque(maxlen=1000)
+        self.ticks = 0
+        self.inferences = 0
+        self.history: deque[tuple[int, float, str]] = deque(maxlen=5000)  # (tick, now, kind) for tests/diag
+        self._last_command: tuple[float, SafeChunk] | None = None
+        self.chunk_ready = threading.Event()  # set when a chunk lands (benchmarks wait on it)
+        self.on_chunk = on_chunk  # called on the worker thread when a chunk lands (publish without waiting)
         self._lock = threading.Lock()
         self._request: tuple[dict[str, np.ndarray], float] | None = None
         self._busy = False
@@ -85,30 +110,67 @@ class PolicyRunner:
 
     # -- control tick ---------------------------------------------------------------
     def lead_ticks(self) -> int:
-        latency = max(self.latencies_s) if self.latencies_s else 0.1
+        # the worst of the recent latencies: old spikes (start-up, a busy host) age out
+        recent = list(self.latencies_s)[-30:]
+        latency = max(recent) if recent else 0.1
         return math.ceil(latency * self.fps) + 1
 
+    def set_chunk_policy(self, name: str) -> None:
+        policy = make_chunk_policy(name, self.fps, self.n_action_steps, self.replan_threshold)
+        with self._lock:
+            self.queue = policy
+
+    def _commanded_velocity(self, now: float) -> np.ndarray | None:
+        """Velocity of the last command at `now`, so acceleration stays bounded across chunks."""
+        if self._last_command is None:
+            return None
+        t0, command = self._last_command
+        k = int(round((now - t0) * self.fps))
+        velocities = command.velocities()
+        return velocities[k] if 0 <= k < len(velocities) else np.zeros(velocities.shape[1])
+
+    def _out(self, now: float, kind: str, command: SafeChunk | None, reason: str = "",
+             prediction: np.ndarray | None = None) -> TickOutput:
+        self.history.append((self.ticks, now, kind))
+        if command is not None:
+            self._last_command = (now, command)
+        return TickOutput(kind, command, reason, self.ticks, prediction)
+
+    def _hold(self, now: float, kind: str, measured: np.ndarray, reason: str) -> TickOutput:
+        with self._lock:
+            self.queue.clear()
+        self.limits.interventions[reason.split(":")[0].replace(" ", "_")] += 1
+        return self._out(now, kind, self.limits.hold(measured), reason)
+
     def tick(self, now: float) -> TickOutput:
+        self.ticks += 1
         measured = self.measured_position()
         if measured is None:
-            return TickOutput("wait", None, "no joint state yet")
+            return self._out(now, "wait", None, "no joint state yet")
+        blocked = self.gate.blocked(now)
+        if blocked == "estop":
+            return self._hold(now, "estop", self.gate.latched_hold(measured), "estop")
+        if blocked:
+            return self._hold(now, "deadman", measured, "deadman")
         observation, bad = self.observe(now)
         if observation is None:
-            self.queue.clear()
-            self.limits.interventions["stale_observation"] += 1
-            return TickOutput("hold", self.limits.filter_point(measured, measured)[None],
-                              f"stale or missing: {', '.join(bad)}")
-        if self.queue.needs_inference(now, self.lead_ticks()):
+            return self._hold(now, "stale", measured, f"stale observation: {', '.join(bad)}")
+        with self._lock:
+            queue = self.queue
+        if queue.needs_inference(now, self.lead_ticks()):
             self._request_inference(observation, now)
-        due = self.queue.due(now)
+        with self._lock:
+            due = queue.due(now)
         if due is None:
-            return TickOutput("hold", self.limits.filter_point(measured, measured)[None], "waiting for a chunk")
-        return TickOutput("chunk", self.limits.filter_chunk(due, measured, 1.0 / self.fps))
+            return self._out(now, "hold", self.limits.hold(measured), "waiting for a chunk")
+        command = self.limits.safe_chunk(due, measured, 1.0 / self.fps, self._commanded_velocity(now))
+        return self._out(now, "chunk", command, prediction=due)
 
     def reset(self) -> None:
         with self._lock:
             self.queue.clear()
             self._request = None
+            self._last_command = None
 
     # -- inference worker -------------------------------------------------------------
     def _request_inference(self, observation: dict[str, np.ndarray], t_obs: float) -> None:
@@ -131,8 +193,12 @@ class PolicyRunner:
                 started = time.perf_counter()
                 chunk = self.predict(observation)
                 self.latencies_s.append(time.perf_counter() - started)
+                self.inferences += 1
                 with self._lock:
-                    self.queue.accept(chunk, t_obs)
+                    self.queue.accept(chunk, t_obs, self.clock())
+                self.chunk_ready.set()
+                if self.on_chunk is not None:
+                    self.on_chunk()
             except Exception as err:  # noqa: BLE001 - a failed inference holds, never crashes the loop
                 self.last_error = f"{type(err).__name__}: {err}"
             finally:

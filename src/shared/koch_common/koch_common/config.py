@@ -133,6 +133,14 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return {k: _convert(args[1], v, f"{where}.{k}") for k, v in value.items()} if args else value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it obviously is.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is float:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

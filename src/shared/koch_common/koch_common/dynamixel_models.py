@@ -93,6 +93,8 @@ class ModelSpec:
     current_saturation_raw: int = 1000
     default_current_limit_raw: int | None = None
     nominal_voltage_decivolt: int = 50
+    # Oldest firmware that answers Fast Sync Read (0x8A); None: the driver uses plain Sync Read.
+    fast_sync_read_min_firmware: int | None = 45
 
     def address(self, field_name: str) -> tuple[int, int]:
         """(address, size) of `field_name`; a clear error when this model lacks it."""
@@ -123,7 +125,8 @@ MODELS: dict[int, ModelSpec] = {
         ModelSpec(1200, "XL330-M288", "xl330-m288", _x_series(True), 1750, 1750, 50),
         ModelSpec(1060, "XL430-W250", "xl430-w250", _x_series(False), 1000, None, 115),
         ModelSpec(1020, "XM430-W350", "xm430-w350", _x_series(True), 1193, 1193, 120),
-        ModelSpec(311, "MX-64(2.0)", "mx-64", _x_series(True), 1941, 1941, 120),
+        # Fast Sync Read is documented for the X series; MX(2.0) stays on plain Sync Read.
+        ModelSpec(311, "MX-64(2.0)", "mx-64", _x_series(True), 1941, 1941, 120, None),
     )
 }
 
@@ -160,3 +163,31 @@ def to_unsigned(value: int, size: int) -> int:
     if not -(1 << (bits - 1)) <= value < (1 << bits):
         raise ValueError(f"value {value} does not fit in a {size}-byte field")
     return value & ((1 << bits) - 1)
+
+
+# Hardware_Error_Status (address 70) bits, as the e-Manual names them.
+HARDWARE_ERROR_BITS: dict[int, str] = {
+    0x01: "input voltage error",
+    0x04: "overheating error",
+    0x08: "motor encoder error",
+    0x10: "electrical shock error",
+    0x20: "overload error",
+}
+
+OPERATING_MODES: dict[str, int] = {
+    "current": 0,
+    "velocity": 1,
+    "position": 3,
+    "extended_position": 4,
+    "current_position": 5,  # current-based position: grips without forcing
+    "pwm": 16,
+}
+
+
+def decode_hardware_error(bits: int) -> list[str]:
+    """Names of the Hardware_Error_Status bits set in `bits` (unknown bits by number)."""
+    names = [name for bit, name in HARDWARE_ERROR_BITS.items() if bits & bit]
+    unknown = bits & ~sum(HARDWARE_ERROR_BITS)
+    if unknown:
+        names.append(f"unknown bits 0x{unknown:02x}")
+    return names

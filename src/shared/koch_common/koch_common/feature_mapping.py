@@ -9,7 +9,7 @@ node reads the same file, so a feature means the same thing offline and live.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from koch_common.config import ConfigError, load_config
 from koch_common.resample import POLICIES, StreamSpec
@@ -17,18 +17,34 @@ from koch_common.robot import load_koch
 from koch_common.topics import topic
 
 JOINT_STATE = "sensor_msgs/msg/JointState"
+JOINT_TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
 IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+JOINT_TYPES = (JOINT_STATE, JOINT_TRAJECTORY)
+IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 CLOCKS = ("header", "receive")
 IMAGE_PREFIX = "observation.images."
+DEPTH_PREFIX = "observation.depth."
+
+
+@dataclass
+class LimitsConfig:
+    """Quality limits: an episode that violates one is refused (not written) with the reason."""
+
+    min_frames: int = 1
+    max_stale_fraction: float = 0.0  # hold streams: frames using a sample older than max_staleness_s
+    max_dropped_fraction: float = 0.05  # drop streams: frames left out
+    max_gap_s: float | None = None  # longest allowed silence of any input stream (None: unchecked)
 
 
 @dataclass
 class FeatureConfig:
     topic: str  # a key of topics.yaml, or a literal topic name starting with '/'
     type: str
-    policy: str = "hold"
+    policy: str = "hold"  # hold | asof | drop (see koch_common.resample)
     max_staleness_s: float = 0.1
-    # JointState only: 'follower' | 'leader' (names from koch.yaml) or an explicit name list.
+    tolerance_s: float | None = None  # asof/drop: oldest usable sample (default max_staleness_s)
+    # JointState/JointTrajectory only: 'follower' | 'leader' (names from koch.yaml) or an explicit name list.
     joints: str | list[str] | None = None
 
 
@@ -38,6 +54,11 @@ class MappingConfig:
     features: dict[str, FeatureConfig]
     clock: str = "header"
     task: str = ""
+    # std_msgs/String topic whose latest message (at or before an episode's end) names its task.
+    task_topic: str = ""
+    # Any topic: each message on it (stamped with the receive clock) starts a new episode in the bag.
+    episode_marker_topic: str = ""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 @dataclass(frozen=True)
@@ -50,11 +71,22 @@ class Feature:
 
     @property
     def is_image(self) -> bool:
-        return self.msgtype == IMAGE
+        """A camera stream (colour or depth)."""
+        return self.msgtype in IMAGE_TYPES
+
+    @property
+    def is_color(self) -> bool:
+        """A colour camera stream, stored as video."""
+        return self.is_image and not self.is_depth
+
+    @property
+    def is_depth(self) -> bool:
+        """A depth stream (16UC1/32FC1 Image), stored losslessly as a float32 metres array."""
+        return self.key.startswith(DEPTH_PREFIX)
 
     @property
     def camera(self) -> str:
-        return self.key.removeprefix(IMAGE_PREFIX)
+        return self.key.removeprefix(DEPTH_PREFIX if self.is_depth else IMAGE_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,9 @@ class Mapping:
     clock: str
     task: str
     features: tuple[Feature, ...]
+    task_topic: str = ""
+    episode_marker_topic: str = ""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def topics(self) -> dict[str, str]:
@@ -105,22 +140,33 @@ def resolve(config: MappingConfig, source: str = "mapping") -> Mapping:
             raise ConfigError(f"{where}.policy {fc.policy!r} is unknown; use one of {POLICIES}")
         if fc.max_staleness_s <= 0:
             raise ConfigError(f"{where}.max_staleness_s must be > 0, got {fc.max_staleness_s}")
-        if fc.type == JOINT_STATE:
+        if fc.tolerance_s is not None and fc.tolerance_s <= 0:
+            raise ConfigError(f"{where}.tolerance_s must be > 0 or unset, got {fc.tolerance_s}")
+        if fc.type in JOINT_TYPES:
             joint_names = _resolve_joints(key, fc.joints)
-        elif fc.type == IMAGE:
-            if not key.startswith(IMAGE_PREFIX):
-                raise ConfigError(f"{where}: image features must be named {IMAGE_PREFIX}<camera>")
+        elif fc.type in IMAGE_TYPES:
+            if key.startswith(DEPTH_PREFIX) and fc.type != IMAGE:
+                raise ConfigError(f"{where}: depth must come from {IMAGE} (16UC1 or 32FC1), not {fc.type}")
+            if not key.startswith((IMAGE_PREFIX, DEPTH_PREFIX)):
+                raise ConfigError(
+                    f"{where}: image features must be named {IMAGE_PREFIX}<camera> (colour) or "
+                    f"{DEPTH_PREFIX}<camera> (depth)"
+                )
             if fc.joints is not None:
-                raise ConfigError(f"{where}.joints only applies to {JOINT_STATE} features")
+                raise ConfigError(f"{where}.joints only applies to {JOINT_TYPES} features")
             joint_names = ()
         else:
-            raise ConfigError(f"{where}.type {fc.type!r} is not supported; use {JOINT_STATE} or {IMAGE}")
+            raise ConfigError(
+                f"{where}.type {fc.type!r} is not supported; use one of {JOINT_TYPES + IMAGE_TYPES}"
+            )
         features.append(
             Feature(
                 key=key,
                 topic=_resolve_topic(fc.topic),
                 msgtype=fc.type,
-                stream=StreamSpec(name=key, policy=fc.policy, max_staleness_s=fc.max_staleness_s),
+                stream=StreamSpec(
+                    name=key, policy=fc.policy, max_staleness_s=fc.max_staleness_s, tolerance_s=fc.tolerance_s
+                ),
                 joint_names=joint_names,
             )
         )
@@ -128,7 +174,20 @@ def resolve(config: MappingConfig, source: str = "mapping") -> Mapping:
     for f in features:
         if topics_seen.setdefault(f.topic, f.msgtype) != f.msgtype:
             raise ConfigError(f"{source}: topic {f.topic} is mapped with two message types")
-    return Mapping(fps=config.fps, clock=config.clock, task=config.task, features=tuple(features))
+    limits = config.limits
+    if limits.min_frames < 1 or not 0 <= limits.max_stale_fraction <= 1 or not 0 <= limits.max_dropped_fraction <= 1:
+        raise ConfigError(f"{source}: limits need min_frames >= 1 and fractions in [0, 1], got {limits}")
+    if not config.task and not config.task_topic:
+        raise ConfigError(f"{source}: set `task` (text) or `task_topic` (a std_msgs/String topic)")
+    return Mapping(
+        fps=config.fps,
+        clock=config.clock,
+        task=config.task,
+        features=tuple(features),
+        task_topic=_resolve_topic(config.task_topic) if config.task_topic else "",
+        episode_marker_topic=_resolve_topic(config.episode_marker_topic) if config.episode_marker_topic else "",
+        limits=limits,
+    )
 
 
 def load_mapping(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Mapping:

@@ -1,8 +1,11 @@
-"""numpy <-> sensor_msgs/Image field conversion, without cv_bridge.
+"""numpy <-> sensor_msgs/Image conversion; cv_bridge when it is installed, this otherwise.
 
-Works on the message's plain fields, so the same code decodes rclpy messages (policy node),
-rosbags messages (converter) and builds messages for publishers. Encodings and byte layout
-match cv_bridge's for `rgb8`, `bgr8`, `mono8`, `16UC1` and `32FC1`.
+`to_fields`/`from_fields` work on the message's plain fields, so the same code decodes rclpy
+messages (policy node), rosbags messages (converter) and builds messages for publishers.
+Encodings and byte layout match cv_bridge's for `rgb8`, `bgr8`, `mono8`, `16UC1` and `32FC1`.
+`to_image_msg`/`from_image_msg` build and read rclpy messages through cv_bridge where it is
+importable (a ROS install) and through the fields otherwise; rclpy/cv_bridge are imported only
+when they are called, so this module stays ROS-free.
 """
 
 from __future__ import annotations
@@ -92,3 +95,41 @@ def to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
     if encoding == "mono8":
         return np.repeat(array[:, :, None], 3, axis=2)
     raise ImageEncodingError(f"encoding {encoding!r} is not a colour image")
+
+
+def _cv_bridge():
+    """A CvBridge when cv_bridge is importable (ROS installs from apt), else None."""
+    global _BRIDGE
+    if _BRIDGE is False:
+        try:
+            from cv_bridge import CvBridge
+
+            _BRIDGE = CvBridge()
+        except ImportError:
+            _BRIDGE = None
+    return _BRIDGE
+
+
+_BRIDGE: object = False
+
+
+def to_image_msg(array: np.ndarray, encoding: str):
+    """A sensor_msgs/Image (rclpy) holding `array`; header left for the caller to stamp."""
+    _spec(encoding)
+    bridge = _cv_bridge()
+    if bridge is not None:
+        return bridge.cv2_to_imgmsg(np.ascontiguousarray(array), encoding=encoding)
+    from sensor_msgs.msg import Image
+
+    f = to_fields(array, encoding)
+    return Image(height=f.height, width=f.width, encoding=f.encoding, is_bigendian=f.is_bigendian,
+                 step=f.step, data=f.data)
+
+
+def from_image_msg(msg) -> np.ndarray:
+    """The array in a sensor_msgs/Image (rclpy), same result with or without cv_bridge."""
+    _spec(msg.encoding)
+    bridge = _cv_bridge()
+    if bridge is not None:
+        return np.array(bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
+    return from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)

@@ -4,6 +4,11 @@ The arm is a pan joint followed by a planar chain (shoulder_lift, elbow_flex, wr
 in the vertical plane the pan selects. With all angles zero the upper arm points up, the
 forearm points forward and the gripper points down. Wrist roll and gripper do not move the
 tool centre point (tcp).
+
+This is the closed form of the robot model's chain: koch_bringup's URDF (urdf/koch.urdf, which
+robot_state_publisher serves) is generated from the same `kinematics:` lengths and joint
+limits in config/koch.yaml, with the pitch joints rotating about +y (REP 103: x forward, z up),
+and test/deploy/test_urdf.py checks that the URDF's FK and `chain_points` agree pose by pose.
 """
 
 from __future__ import annotations

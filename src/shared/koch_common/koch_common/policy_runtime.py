@@ -101,6 +101,58 @@ def select_policy_features(
     return inputs, outputs
 
 
+# Optional policy plugins registered with LeRobot (`@PreTrainedConfig.register_subclass`): importing
+# them makes their types buildable and their checkpoints loadable. kuavo_train ships the RGB+Depth
+# diffusion policy; the robot's workspace installs kuavo_train beside koch_common.
+POLICY_PLUGIN_MODULES = ("kuavo_train.policies",)
+
+
+def register_policy_plugins() -> None:
+    import importlib
+
+    for module in POLICY_PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise  # the plugin exists but is broken: say so rather than hide it
+
+
+def image_output_shape(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(height, width) the policy sees for an image feature spec after resize and crop."""
+    height, width = (spec.get("crop") or spec.get("resize") or list(spec["shape"][:2]))
+    return int(height), int(width)
+
+
+def transform_image(image: torch.Tensor, spec: Mapping[str, Any], generator: torch.Generator | None) -> torch.Tensor:
+    """Resize then crop a float (..., C, H, W) image as configured in `spec` (resize/crop keys).
+
+    Training passes a generator (random crop); inference passes None (centre crop), so the robot
+    sees the same framing as the average training sample.
+    """
+    import torch
+
+    resize, crop = spec.get("resize"), spec.get("crop")
+    if resize and tuple(image.shape[-2:]) != tuple(resize):
+        lead = image.shape[:-3]
+        flat = image.reshape(-1, *image.shape[-3:])
+        flat = torch.nn.functional.interpolate(flat, size=tuple(resize), mode="bilinear", antialias=True,
+                                               align_corners=False)
+        image = flat.reshape(*lead, *flat.shape[-3:])
+    if crop:
+        height, width = image.shape[-2:]
+        ch, cw = crop
+        if ch > height or cw > width:
+            raise ValueError(f"crop {crop} is larger than the image {(height, width)}; lower dataset.crop")
+        if generator is not None:
+            top = int(torch.randint(0, height - ch + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - cw + 1, (1,), generator=generator))
+        else:
+            top, left = (height - ch) // 2, (width - cw) // 2
+        image = image[..., top:top + ch, left:left + cw]
+    return image
+
+
 def build_policy(
     policy_type: str,
     overrides: Mapping[str, Any],
@@ -108,27 +160,70 @@ def build_policy(
     dataset_stats: Mapping[str, Mapping[str, Any]],
     input_keys: Sequence[str],
     device: str = "cpu",
+    image_transforms: Mapping[str, Mapping[str, Any]] | None = None,
+    pretrained_path: str | None = None,
 ) -> PolicyRuntime:
     """A fresh (untrained) policy with processors normalising by `dataset_stats`.
 
     Training builds its policy here and saves it with `PolicyRuntime.save`; the robot loads it
     with `PolicyRuntime.load`. Both then run the same processors and model code.
+    `image_transforms`: per image key {"resize": [h, w] | None, "crop": [h, w] | None, "kind": "rgb" |
+    "depth"}, recorded in the checkpoint so the robot frames its images the same way.
+    `pretrained_path`: a LOCAL folder with pretrained weights (SmolVLA / pi0 fine-tuning).
     """
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
-    config = make_policy_config(policy_type, overrides, device)
+    register_policy_plugins()
+    if policy_type in _HUB_IDS and pretrained_path is None:
+        raise ConfigError(
+            f"policy.type={policy_type} fine-tunes pretrained weights: set policy.pretrained_path to a local "
+            f"folder holding them (e.g. `huggingface-cli download {_HUB_IDS[policy_type]} --local-dir <folder>` "
+            "on a machine with network access); training never downloads"
+        )
+    # LeRobot's configs take a device type ("cuda", "cpu"); the model goes to the exact device (e.g.
+    # "cuda:3" of a multi-GPU rank, whose current CUDA device accelerate sets).
+    config = make_policy_config(policy_type, overrides, device.split(":")[0])
     config.input_features, config.output_features = select_policy_features(dataset_features, input_keys)
+    feature_specs = {key: _json_feature_spec(dataset_features[key]) for key in [*input_keys, ACTION_KEY]}
+    for key, transform in (image_transforms or {}).items():
+        if key not in config.input_features:
+            continue
+        feature_specs[key].update({k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                   for k, v in transform.items()})
+        channels = config.input_features[key].shape[0]
+        config.input_features[key].shape = (channels, *image_output_shape(feature_specs[key]))
     try:
         config.validate_features()
     except ValueError as exc:
         raise ConfigError(
             f"policy.input_features {list(input_keys)} do not suit {policy_type}: {exc}"
         ) from exc
-    policy = get_policy_class(policy_type)(config)
+    policy_cls = get_policy_class(policy_type)
+    if pretrained_path is not None:
+        policy = _load_local_pretrained(policy_cls, config, pretrained_path)
+    else:
+        policy = policy_cls(config)
     policy.to(device)
     preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=dict(dataset_stats))
-    feature_specs = {key: _json_feature_spec(dataset_features[key]) for key in [*input_keys, ACTION_KEY]}
     return PolicyRuntime(policy, preprocessor, postprocessor, feature_specs)
+
+
+# Where the VLA weights come from, for the error message when they are absent locally.
+_HUB_IDS = {"smolvla": "lerobot/smolvla_base", "pi0": "lerobot/pi0_base", "pi05": "lerobot/pi05_base"}
+
+
+def _load_local_pretrained(policy_cls: Any, config: PreTrainedConfig, pretrained_path: str) -> PreTrainedPolicy:
+    """Fine-tuning start point from a LOCAL folder only (config.json + model.safetensors)."""
+    path = Path(pretrained_path).expanduser()
+    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
+        hub_id = _HUB_IDS.get(config.type, f"<hub id of a {config.type} checkpoint>")
+        raise ConfigError(
+            f"policy.pretrained_path {path} holds no pretrained {config.type} weights (config.json + "
+            f"model.safetensors). Download them once on a machine with network access, e.g. "
+            f"`huggingface-cli download {hub_id} --local-dir {path}`, and copy the folder here; "
+            "training never downloads"
+        )
+    return policy_cls.from_pretrained(str(path), config=config)
 
 
 def _json_feature_spec(feature: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,12 +235,15 @@ def _json_feature_spec(feature: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def observation_to_batch(
-    observation: Mapping[str, np.ndarray], input_features: Mapping[str, Any]
+    observation: Mapping[str, np.ndarray],
+    input_features: Mapping[str, Any],
+    feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Numpy robot observation -> a batch of one, in the layout LeRobotDataset produces.
 
-    State: float32 (D,) -> (1, D). Images: uint8 HxWx3 RGB -> float32 (1, 3, H, W) in [0, 1],
-    the same `/ 255` the dataset's video decoder applies.
+    State: float32 (D,) -> (1, D). Images: uint8 HxWxC -> float32 (1, C, H, W) in [0, 1],
+    the same `/ 255` the dataset's video decoder applies. With `feature_specs` (the checkpoint's
+    dataset specs) images arrive at the recorded size and get the training resize / centre crop.
     """
     import torch
 
@@ -160,13 +258,21 @@ def observation_to_batch(
         value = np.asarray(observation[key])
         expected = tuple(feature.shape)
         if key.startswith(IMAGE_PREFIX):
-            channels, height, width = expected
+            spec = (feature_specs or {}).get(key, {})
+            if spec.get("resize") or spec.get("crop"):
+                height, width, channels = spec["shape"]
+            else:
+                channels, height, width = expected
+            if value.ndim == 2 and channels == 1:
+                value = value[:, :, None]
             if value.dtype != np.uint8 or value.shape != (height, width, channels):
                 raise PolicyInputError(
-                    f"{key}: expected a uint8 RGB image of shape {(height, width, channels)} (HxWxC, as "
-                    f"trained), got {value.dtype} {value.shape}; fix the camera resolution"
+                    f"{key}: expected a uint8 image of shape {(height, width, channels)} (HxWxC, as "
+                    f"recorded), got {value.dtype} {value.shape}; fix the camera resolution"
                 )
             tensor = torch.from_numpy(np.ascontiguousarray(value)).permute(2, 0, 1).float() / 255.0
+            if spec:
+                tensor = transform_image(tensor, spec, None)
         else:
             if value.shape != expected:
                 raise PolicyInputError(f"{key}: expected shape {expected}, got {value.shape}")
@@ -204,6 +310,7 @@ class PolicyRuntime:
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
         path = resolve_pretrained_dir(checkpoint_dir)
+        register_policy_plugins()
         config = PreTrainedConfig.from_pretrained(path)
         config.device = device
         # strict: every weight must match the architecture in config.json, none silently left random.
@@ -254,7 +361,8 @@ class PolicyRuntime:
 
     @property
     def chunk_size(self) -> int:
-        return int(self.config.chunk_size)
+        """Length of the chunk predict_chunk returns (ACT: chunk_size; diffusion: n_action_steps)."""
+        return int(getattr(self.config, "chunk_size", None) or self.config.n_action_steps)
 
     @property
     def n_action_steps(self) -> int:
@@ -263,7 +371,8 @@ class PolicyRuntime:
     def reset(self) -> None:
         """Forget per-episode state (action queue, temporal ensembler, stateful processors).
 
-        Call at the start of every episode. `predict_chunk` itself is stateless.
+        Call at the start of every episode. For ACT `predict_chunk` is stateless; policies that
+        condition on an observation history (diffusion, n_obs_steps) keep it here.
         """
         self.policy.reset()
         self.preprocessor.reset()
@@ -273,12 +382,36 @@ class PolicyRuntime:
         """Actions (chunk_size, action_dim) float32 in robot units for one observation."""
         import torch
 
-        batch = observation_to_batch(observation, self.config.input_features)
+        batch = observation_to_batch(observation, self.config.input_features, self.feature_specs)
         with torch.inference_mode():
-            batch = self.preprocessor(batch)
+            # The processors' batch carries an empty 'action' entry; a queue-based policy would read it.
+            batch = {k: v for k, v in self.preprocessor(batch).items() if k != ACTION_KEY}
+            batch = self._observe(batch)
             actions = self.policy.predict_action_chunk(batch)
             actions = self.postprocessor(actions)
         return actions[0].detach().cpu().numpy().astype(np.float32)
+
+    def _observe(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Push the observation into the policy's history, as its select_action would (diffusion).
+
+        Returns the batch in the layout the policy's predict_action_chunk reads.
+        """
+        import torch
+
+        observe = getattr(self.policy, "observe", None)
+        if observe is not None:
+            observe(batch)
+            return batch
+        queues = getattr(self.policy, "_queues", None)
+        if queues is None:
+            return batch
+        from lerobot.policies.utils import populate_queues
+
+        batch = dict(batch)
+        if "observation.images" in queues:  # LeRobot diffusion keeps all cameras stacked in one queue
+            batch["observation.images"] = torch.stack([batch[k] for k in self.config.image_features], dim=-4)
+        self.policy._queues = populate_queues(queues, batch)
+        return batch
 
 
 def resolve_pretrained_dir(checkpoint_dir: Path | str) -> Path:
@@ -295,3 +428,17 @@ def resolve_pretrained_dir(checkpoint_dir: Path | str) -> Path:
             f"<output_dir>/checkpoints/<step> (or .../last) folder written by the `train` command"
         )
     return path.resolve()
+
+
+def load_runtime(path: Path | str, device: str = "cpu") -> Any:
+    """The runtime for `path`: OnnxRuntime when it holds an ONNX export (`onnx/manifest.json`, written by
+    `kuavo_export`), else the PyTorch PolicyRuntime. Both offer predict_chunk / reset / n_action_steps.
+
+    `path` may be a pretrained_model folder, a step folder / `last` link, or an export folder.
+    """
+    from koch_common.onnx_runtime import ONNX_MANIFEST, OnnxRuntime, find_onnx_dir
+
+    onnx_dir = find_onnx_dir(Path(path).expanduser())
+    if onnx_dir is not None and (onnx_dir / ONNX_MANIFEST).is_file():
+        return OnnxRuntime.load(onnx_dir, device)
+    return PolicyRuntime.load(path, device)

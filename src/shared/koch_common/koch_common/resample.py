@@ -8,8 +8,11 @@ Policies, per stream (from the feature mapping YAML):
 
 - `hold`: the latest sample with stamp <= t. It is returned even when older than
   `max_staleness_s`, flagged `stale=True`, so callers decide what stale means to them.
-- `asof`: the latest sample with stamp <= t, only if it is at most `max_staleness_s` old;
-  otherwise the stream is missing at t (`sample` returns None).
+- `asof`: the latest sample with stamp <= t, only if it is at most `tolerance_s` old
+  (`max_staleness_s` when no tolerance is given); otherwise the stream is missing at t
+  (`sample` returns None). The converter refuses an episode with a missing frame (a gap).
+- `drop`: sampled like `asof`, but a frame where the stream is missing is dropped (offline:
+  not written, counted in the quality report; live: the tick is skipped) instead of failing.
 
 A sample stamped after t is never used: a model trained on these frames must not have
 seen data the live robot could not have had yet. Stamps within `SAME_INSTANT_S` (1 us) of t
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-POLICIES = ("hold", "asof")
+POLICIES = ("hold", "asof", "drop")
 SAME_INSTANT_S = 1e-6
 
 
@@ -37,6 +40,12 @@ class StreamSpec:
     name: str
     policy: str
     max_staleness_s: float
+    tolerance_s: float | None = None  # asof/drop: the oldest usable sample; None = max_staleness_s
+
+    @property
+    def usable_age_s(self) -> float:
+        """Oldest sample age `asof`/`drop` accept."""
+        return self.max_staleness_s if self.tolerance_s is None else self.tolerance_s
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -45,6 +54,8 @@ class StreamSpec:
             )
         if not self.max_staleness_s > 0.0:
             raise ValueError(f"stream {self.name!r}: max_staleness_s must be > 0, got {self.max_staleness_s}")
+        if self.tolerance_s is not None and not self.tolerance_s > 0.0:
+            raise ValueError(f"stream {self.name!r}: tolerance_s must be > 0 or unset, got {self.tolerance_s}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ class Sample:
     value: Any
     stamp_s: float
     age_s: float  # t - stamp_s, clipped at 0 for stamps within SAME_INSTANT_S after t
-    stale: bool  # age_s > max_staleness_s (only ever True under `hold`)
+    stale: bool  # age_s > max_staleness_s (under asof/drop only when tolerance_s > max_staleness_s)
 
 
 class StreamBuffer:
@@ -117,7 +128,7 @@ class StreamBuffer:
             stamp, value = self._stamps[index], self._values[index]
         age = max(0.0, t_s - stamp)
         stale = age > self.spec.max_staleness_s
-        if stale and self.spec.policy == "asof":
+        if self.spec.policy != "hold" and age > self.spec.usable_age_s:
             return None
         return Sample(value=value, stamp_s=stamp, age_s=age, stale=stale)
 
@@ -144,6 +155,8 @@ class StreamReport:
     max_age_s: float = 0.0
     distinct_samples_used: int = 0
     input_rate_hz: float | None = None  # mean rate of the pushed samples; None with fewer than two
+    max_gap_s: float = 0.0  # longest interval between consecutive input samples
+    gaps: int = 0  # input intervals longer than the stream's max_staleness_s
 
 
 @dataclass
@@ -166,8 +179,14 @@ def resample_streams(
     for name, buffer in buffers.items():
         span = (buffer.last_stamp or 0.0) - (buffer.first_stamp or 0.0)
         rate = (len(buffer) - 1) / span if len(buffer) > 1 and span > 0 else None
+        steps = np.diff(np.asarray(buffer.stamps, dtype=np.float64))
         report.streams[name] = StreamReport(
-            name=name, samples_in=len(buffer), frames=len(grid_times), input_rate_hz=rate
+            name=name,
+            samples_in=len(buffer),
+            frames=len(grid_times),
+            input_rate_hz=rate,
+            max_gap_s=float(steps.max()) if steps.size else 0.0,
+            gaps=int((steps > buffer.spec.max_staleness_s).sum()),
         )
         used[name] = set()
     frames: list[dict[str, Sample | None]] = []

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
 
-from koch_common.config import load_config
+from koch_common.config import load_config, read_yaml
 
 TICKS_PER_TURN = 4096
 RAD_PER_TICK = 2.0 * math.pi / TICKS_PER_TURN
@@ -24,6 +24,14 @@ class JointSpec:
     zero_raw: int = 2048
     sign: int = 1
     max_velocity: float = 3.0
+    # Operating_Mode by name (koch_common.dynamixel_models.OPERATING_MODES): extended_position
+    # for joints, current_position for a gripper that must grip without forcing.
+    mode: str = "extended_position"
+    # Torque on while the driver runs (the leader: off, except the gripper used as a spring trigger).
+    torque: bool = True
+    # Goal_Current (raw, ~1 mA on XL330) written on configure: in current_position mode it caps
+    # the force the joint pushes with (a gripper closing on an object); None keeps the servo's.
+    goal_current: int | None = None
 
 
 @dataclass
@@ -32,6 +40,17 @@ class ArmConfig:
     baudrate: int
     joints: list[JointSpec]
     control_rate_hz: float = 50.0
+    # Written to every servo on configure: 0 = answer at once (factory 250 = 500 us per reply).
+    return_delay_time: int = 0
+    fast_sync_read: bool = True  # used where every servo's firmware has it; falls back by itself
+    # Robustness: bus errors for this long in a row mean the bus is lost (hold safe, reconnect).
+    error_timeout_s: float = 0.5
+    reconnect_min_s: float = 0.1  # reconnect backoff doubles from here ...
+    reconnect_max_s: float = 2.0  # ... up to here
+    hardware_error_poll_s: float = 0.2  # Hardware_Error_Status poll period
+    # YAML written by koch_driver's `calibrate` (relative to config/ or absolute); "" = none.
+    # It sets each joint's zero_raw and narrows lower/upper to the recorded range.
+    calibration: str = ""
 
     @property
     def names(self) -> list[str]:
@@ -83,6 +102,7 @@ class KinematicsConfig:
 class SafetyConfig:
     position_margin: float = 0.02
     max_step_from_present: float = 0.35
+    max_acceleration: float = 50.0  # rad/s^2 between consecutive points of a chunk (policy node)
 
 
 @dataclass
@@ -93,9 +113,36 @@ class KochConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
+def apply_calibration(arm: ArmConfig) -> ArmConfig:
+    """`arm` with zero_raw and limits from its calibration file (unchanged when it has none)."""
+    if not arm.calibration:
+        return arm
+    data = read_yaml(arm.calibration)
+    recorded = data.get("joints") or {}
+    joints = []
+    for joint in arm.joints:
+        entry = recorded.get(joint.name)
+        if entry is None:
+            raise ValueError(f"calibration {arm.calibration} has no joint {joint.name!r} (it has "
+                             f"{sorted(recorded)}); run `calibrate` for this arm again")
+        if int(entry["id"]) != joint.id:
+            raise ValueError(f"calibration {arm.calibration}: joint {joint.name} was recorded on servo ID "
+                             f"{entry['id']} but koch.yaml says ID {joint.id}; recalibrate")
+        zero = int(entry["zero_raw"])
+        ends = sorted(joint.sign * (np.array([entry["range_min"], entry["range_max"]]) - zero) * RAD_PER_TICK)
+        lower, upper = max(joint.lower, float(ends[0])), min(joint.upper, float(ends[1]))
+        if lower >= upper:
+            raise ValueError(f"calibration {arm.calibration}: joint {joint.name}'s recorded range "
+                             f"{[round(float(e), 3) for e in ends]} rad misses its limits "
+                             f"[{joint.lower}, {joint.upper}]; recalibrate moving it through its range")
+        joints.append(replace(joint, zero_raw=zero, lower=lower, upper=upper))
+    return replace(arm, joints=joints)
+
+
 @lru_cache(maxsize=8)
 def _load_cached(path: str, overrides: tuple[str, ...]) -> KochConfig:
-    return load_config(KochConfig, path, list(overrides))
+    koch = load_config(KochConfig, path, list(overrides))
+    return replace(koch, follower=apply_calibration(koch.follower), leader=apply_calibration(koch.leader))
 
 
 def load_koch(path: str = "koch.yaml", overrides: list[str] | None = None) -> KochConfig:

@@ -1,9 +1,19 @@
 """Joint limits every command passes through, in the driver and in the policy node alike.
 
-ROS-free so the same checks run at both ends of the command path (defence in depth):
-non-finite values are rejected, positions are clamped inside the joint limits less a
-margin, the first point may lead the measured position by at most `max_step_from_present`,
-and consecutive points of a chunk move no faster than each joint's velocity limit.
+ROS-free so the same checks run at both ends of the command path (defence in depth). For a
+chunk of position targets, one per 1/fps:
+
+- a chunk holding any NaN/inf value is rejected whole: the output holds the measured
+  position (a model that emits garbage in one joint is not trusted in the others);
+- every target is clamped inside the joint limits less a margin;
+- the first point may lead the measured position by at most `max_step`;
+- between consecutive points the velocity stays within `max_velocity` and its change
+  within `max_acceleration * dt`; near a limit the velocity is also capped so the joint can
+  still brake to a stop inside the limit at `max_acceleration` (otherwise the position clamp
+  would stop it in one step, an unbounded deceleration).
+
+The chunk filter is vectorised over a batch of chunks (`filter_chunks`), which is what the
+property tests use to push 10^5 chunks through it; `filter_chunk` is the one-chunk view.
 """
 
 from __future__ import annotations
@@ -15,6 +25,24 @@ import numpy as np
 
 from koch_common.robot import ArmConfig, SafetyConfig
 
+# Used when the SafetyConfig in use predates the acceleration limit (rad/s^2).
+DEFAULT_MAX_ACCELERATION = 50.0
+INTERVENTION_KINDS = ("non_finite", "position_limit", "max_step", "velocity_limit", "acceleration_limit")
+
+
+@dataclass(frozen=True)
+class SafeChunk:
+    """Positions (T, J) that came out of `SafetyLimits`; publishers accept only this type."""
+
+    positions: np.ndarray
+    dt: float
+
+    def velocities(self) -> np.ndarray:
+        """Per-point velocities (central differences) consistent with the limited positions."""
+        if len(self.positions) < 2 or self.dt <= 0:
+            return np.zeros_like(self.positions)
+        return np.gradient(self.positions, self.dt, axis=0)
+
 
 @dataclass
 class SafetyLimits:
@@ -22,7 +50,20 @@ class SafetyLimits:
     upper: np.ndarray
     max_velocity: np.ndarray
     max_step: float
+    max_acceleration: np.ndarray | float = DEFAULT_MAX_ACCELERATION
     interventions: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.lower = np.asarray(self.lower, dtype=np.float64)
+        self.upper = np.asarray(self.upper, dtype=np.float64)
+        self.max_velocity = np.broadcast_to(np.asarray(self.max_velocity, np.float64), self.lower.shape).copy()
+        self.max_acceleration = np.broadcast_to(np.asarray(self.max_acceleration, np.float64),
+                                                self.lower.shape).copy()
+        if np.any(self.lower > self.upper):
+            raise ValueError(f"safety limits are empty: lower {self.lower} > upper {self.upper}; "
+                             "reduce safety.position_margin or fix the joint limits in koch.yaml")
+        if np.any(self.max_velocity <= 0) or np.any(self.max_acceleration <= 0) or self.max_step < 0:
+            raise ValueError("max_velocity and max_acceleration must be > 0 and max_step >= 0")
 
     @classmethod
     def for_arm(cls, arm: ArmConfig, safety: SafetyConfig) -> SafetyLimits:
@@ -31,44 +72,126 @@ class SafetyLimits:
             upper=arm.upper - safety.position_margin,
             max_velocity=arm.max_velocity,
             max_step=safety.max_step_from_present,
+            max_acceleration=getattr(safety, "max_acceleration", DEFAULT_MAX_ACCELERATION),
         )
 
-    def filter_chunk(self, chunk: np.ndarray, measured: np.ndarray, dt: float) -> np.ndarray:
+    # -- chunks -------------------------------------------------------------------------
+    def filter_chunk(self, chunk: np.ndarray, measured: np.ndarray, dt: float,
+                     initial_velocity: np.ndarray | None = None) -> np.ndarray:
         """Make a (T, J) chunk of position targets safe to send, starting from `measured`.
 
-        Point k is limited relative to point k-1 (point -1 being the measured position): by
-        `max_step` for the first point and by `max_velocity * dt` after that. A non-finite
-        value holds the previous point for that joint.
+        `initial_velocity` (J,), when given, is the velocity the arm is commanded at now (the
+        previous command's), so the acceleration limit also holds across chunks.
         """
         chunk = np.array(chunk, dtype=np.float64, ndmin=2)
-        if chunk.shape[1] != self.lower.size:
-            raise ValueError(f"chunk has {chunk.shape[1]} joints, the arm has {self.lower.size}")
-        measured = np.clip(np.asarray(measured, dtype=np.float64), self.lower, self.upper)
-        safe = np.empty_like(chunk)
-        previous = measured
-        for k, point in enumerate(chunk):
-            bad = ~np.isfinite(point)
-            if bad.any():
-                self.interventions["non_finite"] += int(bad.sum())
-                point = np.where(bad, previous, point)
-            clamped = np.clip(point, self.lower, self.upper)
-            if not np.array_equal(clamped, point):
-                self.interventions["position_limit"] += 1
-            limit = self.max_step if k == 0 else self.max_velocity * dt
-            delta = np.clip(clamped - previous, -limit, limit)
-            if not np.allclose(delta, clamped - previous):
-                self.interventions["max_step" if k == 0 else "velocity_limit"] += 1
-            safe[k] = previous + delta
-            previous = safe[k]
+        v0 = None if initial_velocity is None else np.asarray(initial_velocity, np.float64)[None]
+        return self.filter_chunks(chunk[None], np.asarray(measured, np.float64)[None], dt, v0)[0]
+
+    def safe_chunk(self, chunk: np.ndarray, measured: np.ndarray, dt: float,
+                   initial_velocity: np.ndarray | None = None) -> SafeChunk:
+        return SafeChunk(self.filter_chunk(chunk, measured, dt, initial_velocity), dt)
+
+    def hold(self, measured: np.ndarray) -> SafeChunk:
+        """A one-point chunk holding the measured position (clamped inside the limits)."""
+        return SafeChunk(self.filter_point(measured, measured)[None], 0.0)
+
+    def filter_chunks(self, chunks: np.ndarray, measured: np.ndarray, dt: float,
+                      initial_velocity: np.ndarray | None = None) -> np.ndarray:
+        """Batched `filter_chunk`: chunks (B, T, J), measured (B, J) -> safe (B, T, J)."""
+        chunks = np.asarray(chunks, dtype=np.float64)
+        measured = np.asarray(measured, dtype=np.float64)
+        joints = self.lower.size
+        if chunks.ndim != 3 or chunks.shape[2] != joints:
+            raise ValueError(f"chunks must be (batch, steps, {joints}) for this arm, got shape {chunks.shape}")
+        if measured.shape != (chunks.shape[0], joints):
+            raise ValueError(f"measured must be ({chunks.shape[0]}, {joints}), got {measured.shape}")
+        if not np.all(np.isfinite(measured)):
+            raise ValueError(f"the measured position is not finite ({measured}): no safe command exists; "
+                             "check the joint state source")
+        steps = chunks.shape[1]
+        if steps == 0:
+            return chunks.copy()
+        if steps > 1 and not dt > 0:
+            raise ValueError(f"a chunk of {steps} points needs dt > 0, got {dt}")
+        start = np.clip(measured, self.lower, self.upper)
+        # Non-finite anywhere in a chunk -> the whole chunk holds the measured position.
+        finite = np.isfinite(chunks).all(axis=(1, 2))
+        self.interventions["non_finite"] += int((~finite).sum())
+        targets = np.where(finite[:, None, None], chunks, start[:, None, :])
+        clamped = np.clip(targets, self.lower, self.upper)
+        self.interventions["position_limit"] += int((clamped != targets).any(axis=(1, 2)).sum())
+
+        safe = np.empty_like(clamped)
+        step = np.clip(clamped[:, 0] - start, -self.max_step, self.max_step)
+        self.interventions["max_step"] += int((step != clamped[:, 0] - start).any(axis=1).sum())
+        safe[:, 0] = start + step
+        if steps == 1:
+            return safe
+        dv = self.max_acceleration * dt
+        v_prev = None if initial_velocity is None else self.feasible_initial_velocity(
+            safe[:, 0], np.asarray(initial_velocity, np.float64), dt)
+        vel_hits = np.zeros(len(safe), bool)
+        acc_hits = np.zeros(len(safe), bool)
+        previous = safe[:, 0]
+        for k in range(1, steps):
+            wanted = (clamped[:, k] - previous) / dt
+            hi = np.minimum(self.max_velocity, self._braking_velocity(self.upper - previous, dt))
+            lo = np.maximum(-self.max_velocity, -self._braking_velocity(previous - self.lower, dt))
+            vel_only = np.clip(wanted, lo, hi)
+            vel_hits |= (vel_only != wanted).any(axis=1)
+            if v_prev is not None:
+                hi = np.minimum(hi, v_prev + dv)
+                lo = np.maximum(lo, v_prev - dv)
+            velocity = np.clip(wanted, lo, hi)
+            acc_hits |= (velocity != vel_only).any(axis=1)
+            safe[:, k] = np.clip(previous + velocity * dt, self.lower, self.upper)
+            v_prev = (safe[:, k] - previous) / dt
+            previous = safe[:, k]
+        self.interventions["velocity_limit"] += int(vel_hits.sum())
+        self.interventions["acceleration_limit"] += int(acc_hits.sum())
         return safe
 
+    def feasible_initial_velocity(self, start: np.ndarray, velocity: np.ndarray, dt: float) -> np.ndarray:
+        """`velocity` at `start` limited to what can still brake inside the position limits.
+
+        Position limits win over the acceleration limit: an arm already commanded towards a
+        limit faster than it could stop there brakes harder than `max_acceleration` on the
+        first step. From any other start the filter keeps every step within all the limits.
+        """
+        dv = self.max_acceleration * dt
+        velocity = np.clip(np.nan_to_num(velocity, nan=0.0, posinf=0.0, neginf=0.0),
+                           -self.max_velocity, self.max_velocity)
+        return np.clip(velocity, -self._braking_velocity(start - self.lower, dt) - dv,
+                       self._braking_velocity(self.upper - start, dt) + dv)
+
+    def _braking_velocity(self, distance: np.ndarray, dt: float) -> np.ndarray:
+        """Largest velocity v towards a limit `distance` away that can still stop before it.
+
+        Moving one step at v and then braking by a*dt per step covers
+        S(v) = dt * sum_{i=0..n} (v - i*a*dt), n = floor(v / (a*dt)). S is increasing and
+        satisfies S(v - a*dt) = S(v) - v*dt, so a state that can brake stays one that can.
+        Inverting S: n = the largest integer with S(n*a*dt) = a*dt^2 * n(n+1)/2 <= distance,
+        then v solves the linear piece on [n*a*dt, (n+1)*a*dt].
+        """
+        a = self.max_acceleration
+        distance = np.maximum(distance, 0.0)
+        unit = a * dt * dt
+        n = np.floor((np.sqrt(1.0 + 8.0 * distance / unit) - 1.0) / 2.0)
+        v = (distance / dt + a * dt * n * (n + 1) / 2.0) / (n + 1)
+        return np.clip(v, n * a * dt, (n + 1) * a * dt)
+
+    # -- single goals (driver) ----------------------------------------------------------------
     def filter_point(self, target: np.ndarray, measured: np.ndarray) -> np.ndarray:
         return self.filter_chunk(np.asarray(target)[None], measured, dt=0.0)[0]
 
     def limit_rate(self, previous_goal: np.ndarray, goal: np.ndarray, dt: float) -> np.ndarray:
         """Move from `previous_goal` towards `goal` no faster than the velocity limits."""
+        goal = np.asarray(goal, dtype=np.float64)
+        if not np.all(np.isfinite(goal)):
+            self.interventions["non_finite"] += 1
+            return np.asarray(previous_goal, dtype=np.float64).copy()
         step = self.max_velocity * dt
-        delta = np.asarray(goal) - previous_goal
+        delta = goal - previous_goal
         if np.any(np.abs(delta) > step):
             self.interventions["velocity_limit"] += 1
         return previous_goal + np.clip(delta, -step, step)

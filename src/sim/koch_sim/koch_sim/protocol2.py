@@ -19,6 +19,7 @@ INST_REBOOT = 0x08
 INST_STATUS = 0x55
 INST_SYNC_READ = 0x82
 INST_SYNC_WRITE = 0x83
+INST_FAST_SYNC_READ = 0x8A
 
 # Status packet error numbers (bit 7 is the hardware alert flag).
 ERR_NONE = 0x00

@@ -2,6 +2,10 @@
 
 `~/go_home` moves the leader to the home pose, `~/reach` to the pose that puts the tcp on
 the current target (from the sim's target topic). Teleop mirrors it onto the follower.
+
+With `leader_port_link` set, the expert instead moves an emulated leader arm (six XL330-M077
+behind a pty linked there, see `koch_sim.leader_arm`) by hand, and a leader driver
+(`driver` with arm:=leader on that port) publishes the leader's joint states, as on the robot.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from std_srvs.srv import Trigger
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_sim.expert import HOME, ScriptedLeader, reach_goal
+from koch_sim.leader_arm import LeaderArmEmulator
 from koch_sim.sim_config import load_sim
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -30,6 +35,11 @@ class ScriptedLeaderNode(Node):
         self.reach_duration = self.declare_parameter("reach_duration_s", self.task.reach_duration_s).value
         self.home_duration = self.declare_parameter("home_duration_s", 1.0).value
         self.leader = ScriptedLeader(HOME)
+        link = self.declare_parameter("leader_port_link", "").value
+        self.leader_bus: LeaderArmEmulator | None = None
+        if link:
+            self.leader_bus = LeaderArmEmulator(self.koch.leader, link_path=link).start()
+            self.get_logger().info(f"leader servos emulated on {self.leader_bus.port} (linked at {link})")
         self.target: np.ndarray | None = None
         self.state_pub = self.create_publisher(JointState, "joint_states", 10)
         self.create_subscription(PointStamped, "target", self.on_target, LATCHED)
@@ -63,11 +73,20 @@ class ScriptedLeaderNode(Node):
 
     def on_tick(self) -> None:
         now = self.now()
+        if self.leader_bus is not None:
+            self.leader_bus.impose(self.leader.position(now))  # the leader driver reads and publishes
+            return
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.name = self.koch.leader.names
         msg.position = [float(v) for v in self.leader.position(now)]
         self.state_pub.publish(msg)
+
+
+    def destroy_node(self) -> None:
+        if self.leader_bus is not None:
+            self.leader_bus.stop()
+        super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:

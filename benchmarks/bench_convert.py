@@ -1,0 +1,145 @@
+"""Conversion throughput: a 3-camera 640x480 @ 30 Hz recording, bag -> LeRobot v3.0 dataset.
+
+Prints frames/s of the whole conversion (read + resample + decode + LeRobot's frame writing +
+video encoding + finalize) and, measured in the same run, frames/s of encoding the same frames
+alone with the same codec settings (LeRobot's `encode_video_frames`, the function the converter's
+LeRobot path encodes with, on the same PNG frames), and the ratio of the two (target >= 0.9).
+
+    python benchmarks/bench_convert.py [--quick] [--seconds S] [--vcodec h264]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for package_dir in sorted(ROOT.glob("src/*/*/package.xml")):
+    sys.path.insert(0, str(package_dir.parent))
+os.environ.setdefault("KOCH_CONFIG_DIR", str(ROOT / "config"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from rosbags.typesys import Stores, get_typestore  # noqa: E402
+
+from koch_common.feature_mapping import FeatureConfig, MappingConfig, resolve  # noqa: E402
+from koch_common.image_codec import to_fields  # noqa: E402
+from koch_common.robot import load_koch  # noqa: E402
+from koch_record.bag_writer import BagWriter  # noqa: E402
+
+TS = get_typestore(Stores.ROS2_KILTED)
+CAMERAS = ("head", "wrist", "side")
+HEIGHT, WIDTH, FPS = 480, 640, 30
+
+
+def frame_image(camera: int, k: int) -> np.ndarray:
+    """A moving gradient with texture: not trivially compressible, different per camera."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    base = (x + 3 * k + 40 * camera) % 256
+    image = np.stack([base, (y + 2 * k) % 256, (x // 8 + y // 8 + camera * 50) % 256], axis=-1)
+    return image.astype(np.uint8)
+
+
+def write_bag(path: Path, seconds: float) -> int:
+    T = TS.types
+    names = load_koch().follower.names
+    start = 1_900_000_000 * 10**9
+    frames = int(seconds * FPS)
+
+    def header(t: float):
+        ns = start + int(round(t * 1e9))
+        return T["std_msgs/msg/Header"](
+            stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9), frame_id=""
+        )
+
+    images = {(c, k): frame_image(c, k) for c in range(len(CAMERAS)) for k in range(frames)}
+    with BagWriter(path, storage="mcap", typestore=TS) as bag:
+        for topic in ("/follower/joint_states", "/leader/joint_states"):
+            bag.add_topic(topic, "sensor_msgs/msg/JointState")
+        for cam in CAMERAS:
+            bag.add_topic(f"/{cam}/color/image_raw", "sensor_msgs/msg/Image")
+        events = []
+        for k in range(int(seconds * 50)):
+            events += [(k / 50, topic, k) for topic in ("/follower/joint_states", "/leader/joint_states")]
+        for k in range(frames):
+            events += [(k / FPS + 0.001, f"/{cam}/color/image_raw", (c, k)) for c, cam in enumerate(CAMERAS)]
+        for t, topic, key in sorted(events, key=lambda e: e[0]):
+            if topic.endswith("joint_states"):
+                msg = T["sensor_msgs/msg/JointState"](
+                    header=header(t), name=names, position=np.sin(t + np.arange(6)), velocity=np.zeros(6),
+                    effort=np.zeros(6))
+                raw = TS.serialize_cdr(msg, "sensor_msgs/msg/JointState")
+            else:
+                f = to_fields(images[key], "rgb8")
+                msg = T["sensor_msgs/msg/Image"](
+                    header=header(t), height=f.height, width=f.width, encoding=f.encoding,
+                    is_bigendian=f.is_bigendian, step=f.step, data=np.frombuffer(f.data, np.uint8))
+                raw = TS.serialize_cdr(msg, "sensor_msgs/msg/Image")
+            bag.write(topic, start + int(round((t + 0.002) * 1e9)), raw)
+    return frames
+
+
+def mapping():
+    features = {
+        "observation.state": FeatureConfig("/follower/joint_states", "sensor_msgs/msg/JointState", joints="follower"),
+        "action": FeatureConfig("/leader/joint_states", "sensor_msgs/msg/JointState", joints="leader"),
+    }
+    for cam in CAMERAS:
+        features[f"observation.images.{cam}"] = FeatureConfig(f"/{cam}/color/image_raw", "sensor_msgs/msg/Image")
+    return resolve(MappingConfig(fps=FPS, clock="header", task="benchmark", features=features))
+
+
+def encode_alone(frames: int, vcodec: str, work: Path) -> float:
+    """Seconds to encode the same frames with LeRobot's encoder and the same settings (PNG frames
+    written beforehand, outside the timing)."""
+    from lerobot.datasets.video_utils import encode_video_frames
+    from PIL import Image as PILImage  # lerobot's dependency
+
+    dirs = []
+    for c, cam in enumerate(CAMERAS):
+        d = work / "frames" / cam
+        d.mkdir(parents=True)
+        for k in range(frames):
+            PILImage.fromarray(frame_image(c, k)).save(d / f"frame-{k:06d}.png", compress_level=1)
+        dirs.append(d)
+    start = time.perf_counter()
+    for d in dirs:
+        encode_video_frames(d, work / "videos" / f"{d.name}.mp4", FPS, vcodec=vcodec, overwrite=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 2 s recording (60 frames per camera)")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--vcodec", default="h264", choices=("libsvtav1", "h264", "hevc"))
+    args = parser.parse_args()
+    seconds = 2.0 if args.quick else args.seconds
+    # Import LeRobot/torch before timing: a one-off per process, not part of per-frame throughput.
+    import lerobot.datasets.aggregate  # noqa: F401
+    import lerobot.datasets.lerobot_dataset  # noqa: F401
+
+    from koch_convert.convert import convert_bags
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        frames = write_bag(work / "bag", seconds)
+        start = time.perf_counter()
+        convert_bags([work / "bag"], mapping(), work / "dataset", "bench/convert", vcodec=args.vcodec)
+        convert_s = time.perf_counter() - start
+        encode_s = encode_alone(frames, args.vcodec, work)
+    total = frames  # dataset frames (each with 3 camera images)
+    convert_fps, encode_fps = total / convert_s, total / encode_s
+    print(f"recording: {seconds:.1f} s, {len(CAMERAS)} cameras {WIDTH}x{HEIGHT} @ {FPS} Hz, vcodec {args.vcodec}")
+    print(f"conversion      : {total} frames in {convert_s:.2f} s = {convert_fps:.1f} frames/s")
+    print(f"encoding alone  : {total} frames in {encode_s:.2f} s = {encode_fps:.1f} frames/s")
+    print(f"ratio conversion/encoding: {convert_fps / encode_fps:.2f} (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

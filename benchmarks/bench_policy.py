@@ -1,0 +1,337 @@
+"""Policy node latency benchmark: one small ACT checkpoint, every figure from the same run.
+
+    python benchmarks/bench_policy.py [--quick] [--checkpoint DIR]
+
+Prints:
+1. bare model forward: `policy.predict_action_chunk` on a pre-processed batch, and the full
+   `PolicyRuntime.predict_chunk` (numpy in, pre-processing, forward, post-processing, numpy out);
+2. node latency from observation arrival to a safe chunk published, through the ROS-free
+   `PolicyRunner` the node runs (push -> tick requests inference -> worker -> tick publishes),
+   with the publish tick fired as soon as the chunk lands, as the node does by default
+   (`publish_on_arrival`); with publish_on_arrival:=false the next 30 Hz timer tick publishes,
+   up to one period later (also printed);
+3. 30 Hz deadline misses over 10,000 ticks of the runner (with real inference on its worker)
+   ticked on a real-time 30 Hz schedule (333 s); a miss is a tick whose own work exceeds the
+   33.3 ms period; late wake-ups (the OS woke the loop a period late) are counted apart;
+4. LeRobot's async inference on the same checkpoint: `PolicyServer` served over gRPC on
+   localhost, driven by the same gRPC calls `RobotClient` makes (SendObservations with a pickled
+   TimedObservation, then GetActions), observation sent -> action chunk received;
+5. ONNX vs PyTorch eager on CPU when `koch_common.policy_runtime` offers an ONNX runtime.
+
+Without --checkpoint a tiny ACT is built with the training code's `build_policy` from a
+synthetic feature/statistics description (96x128 camera, 6 joints) and saved in LeRobot format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pickle  # noqa: S403 - LeRobot's async inference protocol is pickled payloads
+import socket
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+
+import numpy as np
+
+from koch_common import policy_runtime
+from koch_common.policy_runtime import PolicyRuntime, build_policy
+from koch_common.resample import StreamSpec
+from koch_common.robot import load_koch
+from koch_common.safety import SafetyLimits
+from koch_policy.runner import PolicyRunner
+
+FPS = 30.0
+HEIGHT, WIDTH = 96, 128
+ACT = {"chunk_size": 20, "n_action_steps": 10, "dim_model": 64, "n_heads": 2, "dim_feedforward": 128,
+       "n_encoder_layers": 1, "n_decoder_layers": 1, "use_vae": False, "dropout": 0.0}
+
+
+def pct(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values) * 1e3
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def build_checkpoint(directory: Path) -> Path:
+    names = load_koch().follower.names
+    vector = {"dtype": "float32", "shape": [6], "names": names}
+    features = {"observation.state": vector, "action": vector,
+                "observation.images.head": {"dtype": "video", "shape": [HEIGHT, WIDTH, 3],
+                                            "names": ["height", "width", "channels"]}}
+    joint_stats = {"mean": np.zeros(6), "std": np.full(6, 0.5), "min": np.full(6, -1.5), "max": np.full(6, 1.5)}
+    image_stats = {"mean": np.full((3, 1, 1), 0.5), "std": np.full((3, 1, 1), 0.25),
+                   "min": np.zeros((3, 1, 1)), "max": np.ones((3, 1, 1))}
+    stats = {"observation.state": joint_stats, "action": joint_stats, "observation.images.head": image_stats}
+    runtime = build_policy("act", ACT, features, stats, ["observation.state", "observation.images.head"])
+    path = directory / "pretrained_model"
+    runtime.save(path)
+    return path
+
+
+def observation(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"observation.state": rng.uniform(-0.5, 0.5, 6).astype(np.float32),
+            "observation.images.head": rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)}
+
+
+def bench_forward(runtime: PolicyRuntime, n: int) -> tuple[list[float], list[float]]:
+    import torch
+
+    from koch_common.policy_runtime import observation_to_batch
+
+    rng = np.random.default_rng(0)
+    obs = observation(rng)
+    batch = runtime.preprocessor(observation_to_batch(obs, runtime.config.input_features))
+    bare, full = [], []
+    for _ in range(5):
+        runtime.predict_chunk(obs)
+    with torch.inference_mode():
+        for _ in range(n):
+            t = time.perf_counter()
+            runtime.policy.predict_action_chunk(batch)
+            bare.append(time.perf_counter() - t)
+    for _ in range(n):
+        t = time.perf_counter()
+        runtime.predict_chunk(obs)
+        full.append(time.perf_counter() - t)
+    return bare, full
+
+
+def _runner(runtime: PolicyRuntime, clock) -> PolicyRunner:
+    koch = load_koch()
+    streams = {"observation.state": StreamSpec("observation.state", "hold", 0.5),
+               "observation.images.head": StreamSpec("observation.images.head", "hold", 0.5)}
+    return PolicyRunner(runtime.predict_chunk, streams, SafetyLimits.for_arm(koch.follower, koch.safety), FPS,
+                        runtime.n_action_steps, clock=clock)
+
+
+def bench_node_latency(runtime: PolicyRuntime, n: int, interleave=None) -> dict[str, list[float]]:
+    """Per sample: arrival -> chunk published, its inference, the paired bare forward, and the
+    arrival -> publish time when the node's 30 Hz timer (random phase) does the publishing."""
+    import torch
+
+    from koch_common.policy_runtime import observation_to_batch
+
+    rng = np.random.default_rng(1)
+    runner = _runner(runtime, time.perf_counter)
+    end_to_end, inference, on_timer, bare, other = [], [], [], [], []
+    try:
+        for _ in range(n):
+            if interleave is not None:  # the reference, sampled alternately so both see the same host load
+                other.append(interleave())
+            runner.reset()
+            obs = observation(rng)
+            batch = runtime.preprocessor(observation_to_batch(obs, runtime.config.input_features))
+            with torch.inference_mode():
+                t = time.perf_counter()
+                runtime.policy.predict_action_chunk(batch)
+                bare.append(time.perf_counter() - t)
+            runner.chunk_ready.clear()
+            arrival = time.perf_counter()
+            for key, value in obs.items():
+                runner.push(key, arrival, value)
+            runner.tick(time.perf_counter())  # requests inference on the worker
+            runner.chunk_ready.wait(10.0)
+            out = runner.tick(time.perf_counter())
+            published = time.perf_counter()
+            assert out.kind == "chunk", out.reason
+            end_to_end.append(published - arrival)
+            inference.append(runner.latencies_s[-1])
+            # the node's timer fires at the next multiple of 1/fps after the chunk landed
+            phase = rng.uniform(0, 1.0 / FPS)
+            on_timer.append(end_to_end[-1] + (phase - end_to_end[-1]) % (1.0 / FPS))
+    finally:
+        runner.close()
+    return {"e2e": end_to_end, "inference": inference, "timer": on_timer, "bare": bare, "reference": other}
+
+
+def bench_deadlines(runtime: PolicyRuntime, ticks: int, time_scale: float) -> dict[str, float]:
+    rng = np.random.default_rng(2)
+    period = 1.0 / FPS
+    virtual = [0.0]
+    runner = _runner(runtime, lambda: virtual[0])
+    obs = observation(rng)
+    durations = []
+    misses = late_starts = cpu_misses = 0
+    kinds: dict[str, int] = {}
+    start = time.perf_counter()
+    try:
+        for k in range(ticks):
+            deadline = start + k * period * time_scale
+            wait = deadline - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            elif -wait > period * time_scale:
+                late_starts += 1  # the OS woke us a whole period late: the schedule, not the tick
+            virtual[0] = k * period
+            t, cpu = time.perf_counter(), time.thread_time()
+            for key, value in obs.items():
+                runner.push(key, virtual[0], value)
+            out = runner.tick(virtual[0])
+            duration = time.perf_counter() - t
+            durations.append(duration)
+            misses += duration > period
+            # CPU time of this thread: a tick slow by its own work, not by waiting for the GIL or the OS
+            cpu_misses += time.thread_time() - cpu > period
+            kinds[out.kind] = kinds.get(out.kind, 0) + 1
+    finally:
+        runner.close()
+    p50, p99 = pct(durations)
+    return {"ticks": ticks, "misses": misses, "cpu_misses": cpu_misses, "late_wakeups": late_starts,
+            "tick_p50_ms": p50, "tick_p99_ms": p99,
+            "tick_max_ms": max(durations) * 1e3, "inferences": runner.inferences, **kinds}
+
+
+@contextlib.contextmanager
+def lerobot_async(checkpoint: Path):
+    """LeRobot's PolicyServer served over gRPC on localhost, and a function timing one round trip:
+    observation sent (SendObservations, pickled TimedObservation, as RobotClient does) -> action
+    chunk received (GetActions)."""
+    import grpc
+    from lerobot.async_inference.configs import PolicyServerConfig
+    from lerobot.async_inference.helpers import RemotePolicyConfig, TimedObservation
+    from lerobot.async_inference.policy_server import PolicyServer
+    from lerobot.datasets.utils import hw_to_dataset_features
+    from lerobot.transport import services_pb2, services_pb2_grpc
+    from lerobot.transport.utils import grpc_channel_options, send_bytes_in_chunks
+
+    names = load_koch().follower.names
+    hw_features = {**{name: float for name in names}, "head": (HEIGHT, WIDTH, 3)}
+    lerobot_features = hw_to_dataset_features(hw_features, "observation", use_video=False)
+    with socket.socket() as probe:  # a free port (the config rejects 0)
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    server_config = PolicyServerConfig(host="127.0.0.1", port=free_port, fps=int(FPS), inference_latency=0.0)
+    policy_server = PolicyServer(server_config)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    services_pb2_grpc.add_AsyncInferenceServicer_to_server(policy_server, server)
+    port = server.add_insecure_port(f"127.0.0.1:{free_port}")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", grpc_channel_options())
+    try:
+        stub = services_pb2_grpc.AsyncInferenceStub(channel)
+        stub.Ready(services_pb2.Empty())
+        spec = RemotePolicyConfig("act", str(checkpoint), lerobot_features, actions_per_chunk=ACT["chunk_size"],
+                                  device="cpu")
+        stub.SendPolicyInstructions(services_pb2.PolicySetup(data=pickle.dumps(spec)))
+        rng = np.random.default_rng(3)
+        step = [0]
+
+        def sample() -> float:
+            raw = {name: float(v) for name, v in zip(names, rng.uniform(-0.5, 0.5, 6))}
+            raw["head"] = rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+            raw["task"] = ""
+            timed = TimedObservation(timestamp=time.time(), timestep=step[0], observation=raw, must_go=True)
+            step[0] += 1
+            t = time.perf_counter()
+            stub.SendObservations(send_bytes_in_chunks(pickle.dumps(timed), services_pb2.Observation,
+                                                       log_prefix="[bench]", silent=True))
+            reply = stub.GetActions(services_pb2.Empty())
+            elapsed = time.perf_counter() - t
+            actions = pickle.loads(reply.data)  # noqa: S301 - our own server on localhost
+            assert len(actions) == ACT["chunk_size"]
+            return elapsed
+
+        for _ in range(5):  # warm-up
+            sample()
+        yield sample
+    finally:
+        channel.close()
+        policy_server.stop()
+        server.stop(grace=None)
+
+
+def bench_onnx(onnx_export: str | None, n: int, torch_times: list[float]) -> str:
+    """The ONNX export of the same checkpoint (`--onnx`, written by the training side's exporter)."""
+    loader = getattr(policy_runtime, "load_runtime", None)
+    if onnx_export is None or loader is None:
+        return ("ONNX vs PyTorch: skipped (pass --onnx <export folder of this checkpoint>; needs "
+                "koch_common.policy_runtime.load_runtime)")
+    runtime = loader(onnx_export, "cpu")
+    if isinstance(runtime, PolicyRuntime):
+        return f"ONNX vs PyTorch: skipped ({onnx_export} holds no ONNX export)"
+    obs = observation(np.random.default_rng(0))
+    for _ in range(5):
+        runtime.predict_chunk(obs)
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        runtime.predict_chunk(obs)
+        times.append(time.perf_counter() - t)
+    o50, o99 = pct(times)
+    t50, t99 = pct(torch_times)
+    return (f"ONNX predict_chunk: p50 {o50:.2f} ms, p99 {o99:.2f} ms; PyTorch eager p50 {t50:.2f} ms, "
+            f"p99 {t99:.2f} ms; PyTorch/ONNX = {t50 / o50:.2f}x (p50)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (1,000 ticks)")
+    parser.add_argument("--checkpoint", help="a pretrained_model folder; default: build a tiny ACT")
+    parser.add_argument("--onnx", help="the ONNX export of --checkpoint, for the ONNX vs PyTorch figure")
+    parser.add_argument("--ticks", type=int, default=None, help="scheduled ticks (default 10,000; quick 1,000)")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="schedule period = time_scale / 30 s (1.0 = real time: 10,000 ticks take 333 s; "
+                             "below 1 the model's latency spans more ticks, so more of them hold)")
+    parser.add_argument("--gil-switch-ms", type=float, default=5.0,
+                        help="sys.setswitchinterval in ms (Python's default, which the node keeps, is 5)")
+    args = parser.parse_args()
+    sys.setswitchinterval(args.gil_switch_ms / 1e3)
+    n = 30 if args.quick else 200
+    ticks = args.ticks or (1000 if args.quick else 10_000)
+
+    import torch
+
+    torch.set_num_threads(1)  # one core for the model; the node's threads get the other
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else build_checkpoint(Path(tmp))
+        runtime = PolicyRuntime.load(checkpoint, device="cpu")
+        print(f"checkpoint: {checkpoint} (ACT chunk {runtime.chunk_size}, n_action_steps {runtime.n_action_steps})")
+        print(f"torch threads: {torch.get_num_threads()}, GIL switch interval {sys.getswitchinterval() * 1e3:g} ms")
+
+        bare, full = bench_forward(runtime, n)
+        b50, b99 = pct(bare)
+        f50, f99 = pct(full)
+        print(f"1. bare model forward      : p50 {b50:7.2f} ms  p99 {b99:7.2f} ms  (n={n})")
+        print(f"   predict_chunk (pre+post): p50 {f50:7.2f} ms  p99 {f99:7.2f} ms")
+
+        with contextlib.ExitStack() as stack:
+            try:
+                reference = stack.enter_context(lerobot_async(checkpoint))
+            except ImportError as err:
+                reference = None
+                print(f"(LeRobot async unavailable: {err}; install lerobot[async] for grpcio)")
+            lat = bench_node_latency(runtime, n, reference)
+        e50, e99 = pct(lat["e2e"])
+        i50, i99 = pct(lat["inference"])
+        t50, t99 = pct(lat["timer"])
+        o50, o99 = pct(list(np.asarray(lat["e2e"]) - np.asarray(lat["inference"])))
+        g50, g99 = pct(list(np.asarray(lat["e2e"]) - np.asarray(lat["bare"])))
+        print(f"2. node: observation arrival -> safe chunk published: p50 {e50:7.2f} ms  p99 {e99:7.2f} ms")
+        print(f"   of which inference (predict_chunk on the worker)  : p50 {i50:7.2f} ms  p99 {i99:7.2f} ms")
+        print(f"   node overhead (assembly, hand-off, safety, queue) : p50 {o50:7.3f} ms  p99 {o99:7.3f} ms")
+        print(f"   overhead over the paired bare forward (incl. pre/post-processing): p50 {g50:7.3f} ms  "
+              f"p99 {g99:7.3f} ms")
+        print(f"   ... publish_on_arrival:=false (next 30 Hz tick)   : p50 {t50:7.2f} ms  p99 {t99:7.2f} ms")
+
+        d = bench_deadlines(runtime, ticks, args.time_scale)
+        print(f"3. 30 Hz schedule, {d['ticks']} ticks (time scale {args.time_scale}): deadline misses {d['misses']} "
+              f"(tick > 33.3 ms wall; {d['cpu_misses']} by the tick's own CPU time); "
+              f"late wake-ups {d['late_wakeups']}; tick p50 {d['tick_p50_ms']:.3f} ms, "
+              f"p99 {d['tick_p99_ms']:.3f} ms, max {d['tick_max_ms']:.2f} ms; inferences {d['inferences']}; "
+              f"outputs {{chunk: {d.get('chunk', 0)}, hold: {d.get('hold', 0)}}}")
+
+        if lat["reference"]:
+            l50, l99 = pct(lat["reference"])
+            print(f"4. LeRobot async (PolicyServer over gRPC, RobotClient's calls), sampled alternately with 2.: "
+                  f"p50 {l50:7.2f} ms  p99 {l99:7.2f} ms")
+            print(f"   ratio LeRobot async / this node (arrival -> published): p50 {l50 / e50:.2f}x  "
+                  f"p99 {l99 / e99:.2f}x")
+            print(f"   ratio LeRobot async / this node, publish_on_arrival:=false: p50 {l50 / t50:.2f}x  "
+                  f"p99 {l99 / t99:.2f}x")
+        print(f"5. {bench_onnx(args.onnx, n, full)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Camera settings: typed dataclasses loaded from `config/cameras/*.yaml`, and calibration files.
+
+A cameras file holds several named cameras (head, left_wrist, ...); the camera node picks one
+with its `config` and `camera` parameters and every field below is also a ROS parameter of the
+same name, which overrides the file. An optional calibration YAML (the format ROS's
+camera_calibration writes) gives the CameraInfo; without one the source's own intrinsics are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from koch_common.config import ConfigError, from_dict, read_yaml, resolve_config_path
+
+SOURCES = ("sim", "file", "v4l2", "realsense")
+FOURCCS = ("MJPG", "YUYV")
+
+
+@dataclass
+class CameraSettings:
+    source: str = "sim"               # sim | file | v4l2 | realsense
+    frame_id: str = ""                # empty: <namespace>_camera_optical_frame
+    width: int = 0                    # 0: the source's default (sim.yaml, the file's, the device's)
+    height: int = 0
+    fps: float = 30.0
+    depth: bool = False               # also publish depth/image_raw (16UC1 mm, registered to colour)
+    jpeg: bool = False                # also publish color/image_raw/compressed (JPEG)
+    jpeg_quality: int = 85
+    calibration: str = ""             # camera_calibration YAML -> CameraInfo (path or relative to config/)
+    # v4l2
+    device: str = "/dev/video0"       # /dev/videoN, /dev/v4l/by-id/... (stable across replugs) or an index
+    fourcc: str = "MJPG"              # MJPG or YUYV
+    exposure: float = -1.0            # V4L2 exposure_time_absolute (100 us units); -1: auto exposure
+    white_balance: int = -1           # colour temperature in kelvin; -1: auto white balance
+    # realsense
+    serial: str = ""                  # empty: the first RealSense found
+    # file
+    path: str = ""                    # video file replayed as a camera (any format PyAV/ffmpeg decodes)
+    loop: bool = True                 # start again at the end of the file
+    # sim
+    mount: str = "head"               # head (fixed, looking down) or wrist (rides on the gripper)
+    focal_px: float = 0.0             # 0: sim.yaml's focal length scaled to the width
+    # node
+    reconnect_interval_s: float = 1.0
+    diagnostics_period_s: float = 1.0
+
+    def validate(self) -> CameraSettings:
+        if self.source not in SOURCES:
+            raise ConfigError(f"camera source {self.source!r} is not supported; use one of {list(SOURCES)}")
+        if self.fourcc.upper() not in FOURCCS:
+            raise ConfigError(f"pixel format fourcc={self.fourcc!r} is not supported; use one of {list(FOURCCS)}")
+        if self.fps <= 0:
+            raise ConfigError(f"fps={self.fps} must be positive")
+        if self.width < 0 or self.height < 0 or (self.width == 0) != (self.height == 0):
+            raise ConfigError(f"width={self.width}, height={self.height}: give both (pixels) or neither (0)")
+        if self.source == "file" and not self.path:
+            raise ConfigError("source file needs path:=<video file> (e.g. a LeRobot dataset's mp4)")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality={self.jpeg_quality} must be in 1..100")
+        return self
+
+
+@dataclass
+class CamerasFile:
+    cameras: dict[str, CameraSettings] = field(default_factory=dict)
+
+
+def load_cameras(path: str) -> dict[str, CameraSettings]:
+    data = read_yaml(path)
+    return from_dict(CamerasFile, data, where=str(resolve_config_path(path).name)).cameras
+
+
+def load_camera(path: str, name: str) -> CameraSettings:
+    cameras = load_cameras(path)
+    if name not in cameras:
+        raise ConfigError(f"{path}: no camera named {name!r}; it has {sorted(cameras)}")
+    return cameras[name]
+
+
+@dataclass
+class Intrinsics:
+    """What a CameraInfo carries, ROS-free."""
+
+    width: int
+    height: int
+    k: np.ndarray                                 # 3x3
+    d: list[float] = field(default_factory=lambda: [0.0] * 5)
+    distortion_model: str = "plumb_bob"
+    r: np.ndarray = field(default_factory=lambda: np.eye(3))
+    p: np.ndarray | None = None                   # 3x4; None: K with a zero column
+
+    def projection(self) -> np.ndarray:
+        return self.p if self.p is not None else np.hstack([self.k, np.zeros((3, 1))])
+
+    def scaled(self, width: int, height: int) -> Intrinsics:
+        """The same camera at another resolution (calibration at 1280x720 used at 640x360)."""
+        sx, sy = width / self.width, height / self.height
+        scale = np.diag([sx, sy, 1.0])
+        return Intrinsics(width, height, scale @ self.k, list(self.d), self.distortion_model, self.r,
+                          None if self.p is None else scale @ self.p)
+
+
+def pinhole(width: int, height: int, focal_px: float) -> Intrinsics:
+    return Intrinsics(width, height, np.array([[focal_px, 0.0, width / 2], [0.0, focal_px, height / 2], [0, 0, 1.0]]))
+
+
+def load_calibration(path: str) -> Intrinsics:
+    """A camera_calibration YAML (image_width, camera_matrix, distortion_coefficients, ...)."""
+    data = read_yaml(path)
+    where = resolve_config_path(path)
+
+    def matrix(key: str, rows: int, cols: int, required: bool = True) -> np.ndarray | None:
+        if key not in data:
+            if required:
+                raise ConfigError(f"{where}: calibration key {key!r} is missing (write it with camera_calibration)")
+            return None
+        values = np.asarray(data[key]["data"], dtype=np.float64)
+        if values.size != rows * cols:
+            raise ConfigError(f"{where}: {key} has {values.size} values, expected {rows}x{cols}")
+        return values.reshape(rows, cols)
+
+    try:
+        width, height = int(data["image_width"]), int(data["image_height"])
+    except KeyError as err:
+        raise ConfigError(f"{where}: calibration key {err.args[0]!r} is missing") from None
+    coeffs = [float(v) for v in data.get("distortion_coefficients", {}).get("data", [0.0] * 5)]
+    r = matrix("rectification_matrix", 3, 3, required=False)
+    return Intrinsics(width, height, matrix("camera_matrix", 3, 3), coeffs,
+                      str(data.get("distortion_model", "plumb_bob")),
+                      np.eye(3) if r is None else r, matrix("projection_matrix", 3, 4, required=False))

@@ -1,0 +1,100 @@
+"""Message -> feature value, for every message type the mapping accepts (ROS-free).
+
+Joint vectors are taken by joint *name* (publishers may order joints differently); colour
+images become uint8 RGB (H, W, 3); depth becomes float32 metres (H, W, 1) exactly as the
+policy node decodes it live (16UC1 millimetres and 32FC1 metres are both exact in float32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import av
+import numpy as np
+
+from koch_common.feature_mapping import JOINT_TRAJECTORY, Feature
+from koch_common.image_codec import from_fields, to_rgb
+
+DEPTH_SCALE_TO_M = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}
+# CompressedImage.format ("jpeg", "png", "rgb8; jpeg compressed bgr8") -> FFmpeg decoder name
+COMPRESSED_CODECS = {"jpeg": "mjpeg", "jpg": "mjpeg", "png": "png"}
+
+
+class ExtractError(ValueError):
+    pass
+
+
+class JointVector:
+    """JointState.position or JointTrajectory.points[0].positions in the mapping's joint order."""
+
+    def __init__(self, feature: Feature, where: str) -> None:
+        self.feature = feature
+        self.where = where
+        self.trajectory = feature.msgtype == JOINT_TRAJECTORY
+        self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
+
+    def __call__(self, msg: Any) -> np.ndarray:
+        if self.trajectory:
+            names = tuple(msg.joint_names)
+            if not msg.points:
+                raise ExtractError(f"{self.where}: a JointTrajectory without points cannot give {self.feature.key}")
+            # The first point is the command the arm is sent towards now; later points are plans.
+            values = np.asarray(msg.points[0].positions, dtype=np.float64)
+        else:
+            names = tuple(msg.name)
+            values = np.asarray(msg.position, dtype=np.float64)
+        index = self._index_cache.get(names)
+        if index is None:
+            missing = [j for j in self.feature.joint_names if j not in names]
+            if missing:
+                raise ExtractError(
+                    f"{self.where}: message lacks joint(s) {missing} needed by {self.feature.key}; "
+                    f"it has {list(names)}. Fix the mapping's joints or the publisher."
+                )
+            index = np.array([names.index(j) for j in self.feature.joint_names])
+            self._index_cache[names] = index
+        if values.shape[0] != len(names):
+            raise ExtractError(f"{self.where}: {len(names)} names but {values.shape[0]} positions")
+        return values[index].astype(np.float32)
+
+
+def _decode_compressed(msg: Any) -> np.ndarray:
+    fmt = str(msg.format).lower()
+    codec = next((c for name, c in COMPRESSED_CODECS.items() if name in fmt.split(";")[-1]), None)
+    if codec is None:
+        raise ExtractError(f"CompressedImage format {msg.format!r} is not supported; use jpeg or png")
+    decoder = av.CodecContext.create(codec, "r")
+    frames = decoder.decode(av.Packet(bytes(msg.data)))
+    if not frames:
+        raise ExtractError(f"CompressedImage ({msg.format}) did not decode to a frame")
+    # "bgr8; jpeg compressed bgr8" images were compressed from BGR by image_transport: the codec
+    # itself stores colour correctly, so rgb24 out of the decoder is right in both cases.
+    return frames[0].to_ndarray(format="rgb24")
+
+
+def decode_color(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image (rgb8/bgr8/mono8) or CompressedImage (jpeg/png) -> uint8 RGB (H, W, 3)."""
+    if hasattr(msg, "format"):
+        return _decode_compressed(msg)
+    array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
+    return to_rgb(array, msg.encoding)
+
+
+def decode_depth(msg: Any) -> np.ndarray:
+    """16UC1 (mm) / 32FC1 (m) Image -> float32 metres (H, W, 1); invalid (NaN/inf) -> 0 as live."""
+    if msg.encoding not in DEPTH_SCALE_TO_M:
+        raise ExtractError(
+            f"depth image encoding {msg.encoding!r} is not supported; use one of {sorted(DEPTH_SCALE_TO_M)}"
+        )
+    array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
+    depth = array.astype(np.float32) * np.float32(DEPTH_SCALE_TO_M[msg.encoding])
+    return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)[:, :, None]
+
+
+def decoder_for(feature: Feature) -> Any:
+    """Decoder applied lazily to the message a frame holds (images), or None for joint vectors."""
+    if feature.is_depth:
+        return decode_depth
+    if feature.is_color:
+        return decode_color
+    return None

@@ -1,0 +1,237 @@
+"""How predicted action chunks become the actions executed tick by tick (ROS-free).
+
+A chunk predicted from the observation at time t_obs holds the actions for t_obs + i / fps.
+Every policy answers the same questions for the runner: which actions are due from `now`
+(`due`), whether to ask for a new inference (`needs_inference`, given the measured latency
+in ticks), and how a newly arrived chunk merges with what is planned (`accept`).
+
+- `execute_k`: execute the first `n_action_steps` of each chunk, then replan (receding
+  horizon; ACT/Diffusion's n_action_steps, RDT's 8-16 of 64). Replanning is requested
+  `lead_ticks` early so the next chunk lands before the current one runs out.
+- `temporal_ensembling`: ACT's temporal ensemble. The policy runs every tick (whenever the
+  worker is free); the action for a time step is the average of every chunk's prediction for
+  it with weights exp(-m * i), i = 0 for the oldest prediction (ACT, m = 0.01).
+- `overlap_blend`: LeRobot async inference's "weighted_average": where a new chunk overlaps
+  the plan, action = w_old * old + (1 - w_old) * new (0.3 / 0.7); a new chunk is requested
+  when fewer than `threshold` of a chunk is left (LeRobot's chunk_size_threshold, 0.5).
+- `latest_only`: the newest chunk replaces the plan from now on, executed to its end;
+  requested at the same threshold.
+- `rtc`: Real-Time Chunking, chunk side. The actions executed while the model was inferring
+  (the inference delay d, in ticks since t_obs) are frozen to the old plan, and the rest of the
+  overlap is inpainted towards the new chunk with RTC's linear prefix-weight schedule. A
+  flow-matching policy (pi0/pi05/SmolVLA with LeRobot's RTC) additionally guides its denoising
+  with that prefix; ACT cannot, so for ACT this is the freeze + soft-mask blend only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+CHUNK_POLICIES = ("execute_k", "temporal_ensembling", "overlap_blend", "latest_only", "rtc")
+
+
+class ChunkPolicy:
+    """Base: a single plan (actions from `t0` on, one per tick)."""
+
+    name = ""
+
+    def __init__(self, fps: float, n_action_steps: int, threshold: float = 0.5) -> None:
+        if fps <= 0 or n_action_steps < 1 or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"chunk policy needs fps > 0, n_action_steps >= 1, 0 <= threshold <= 1; got "
+                             f"{fps}, {n_action_steps}, {threshold}")
+        self.fps = fps
+        self.n_action_steps = n_action_steps
+        self.threshold = threshold
+        self._plan: np.ndarray | None = None
+        self._t0 = 0.0
+        self.chunk_len = 0
+
+    def clear(self) -> None:
+        self._plan = None
+
+    def _index(self, now: float, t0: float | None = None) -> int:
+        return max(0, int(math.floor((now - (self._t0 if t0 is None else t0)) * self.fps + 1e-6)))
+
+    def _end(self) -> int:
+        return 0 if self._plan is None else len(self._plan)
+
+    def due(self, now: float) -> np.ndarray | None:
+        """Actions from `now` to the end of the executable plan; None when there are none."""
+        if self._plan is None:
+            return None
+        start, end = self._index(now), self._end()
+        return self._plan[start:end] if start < end else None
+
+    def ticks_left(self, now: float) -> int:
+        return 0 if self._plan is None else max(0, self._end() - self._index(now))
+
+    def chunks_in_use(self, now: float) -> int:
+        return int(self.ticks_left(now) > 0)
+
+    def needs_inference(self, now: float, lead_ticks: int) -> bool:
+        return self.ticks_left(now) <= max(lead_ticks, math.ceil(self.threshold * self.chunk_len))
+
+    def accept(self, chunk: np.ndarray, t_obs: float, now: float | None = None) -> None:
+        now = t_obs if now is None else now
+        chunk = np.asarray(chunk, dtype=np.float64)
+        self.chunk_len = len(chunk)
+        self._plan, self._t0 = chunk, t_obs
+
+    def _old_plan_at(self, t_obs: float, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """The current plan's actions for t_obs + i/fps (i < length) and which exist."""
+        joints = self._plan.shape[1] if self._plan is not None else 0
+        old = np.zeros((length, joints))
+        have = np.zeros(length, bool)
+        if self._plan is not None:
+            offset = int(round((t_obs - self._t0) * self.fps))
+            idx = np.arange(length) + offset
+            have = (idx >= 0) & (idx < len(self._plan))
+            old[have] = self._plan[idx[have]]
+        return old, have
+
+
+class ExecuteKThenReplan(ChunkPolicy):
+    name = "execute_k"
+
+    def _end(self) -> int:
+        return 0 if self._plan is None else min(self.n_action_steps, len(self._plan))
+
+    def needs_inference(self, now: float, lead_ticks: int) -> bool:
+        return self.ticks_left(now) <= lead_ticks
+
+
+class LatestOnly(ChunkPolicy):
+    name = "latest_only"
+
+
+class OverlapBlend(ChunkPolicy):
+    name = "overlap_blend"
+
+    def __init__(self, fps: float, n_action_steps: int, threshold: float = 0.5, old_weight: float = 0.3) -> None:
+        super().__init__(fps, n_action_steps, threshold)
+        if not 0.0 <= old_weight <= 1.0:
+            raise ValueError(f"overlap_blend old weight must be in [0, 1], got {old_weight}")
+        self.old_weight = old_weight
+        self._blended_until = 0.0
+
+    def accept(self, chunk: np.ndarray, t_obs: float, now: float | None = None) -> None:
+        now = t_obs if now is None else now
+        chunk = np.asarray(chunk, dtype=np.float64)
+        old, have = self._old_plan_at(t_obs, len(chunk))
+        merged = chunk.copy()
+        if self._plan is not None:
+            merged[have] = self.old_weight * old[have] + (1.0 - self.old_weight) * chunk[have]
+            self._blended_until = t_obs + (np.flatnonzero(have).max() + 1) / self.fps if have.any() else 0.0
+        self.chunk_len = len(chunk)
+        self._plan, self._t0 = merged, t_obs
+
+    def chunks_in_use(self, now: float) -> int:
+        if self.ticks_left(now) == 0:
+            return 0
+        return 2 if now < self._blended_until else 1
+
+
+class RealTimeChunking(ChunkPolicy):
+    name = "rtc"
+
+    def __init__(self, fps: float, n_action_steps: int, threshold: float = 0.5) -> None:
+        super().__init__(fps, n_action_steps, threshold)
+        self.last_frozen = 0  # frozen actions of the last merge (inference delay in ticks)
+        self._frozen_until = 0.0
+
+    def accept(self, chunk: np.ndarray, t_obs: float, now: float | None = None) -> None:
+        now = t_obs if now is None else now
+        chunk = np.asarray(chunk, dtype=np.float64)
+        old, have = self._old_plan_at(t_obs, len(chunk))
+        merged = chunk.copy()
+        delay = min(len(chunk), max(0, math.ceil((now - t_obs) * self.fps - 1e-6)))
+        if self._plan is not None and have.any():
+            overlap_end = int(np.flatnonzero(have).max()) + 1
+            # RTC's prefix weights: 1 for the d frozen actions, then linear decay to 0 at the end of the
+            # old plan's overlap (guidance strength -> blend weight, chunk side only).
+            weights = np.zeros(len(chunk))
+            weights[:delay] = 1.0
+            ramp = np.arange(delay, overlap_end)
+            if ramp.size:
+                weights[ramp] = 1.0 - (ramp - delay + 1) / (overlap_end - delay + 1)
+            weights[~have] = 0.0
+            merged = weights[:, None] * old + (1.0 - weights[:, None]) * chunk
+            self.last_frozen = int(min(delay, have.sum()))
+            self._frozen_until = t_obs + overlap_end / self.fps
+        else:
+            self.last_frozen = 0
+        self.chunk_len = len(chunk)
+        self._plan, self._t0 = merged, t_obs
+
+    def chunks_in_use(self, now: float) -> int:
+        if self.ticks_left(now) == 0:
+            return 0
+        return 2 if now < self._frozen_until else 1
+
+
+class TemporalEnsembling(ChunkPolicy):
+    name = "temporal_ensembling"
+
+    def __init__(self, fps: float, n_action_steps: int, threshold: float = 0.5, coeff: float = 0.01) -> None:
+        super().__init__(fps, n_action_steps, threshold)
+        self.coeff = coeff
+        self._chunks: list[tuple[float, np.ndarray]] = []  # oldest first
+
+    def clear(self) -> None:
+        self._chunks = []
+
+    def accept(self, chunk: np.ndarray, t_obs: float, now: float | None = None) -> None:
+        now = t_obs if now is None else now
+        chunk = np.asarray(chunk, dtype=np.float64)
+        self.chunk_len = len(chunk)
+        self._chunks.append((t_obs, chunk))
+        self._chunks = [(t, c) for t, c in self._chunks if self._index(now, t) < len(c)]
+
+    def _live(self, now: float) -> list[tuple[int, np.ndarray]]:
+        return [(self._index(now, t), c) for t, c in self._chunks if self._index(now, t) < len(c)]
+
+    def due(self, now: float) -> np.ndarray | None:
+        live = self._live(now)
+        if not live:
+            return None
+        start_new, newest = live[-1]
+        horizon = len(newest) - start_new
+        total = np.zeros((horizon, newest.shape[1]))
+        weight_sum = np.zeros(horizon)
+        rank = np.zeros(horizon)  # per step: how many older predictions came before (ACT's i)
+        for start, chunk in live:  # oldest first
+            steps = np.arange(horizon)
+            idx = start + steps
+            ok = idx < len(chunk)
+            w = np.exp(-self.coeff * rank[ok])
+            total[ok] += w[:, None] * chunk[idx[ok]]
+            weight_sum[ok] += w
+            rank[ok] += 1
+        return total / weight_sum[:, None]
+
+    def ticks_left(self, now: float) -> int:
+        live = self._live(now)
+        return 0 if not live else len(live[-1][1]) - live[-1][0]
+
+    def chunks_in_use(self, now: float) -> int:
+        return len(self._live(now))
+
+    def needs_inference(self, now: float, lead_ticks: int) -> bool:
+        return True  # ACT's ensemble predicts every tick; the worker takes the request when it is free
+
+
+def make_chunk_policy(name: str, fps: float, n_action_steps: int, threshold: float = 0.5,
+                      blend_old_weight: float = 0.3, ensemble_coeff: float = 0.01) -> ChunkPolicy:
+    if name == "execute_k":
+        return ExecuteKThenReplan(fps, n_action_steps, threshold)
+    if name == "temporal_ensembling":
+        return TemporalEnsembling(fps, n_action_steps, threshold, ensemble_coeff)
+    if name == "overlap_blend":
+        return OverlapBlend(fps, n_action_steps, threshold, blend_old_weight)
+    if name == "latest_only":
+        return LatestOnly(fps, n_action_steps, threshold)
+    if name == "rtc":
+        return RealTimeChunking(fps, n_action_steps, threshold)
+    raise ValueError(f"unknown chunk_policy {name!r}; choose one of {list(CHUNK_POLICIES)}")

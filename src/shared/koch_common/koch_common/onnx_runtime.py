@@ -1,0 +1,155 @@
+"""onnxruntime-backed policy runtime: same interface and same pre/post-processors as PolicyRuntime.
+
+`kuavo_export` (kuavo_train.export) writes `<pretrained_model>/onnx/` beside a checkpoint:
+- ACT: `policy.onnx`, one graph: normalised observation -> normalised action chunk;
+- diffusion types: `encoder.onnx` (observation history -> conditioning) and `denoiser.onnx` (one
+  denoising step); the scheduler loop (diffusers' DDPM/DDIM, as in training) runs here in host code.
+Normalisation and unnormalisation use the checkpoint's own LeRobot processor pipelines, exactly as
+PolicyRuntime does, so both runtimes see identical inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ONNX_DIR = "onnx"
+ONNX_MANIFEST = "manifest.json"
+
+
+def find_onnx_dir(path: Path) -> Path | None:
+    """The export folder for `path`: itself, <path>/onnx, or <path>/pretrained_model/onnx."""
+    for candidate in (path, path / ONNX_DIR, path / "pretrained_model" / ONNX_DIR):
+        if (candidate / ONNX_MANIFEST).is_file():
+            return candidate
+    return None
+
+
+def providers_for(device: str) -> list[str]:
+    """GPU execution providers (TensorRT, CUDA) when asked for and present, else CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if device.startswith("cuda") else []
+    return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+
+
+class OnnxRuntime:
+    """predict_chunk / reset / n_action_steps / chunk_size like PolicyRuntime, on onnxruntime."""
+
+    def __init__(self, onnx_dir: Path, device: str = "cpu") -> None:
+        import onnxruntime as ort
+        from lerobot.configs.policies import PreTrainedConfig
+        from lerobot.policies.factory import make_pre_post_processors
+
+        from koch_common.policy_runtime import FEATURE_SPECS_FILE, register_policy_plugins
+
+        self.onnx_dir = onnx_dir
+        self.manifest = json.loads((onnx_dir / ONNX_MANIFEST).read_text(encoding="utf-8"))
+        pretrained = (onnx_dir / self.manifest["pretrained_model"]).resolve()
+        register_policy_plugins()
+        self.config = PreTrainedConfig.from_pretrained(pretrained)
+        self.config.device = "cpu"  # processors feed numpy to onnxruntime
+        self.preprocessor, self.postprocessor = make_pre_post_processors(
+            self.config, pretrained_path=str(pretrained),
+            preprocessor_overrides={"device_processor": {"device": "cpu"}},
+        )
+        self.feature_specs = json.loads((pretrained / FEATURE_SPECS_FILE).read_text(encoding="utf-8"))
+        self.providers = providers_for(device)
+        self.sessions = {name: ort.InferenceSession(str(onnx_dir / file), providers=self.providers)
+                         for name, file in self.manifest["graphs"].items()}
+        self.input_keys: list[str] = list(self.manifest["inputs"])
+        self.kind: str = self.manifest["kind"]
+        self._history: dict[str, deque[np.ndarray]] = {}
+        if self.kind == "diffusion":
+            from lerobot.policies.diffusion.modeling_diffusion import _make_noise_scheduler
+
+            c = self.config
+            self.scheduler = _make_noise_scheduler(
+                c.noise_scheduler_type, num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start,
+                beta_end=c.beta_end, beta_schedule=c.beta_schedule, clip_sample=c.clip_sample,
+                clip_sample_range=c.clip_sample_range, prediction_type=c.prediction_type,
+            )
+        self.reset()
+
+    @classmethod
+    def load(cls, path: Path | str, device: str = "cpu") -> OnnxRuntime:
+        onnx_dir = find_onnx_dir(Path(path).expanduser())
+        if onnx_dir is None:
+            raise FileNotFoundError(f"{path} holds no ONNX export ({ONNX_DIR}/{ONNX_MANIFEST}); run kuavo_export")
+        return cls(onnx_dir, device)
+
+    @property
+    def n_action_steps(self) -> int:
+        return int(self.config.n_action_steps)
+
+    @property
+    def chunk_size(self) -> int:
+        return int(getattr(self.config, "chunk_size", None) or self.config.n_action_steps)
+
+    @property
+    def input_features(self) -> dict[str, Any]:
+        return dict(self.config.input_features)
+
+    @property
+    def action_names(self) -> list[str]:
+        names = self.feature_specs["action"].get("names")
+        return list(names) if names else [f"action_{i}" for i in range(self.config.output_features["action"].shape[0])]
+
+    def feature_names(self, key: str) -> list[str] | None:
+        spec = self.feature_specs.get(key)
+        return list(spec["names"]) if spec and spec.get("names") is not None else None
+
+    def reset(self) -> None:
+        self._history = {}
+        self.preprocessor.reset()
+        self.postprocessor.reset()
+
+    def normalized_inputs(self, observation: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The preprocessed (normalised) observation, batch of one, as float32 numpy."""
+        import torch
+
+        from koch_common.policy_runtime import observation_to_batch
+
+        batch = observation_to_batch(observation, self.config.input_features, self.feature_specs)
+        with torch.inference_mode():
+            processed = self.preprocessor(batch)
+        return {k: processed[k].numpy().astype(np.float32) for k in self.input_keys}
+
+    def predict_chunk(self, observation: Mapping[str, np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:
+        """Actions (chunk, action_dim) float32 in robot units, like PolicyRuntime.predict_chunk."""
+        import torch
+
+        inputs = self.normalized_inputs(observation)
+        is_act = self.kind == "act"
+        actions = self.sessions["policy"].run(None, inputs)[0] if is_act else self._diffusion(inputs, noise)
+        with torch.inference_mode():
+            out = self.postprocessor(torch.from_numpy(actions))
+        return out[0].numpy().astype(np.float32)
+
+    def _diffusion(self, inputs: dict[str, np.ndarray], noise: np.ndarray | None) -> np.ndarray:
+        import torch
+
+        steps = int(self.config.n_obs_steps)
+        for key, value in inputs.items():
+            queue = self._history.setdefault(key, deque(maxlen=steps))
+            while len(queue) < steps - 1:  # the first observation fills the history, as LeRobot does
+                queue.append(value)
+            queue.append(value)
+        history = {k: np.stack(list(q), axis=1) for k, q in self._history.items()}
+        cond = self.sessions["encoder"].run(None, history)[0]
+        action_dim = self.config.output_features["action"].shape[0]
+        sample = torch.randn(1, self.config.horizon, action_dim) if noise is None else torch.from_numpy(noise)
+        self.scheduler.set_timesteps(self.config.num_inference_steps or self.config.num_train_timesteps)
+        for t in self.scheduler.timesteps:
+            output = self.sessions["denoiser"].run(None, {
+                "sample": sample.numpy().astype(np.float32), "timestep": np.full((1,), int(t), dtype=np.int64),
+                "global_cond": cond})[0]
+            sample = self.scheduler.step(torch.from_numpy(output), t, sample).prev_sample
+        start = steps - 1
+        return sample[:, start:start + self.n_action_steps].numpy()

@@ -1,0 +1,90 @@
+"""The runner's safety gate (ROS-free): e-stop latch, deadman, and that every command is a SafeChunk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sensor_msgs.msg import Image
+
+from koch_bringup.ros_session import wait_for
+from koch_common.image_codec import to_fields
+from koch_common.resample import StreamSpec
+from koch_common.robot import load_koch
+from koch_common.safety import SafeChunk, SafetyLimits
+from koch_policy.gate import SafetyGate
+from koch_policy.policy_node import decode_image, trajectory_msg
+from koch_policy.runner import PolicyRunner
+
+KOCH = load_koch()
+FPS = 30.0
+STREAMS = {"observation.state": StreamSpec("observation.state", "hold", 0.1)}
+
+
+def _runner(gate: SafetyGate, predict=lambda obs: np.full((20, 6), 0.05)) -> PolicyRunner:
+    return PolicyRunner(predict, STREAMS, SafetyLimits.for_arm(KOCH.follower, KOCH.safety), FPS, 10,
+                        clock=lambda: 0.0, gate=gate)
+
+
+def test_estop_latches_on_the_next_tick_and_holds_the_latched_position_until_reset() -> None:
+    gate = SafetyGate()
+    runner = _runner(gate)
+    try:
+        runner.push("observation.state", 0.0, np.zeros(6))
+        runner.tick(0.0)
+        wait_for(lambda: runner.inferences, 5.0, "inference")
+        assert runner.tick(0.001).kind == "chunk"
+        assert gate.estop("test") and not gate.estop("again")
+        out = runner.tick(2 / FPS)
+        assert out.kind == "estop" and isinstance(out.command, SafeChunk)
+        np.testing.assert_array_equal(out.positions, np.zeros((1, 6)))
+        for k in range(3, 30):  # the arm drifts; the hold stays where it latched
+            runner.push("observation.state", k / FPS, np.full(6, 0.1))
+            out = runner.tick(k / FPS)
+            assert out.kind == "estop"
+            np.testing.assert_array_equal(out.positions, np.zeros((1, 6)))
+        assert gate.reset_estop()
+        out = runner.tick(30 / FPS)
+        assert out.kind != "estop"
+        assert runner.limits.interventions["estop"] == 28
+    finally:
+        runner.close()
+
+
+def test_deadman_holds_until_heartbeats_arrive() -> None:
+    gate = SafetyGate(deadman_timeout_s=0.2)
+    runner = _runner(gate)
+    try:
+        runner.push("observation.state", 0.0, np.zeros(6))
+        assert runner.tick(0.0).kind == "deadman"
+        gate.heartbeat(0.0)
+        assert runner.tick(0.05).kind in ("hold", "chunk")
+        assert runner.tick(0.3).kind == "deadman"  # heartbeat older than the timeout
+    finally:
+        runner.close()
+    with pytest.raises(ValueError, match="deadman_timeout_s"):
+        SafetyGate(-1.0)
+
+
+def test_only_safe_chunks_become_trajectories_with_increasing_times() -> None:
+    with pytest.raises(TypeError, match="SafeChunk"):
+        trajectory_msg(np.zeros((3, 6)), KOCH.follower.names, None, FPS)  # type: ignore[arg-type]
+    limits = SafetyLimits.for_arm(KOCH.follower, KOCH.safety)
+    from builtin_interfaces.msg import Time
+
+    hold = trajectory_msg(limits.hold(np.zeros(6)), KOCH.follower.names, Time(sec=5), FPS)
+    assert len(hold.points) == 1 and hold.points[0].time_from_start.nanosec > 0  # never ends at the stamp
+    chunk = limits.safe_chunk(np.linspace(0, 0.1, 8)[:, None] * np.ones(6), np.zeros(6), 1 / FPS)
+    msg = trajectory_msg(chunk, KOCH.follower.names, Time(sec=5), FPS)
+    times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+    assert np.all(np.diff(times) > 0)
+    assert all(len(p.velocities) == 6 for p in msg.points)
+
+
+@pytest.mark.parametrize(("encoding", "raw", "metres"), [("16UC1", np.uint16(1500), 1.5),
+                                                         ("32FC1", np.float32(0.75), 0.75)])
+def test_depth_images_decode_to_metres(encoding: str, raw, metres: float) -> None:
+    fields = to_fields(np.full((4, 5), raw), encoding)
+    msg = Image(height=fields.height, width=fields.width, encoding=encoding, step=fields.step, data=fields.data)
+    depth = decode_image(msg)
+    assert depth.shape == (4, 5, 1) and depth.dtype == np.float32
+    np.testing.assert_allclose(depth, metres)

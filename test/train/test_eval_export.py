@@ -1,0 +1,70 @@
+"""Offline evaluation on held-out episodes, and ONNX export checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from synthetic_reach import JOINTS, SyntheticDataset
+from test_policies import RGBD, TINY_RGBD, tiny
+from test_resume import TINY_ACT
+
+from koch_common.onnx_runtime import OnnxRuntime
+from koch_common.policy_runtime import PolicyRuntime, load_runtime
+from kuavo_train.evaluate import main as eval_main
+from kuavo_train.export import ATOL, RTOL, export
+from kuavo_train.train import main as train_main
+
+
+def test_held_out_evaluation_and_act_onnx_export(reach_dataset: SyntheticDataset, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train_main([
+        "--config", "train/act_sim.yaml", f"dataset.root={reach_dataset.root}",
+        f"dataset.repo_id={reach_dataset.repo_id}", f"output_dir={run}", *TINY_ACT, "steps=2", "batch_size=4",
+        "num_workers=0", "dataset.val_episodes=1", "val_every=2", "val_batches=1", "dataset.resize=[48, 64]",
+    ]) == 0
+    val = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if "val_loss" in line]
+    assert len(val) == 1 and np.isfinite(val[0]["val_loss"])
+
+    checkpoint = run / "checkpoints" / "last"
+    assert eval_main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert len(report["episodes"]) == 1 and report["frames"] == reach_dataset.frames_per_episode
+    assert list(report["mae_per_joint"]) == JOINTS and len(report["mse_per_step"]) == 4  # chunk_size
+    assert report["mse"] > 0 and all(np.isfinite(v) for v in report["mae_per_step"])
+    assert (tmp_path / "eval" / "eval.png").stat().st_size > 1000
+
+    # ACT as one ONNX graph; the factory picks onnxruntime once the export exists.
+    pytorch = PolicyRuntime.load(checkpoint)
+    assert isinstance(load_runtime(checkpoint), PolicyRuntime)
+    export(checkpoint)
+    onnx = load_runtime(checkpoint)
+    assert isinstance(onnx, OnnxRuntime) and onnx.n_action_steps == pytorch.n_action_steps
+    rng = np.random.default_rng(0)
+    # The robot sends the camera's native size: both runtimes apply the checkpoint's resize.
+    observation = {"observation.state": rng.normal(size=6).astype(np.float32),
+                   "observation.images.head": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)}
+    np.testing.assert_allclose(onnx.predict_chunk(observation), pytorch.predict_chunk(observation),
+                               atol=ATOL * 10, rtol=RTOL)  # robot units (radians): unnormalising scales errors
+
+
+def test_diffusion_onnx_encoder_and_denoiser_match_pytorch(rgbd_dataset: SyntheticDataset, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    runtime = tiny(rgbd_dataset, "rgbd_diffusion", {**TINY_RGBD, "denoiser": "transformer"}, RGBD)
+    runtime.save(tmp_path / "pretrained_model")
+    manifest = json.loads((export(tmp_path) / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"encoder", "denoiser"}
+    assert all(e <= ATOL for e in manifest["max_abs_error"].values())
+
+    pytorch, onnx = PolicyRuntime.load(tmp_path), load_runtime(tmp_path)
+    assert isinstance(onnx, OnnxRuntime)
+    rng = np.random.default_rng(1)
+    for _ in range(2):  # two observations: the second uses the n_obs_steps=2 history
+        observation = {"observation.state": rng.normal(size=6).astype(np.float32)}
+        observation.update({k: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for k in RGBD[1:]})
+        torch.manual_seed(7)  # same initial noise and DDPM step noise for the host loop and PyTorch
+        expected = pytorch.predict_chunk(observation)
+        torch.manual_seed(7)
+        np.testing.assert_allclose(onnx.predict_chunk(observation), expected, atol=ATOL * 10, rtol=RTOL)
