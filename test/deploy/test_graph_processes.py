@@ -40,7 +40,14 @@ def test_record_graph_records_an_expert_episode_into_an_mcap_bag(tmp_path: Path)
 
             trigger("/sim/sim_world/new_episode")
             trigger("/recorder/start")
-            trigger("/leader/scripted_leader/reach")
+
+            def reach() -> bool:  # the leader refuses until the latched target reached it over DDS
+                accepted = ros.call(node, Trigger, "/leader/scripted_leader/reach", Trigger.Request(), 30.0).success
+                if not accepted:
+                    time.sleep(0.1)
+                return accepted
+
+            wait_for(reach, 30.0, "the scripted leader to accept the reach (target received)")
             time.sleep(2.5)
             stop_reply = trigger("/recorder/stop").split()
             bag = Path(stop_reply[0])
@@ -60,6 +67,28 @@ def test_record_graph_records_an_expert_episode_into_an_mcap_bag(tmp_path: Path)
     assert counts == reported
     assert all(n >= 10 for n in counts.values()), counts
     assert bag.parent == tmp_path / "bags" and any(bag.glob("*.mcap"))
+    _check_live_bag_converts(bag, mapping, tmp_path)
+
+
+def _check_live_bag_converts(bag: Path, mapping, tmp_path: Path) -> None:
+    """The bag the live sim graph recorded becomes a LeRobot dataset of recorded values only."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from koch_convert.convert import convert_bags
+
+    root = convert_bags([bag], mapping, tmp_path / "dataset", "local/live_sim", vcodec="h264")
+    dataset = LeRobotDataset("local/live_sim", root=root)
+    assert dataset.num_episodes == 1 and dataset.num_frames >= 30  # 2.5 s recorded at 30 Hz
+    with AnyReader([bag]) as reader:
+        connections = [c for c in reader.connections if c.topic == topic("follower_joint_states")]
+        recorded = np.array([reader.deserialize(raw, c.msgtype).position
+                             for c, _, raw in reader.messages(connections=connections)])
+    states = np.stack([dataset[i]["observation.state"].numpy() for i in range(dataset.num_frames)])
+    # Hold policy: every frame's state is one of the recorded joint states, never an invented one.
+    distance = np.abs(states[:, None, :] - recorded[None, :, :].astype(np.float32)).max(axis=2).min(axis=1)
+    assert distance.max() < 1e-6
+    image = dataset[dataset.num_frames - 1]["observation.images.head"]  # the last video frame decodes
+    assert tuple(image.shape) == (3, 96, 128)
 
 
 def test_launch_graph_cli_starts_a_launch_files_graph_and_stops_it_on_sigint(tmp_path: Path) -> None:

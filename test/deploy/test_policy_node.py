@@ -133,8 +133,9 @@ def test_disabled_node_publishes_nothing_and_enabled_chunks_stay_inside_limits(c
         assert full, "the model's chunks were published"
         for _, msg in chunks:
             _check_limits(msg, world.position)
-        wait_for(lambda: markers, 10.0, "predicted end-effector path markers")
-        assert len(markers[-1].markers[0].points) > 1
+        # A hold tick (waiting for a chunk) draws a one-point path; a model chunk draws the whole path.
+        wait_for(lambda: any(len(m.markers[0].points) > 1 for m in markers if m.markers), 10.0,
+                 "predicted end-effector path markers")
         # The publish rate is a performance figure (demo and benchmark print it), not asserted here:
         # on a shared CI host the scheduler, not the node, decides it.
 

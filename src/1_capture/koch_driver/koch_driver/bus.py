@@ -38,6 +38,7 @@ T = TypeVar("T")
 
 STATE_ADDRESS = 126  # Present_Current(2) + Present_Velocity(4) + Present_Position(4)
 STATE_LENGTH = 10
+STATE_DTYPE = np.dtype([("current", "<i2"), ("velocity", "<i4"), ("position", "<i4")])  # the block above
 GOAL_POSITION_ADDRESS = 116
 GOAL_POSITION_LENGTH = 4
 TORQUE_ENABLE_ADDRESS = 64
@@ -344,13 +345,12 @@ class DynamixelBus:
         )
 
     def _decode_state(self, reader: sdk.GroupSyncRead) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        count = len(self.ids)
-        position, velocity, current = (np.empty(count, dtype=np.int64) for _ in range(3))
-        for index, servo_id in enumerate(self.ids):
-            current[index] = to_signed(reader.getData(servo_id, STATE_ADDRESS, 2), 2)
-            velocity[index] = to_signed(reader.getData(servo_id, STATE_ADDRESS + 2, 4), 4)
-            position[index] = to_signed(reader.getData(servo_id, STATE_ADDRESS + 6, 4), 4)
-        return position, velocity, current
+        # One vectorised decode of the little-endian block instead of 18 getData calls: at 1 Mbps
+        # the SDK's per-field Python decoding is a visible share of a 1.1 ms read cycle.
+        raw = b"".join(bytes(reader.data_dict[servo_id][:STATE_LENGTH]) for servo_id in self.ids)
+        state = np.frombuffer(raw, dtype=STATE_DTYPE)
+        return (state["position"].astype(np.int64), state["velocity"].astype(np.int64),
+                state["current"].astype(np.int64))
 
     def write_goal_positions(self, raw: np.ndarray | list[int]) -> None:
         """One GroupSyncWrite of Goal_Position (no status reply, so no retry is possible)."""

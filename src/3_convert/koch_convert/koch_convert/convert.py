@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from koch_common.feature_mapping import Mapping
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 QUALITY_REPORT = "quality_report.json"
-IMAGE_WRITER_THREADS = 2  # per camera
 
 
 @dataclass
@@ -111,9 +111,12 @@ def convert_one_bag(
             robot_type="koch",
             use_videos=any(f.is_color for f in mapping.features),
             vcodec=vcodec,
-            # PNG frames are written by threads while the next frames are read and decoded.
-            image_writer_threads=IMAGE_WRITER_THREADS * sum(f.is_color for f in mapping.features),
+            # Frames go straight into one encoder per camera (LeRobot's streaming encoder, which also
+            # computes the image statistics) instead of PNG files that save_episode reads back.
+            streaming_encoding=True,
         )
+        if dataset._streaming_encoder is not None:
+            dataset._streaming_encoder = lossless_encoder(dataset._streaming_encoder)
         try:
             for episode in accepted:
                 for i in tqdm(range(len(episode)), desc=bag.name, leave=False, disable=not progress):
@@ -129,6 +132,37 @@ def convert_one_bag(
             # write their footers into the work folder after it was removed.
             dataset.finalize()
     return [e.quality() for e in episodes]
+
+
+def lossless_encoder(encoder: Any) -> Any:
+    """LeRobot's streaming encoder with the same settings, but one that never drops a frame.
+
+    It was written for live capture, where a full queue means the camera must not wait: after
+    0.1 s it drops the frame and logs a warning. Offline there is no deadline, and a dropped frame
+    would leave the video shorter than the parquet rows, so the converter waits instead.
+    """
+    import queue
+
+    from lerobot.datasets.video_utils import StreamingVideoEncoder
+
+    class LosslessStreamingEncoder(StreamingVideoEncoder):
+        def feed_frame(self, video_key: str, image: np.ndarray) -> None:
+            if not self._episode_active:
+                raise RuntimeError("no active episode: call start_episode() first")
+            frame = image.copy()
+            while True:
+                if not self._threads[video_key].is_alive():
+                    raise RuntimeError(f"the video encoder for {video_key} stopped; see the log above")
+                try:
+                    self._frame_queues[video_key].put(frame, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+
+    return LosslessStreamingEncoder(
+        fps=encoder.fps, vcodec=encoder.vcodec, pix_fmt=encoder.pix_fmt, g=encoder.g, crf=encoder.crf,
+        preset=encoder.preset, queue_maxsize=encoder.queue_maxsize, encoder_threads=encoder.encoder_threads,
+    )
 
 
 def _worker(args: tuple[Path, Mapping, Path, str, str]) -> list[dict[str, Any]]:

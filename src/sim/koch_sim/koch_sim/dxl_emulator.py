@@ -647,12 +647,13 @@ class DynamixelBusEmulator:
         # LEN: instruction + every part + a CRC after each part (the last one is the packet's).
         length_field = 1 + sum(len(part) + 2 for _, part in parts)
         packet = bytearray(p2.HEADER + bytes([p2.BROADCAST_ID, length_field & 0xFF, length_field >> 8, p2.INST_STATUS]))
+        crc, covered = 0, 0  # running CRC of packet[:covered]: each part's CRC covers all before it
         for index, (_, part) in enumerate(parts):
             packet += part
             if index < len(parts) - 1:
-                crc = p2.crc16(packet)
+                crc, covered = p2.crc16(packet[covered:], crc), len(packet)
                 packet += bytes([crc & 0xFF, crc >> 8])
-        crc = p2.crc16(packet) ^ (0xFFFF if corrupt else 0)
+        crc = p2.crc16(packet[covered:], crc) ^ (0xFFFF if corrupt else 0)
         packet += bytes([crc & 0xFF, crc >> 8])
         if len(parts) < requested:
             packet = packet[:-2]  # the chain broke: no final CRC ever arrives

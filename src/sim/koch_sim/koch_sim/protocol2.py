@@ -46,8 +46,8 @@ def _crc_table() -> list[int]:
 CRC_TABLE = _crc_table()
 
 
-def crc16(data: bytes | bytearray) -> int:
-    crc = 0
+def crc16(data: bytes | bytearray, crc: int = 0) -> int:
+    """CRC-16 (0x8005) of `data`, continuing from `crc` (the CRC of the bytes before it)."""
     for byte in data:
         crc = ((crc << 8) ^ CRC_TABLE[((crc >> 8) ^ byte) & 0xFF]) & 0xFFFF
     return crc
