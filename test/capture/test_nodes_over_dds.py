@@ -131,14 +131,6 @@ def test_driver_node_survives_an_unplug_and_reconnects(emulator, tmp_path: Path)
         assert reconnects[-1] == "1"
 
 
-def _call(ros: RosSession, service_type, name: str, request):  # noqa: ANN001, ANN202
-    client = ros.node("caller").create_client(service_type, name)
-    assert client.wait_for_service(timeout_sec=10.0), f"service {name}"
-    future = client.call_async(request)
-    wait_for(future.done, 10.0, f"{name} response")
-    return future.result()
-
-
 def test_driver_reports_hardware_errors_and_serves_torque_reboot_hold(emulator, tmp_path: Path) -> None:
     with ros_session() as ros:
         states, _ = _start_driver(ros, tmp_path / "follower")
@@ -160,16 +152,16 @@ def test_driver_reports_hardware_errors_and_serves_torque_reboot_hold(emulator, 
                        for d in diagnostics for s in d.status)
 
         wait_for(servo3_error, 10.0, "overload on ID 3 in /diagnostics")
-        reply = _call(ros, Trigger, "/follower/koch_driver/reboot", Trigger.Request())
+        reply = ros.call(probe, Trigger, "/follower/koch_driver/reboot", Trigger.Request())
         assert reply.success and "[3]" in reply.message, reply.message
         assert emulator.read_field(3, "Hardware_Error_Status") == 0
         assert emulator.read_field(3, "Torque_Enable") == 1
 
-        reply = _call(ros, SetBool, "/follower/koch_driver/torque", SetBool.Request(data=False))
+        reply = ros.call(probe, SetBool, "/follower/koch_driver/torque", SetBool.Request(data=False))
         assert reply.success
         assert [emulator.read_field(i, "Torque_Enable") for i in ARM.ids] == [0] * 6
-        reply = _call(ros, SetBool, "/follower/koch_driver/torque", SetBool.Request(data=True))
+        reply = ros.call(probe, SetBool, "/follower/koch_driver/torque", SetBool.Request(data=True))
         assert reply.success and emulator.read_field(1, "Torque_Enable") == 1
-        reply = _call(ros, Trigger, "/follower/koch_driver/hold", Trigger.Request())
+        reply = ros.call(probe, Trigger, "/follower/koch_driver/hold", Trigger.Request())
         assert reply.success and reply.message.startswith("holding")
 

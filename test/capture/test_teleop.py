@@ -139,13 +139,9 @@ def test_scripted_expert_drives_the_follower_through_an_emulated_leader_bus_over
         target.point.x, target.point.y, target.point.z = 0.16, 0.05, 0.02
         target_pub.publish(target)
         wait_for(lambda: leader_states and follower_states, 15.0, "leader and follower joint states")
-        client = probe.create_client(Trigger, "/leader/scripted_leader/reach")
-        assert client.wait_for_service(timeout_sec=10.0)
 
         def reach() -> bool:
-            future = client.call_async(Trigger.Request())
-            wait_for(future.done, 10.0, "reach reply")
-            return future.result().success
+            return ros.call(probe, Trigger, "/leader/scripted_leader/reach", Trigger.Request()).success
 
         wait_for(reach, 10.0, "the expert knowing the target")
         wait_for(lambda: np.abs(np.array(leader_states[-1].position)).max() > 0.3, 10.0, "leader moving")

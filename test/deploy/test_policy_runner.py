@@ -14,7 +14,7 @@ from koch_bringup.ros_session import wait_for
 from koch_common.resample import StreamSpec
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
-from koch_policy.chunk_queue import ChunkQueue
+from koch_policy.chunk_policies import ExecuteKThenReplan
 from koch_policy.runner import PolicyRunner
 
 KOCH = load_koch()
@@ -33,7 +33,7 @@ def _feed(runner: PolicyRunner, t: float, state: np.ndarray | None = None) -> No
 
 
 def test_chunk_queue_serves_due_actions_and_asks_to_replan_in_time() -> None:
-    queue = ChunkQueue(FPS, n_action_steps=10)
+    queue = ExecuteKThenReplan(FPS, n_action_steps=10)
     assert queue.due(0.0) is None and queue.needs_inference(0.0, lead_ticks=2)
     chunk = np.arange(20)[:, None] * np.ones((1, 6))
     queue.accept(chunk, t_obs=1.0)

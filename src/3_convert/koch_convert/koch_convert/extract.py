@@ -13,9 +13,8 @@ import av
 import numpy as np
 
 from koch_common.feature_mapping import JOINT_TRAJECTORY, Feature
-from koch_common.image_codec import from_fields, to_rgb
+from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_metres, from_fields, to_rgb
 
-DEPTH_SCALE_TO_M = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}
 # CompressedImage.format ("jpeg", "png", "rgb8; jpeg compressed bgr8") -> FFmpeg decoder name
 COMPRESSED_CODECS = {"jpeg": "mjpeg", "jpg": "mjpeg", "png": "png"}
 
@@ -87,8 +86,7 @@ def decode_depth(msg: Any) -> np.ndarray:
             f"depth image encoding {msg.encoding!r} is not supported; use one of {sorted(DEPTH_SCALE_TO_M)}"
         )
     array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
-    depth = array.astype(np.float32) * np.float32(DEPTH_SCALE_TO_M[msg.encoding])
-    return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)[:, :, None]
+    return depth_to_metres(array, msg.encoding)
 
 
 def decoder_for(feature: Feature) -> Any:

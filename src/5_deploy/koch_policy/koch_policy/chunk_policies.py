@@ -47,6 +47,7 @@ class ChunkPolicy:
         self._plan: np.ndarray | None = None
         self._t0 = 0.0
         self.chunk_len = 0
+        self._merged_until = 0.0  # until then the plan mixes the old chunk and the new one
 
     def clear(self) -> None:
         self._plan = None
@@ -68,7 +69,9 @@ class ChunkPolicy:
         return 0 if self._plan is None else max(0, self._end() - self._index(now))
 
     def chunks_in_use(self, now: float) -> int:
-        return int(self.ticks_left(now) > 0)
+        if self.ticks_left(now) == 0:
+            return 0
+        return 2 if now < self._merged_until else 1
 
     def needs_inference(self, now: float, lead_ticks: int) -> bool:
         return self.ticks_left(now) <= max(lead_ticks, math.ceil(self.threshold * self.chunk_len))
@@ -114,7 +117,6 @@ class OverlapBlend(ChunkPolicy):
         if not 0.0 <= old_weight <= 1.0:
             raise ValueError(f"overlap_blend old weight must be in [0, 1], got {old_weight}")
         self.old_weight = old_weight
-        self._blended_until = 0.0
 
     def accept(self, chunk: np.ndarray, t_obs: float, now: float | None = None) -> None:
         now = t_obs if now is None else now
@@ -123,14 +125,10 @@ class OverlapBlend(ChunkPolicy):
         merged = chunk.copy()
         if self._plan is not None:
             merged[have] = self.old_weight * old[have] + (1.0 - self.old_weight) * chunk[have]
-            self._blended_until = t_obs + (np.flatnonzero(have).max() + 1) / self.fps if have.any() else 0.0
+            self._merged_until = t_obs + (np.flatnonzero(have).max() + 1) / self.fps if have.any() else 0.0
         self.chunk_len = len(chunk)
         self._plan, self._t0 = merged, t_obs
 
-    def chunks_in_use(self, now: float) -> int:
-        if self.ticks_left(now) == 0:
-            return 0
-        return 2 if now < self._blended_until else 1
 
 
 class RealTimeChunking(ChunkPolicy):
@@ -139,7 +137,6 @@ class RealTimeChunking(ChunkPolicy):
     def __init__(self, fps: float, n_action_steps: int, threshold: float = 0.5) -> None:
         super().__init__(fps, n_action_steps, threshold)
         self.last_frozen = 0  # frozen actions of the last merge (inference delay in ticks)
-        self._frozen_until = 0.0
 
     def accept(self, chunk: np.ndarray, t_obs: float, now: float | None = None) -> None:
         now = t_obs if now is None else now
@@ -159,16 +156,12 @@ class RealTimeChunking(ChunkPolicy):
             weights[~have] = 0.0
             merged = weights[:, None] * old + (1.0 - weights[:, None]) * chunk
             self.last_frozen = int(min(delay, have.sum()))
-            self._frozen_until = t_obs + overlap_end / self.fps
+            self._merged_until = t_obs + overlap_end / self.fps
         else:
             self.last_frozen = 0
         self.chunk_len = len(chunk)
         self._plan, self._t0 = merged, t_obs
 
-    def chunks_in_use(self, now: float) -> int:
-        if self.ticks_left(now) == 0:
-            return 0
-        return 2 if now < self._frozen_until else 1
 
 
 class TemporalEnsembling(ChunkPolicy):

@@ -25,10 +25,11 @@ import time
 from collections import deque
 
 import numpy as np
-from builtin_interfaces.msg import Duration, Time
+from builtin_interfaces.msg import Duration as DurationMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -39,7 +40,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from koch_common import policy_runtime
 from koch_common.feature_mapping import Feature, Mapping, load_mapping
-from koch_common.image_codec import from_fields, to_rgb
+from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_metres, from_fields, to_rgb
 from koch_common.kinematics import tcp_position
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
@@ -48,21 +49,17 @@ from koch_policy.chunk_policies import CHUNK_POLICIES
 from koch_policy.gate import SafetyGate
 from koch_policy.runner import PolicyRunner
 
-DEPTH_ENCODINGS = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}  # -> metres
-
 
 def decode_image(msg: Image) -> np.ndarray:
     """Colour -> uint8 RGB (H, W, 3); depth (16UC1 mm / 32FC1 m) -> float32 metres (H, W, 1), NaN -> 0."""
     array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
-    if msg.encoding in DEPTH_ENCODINGS:
-        depth = array.astype(np.float32) * np.float32(DEPTH_ENCODINGS[msg.encoding])
-        return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)[:, :, None]
+    if msg.encoding in DEPTH_SCALE_TO_M:
+        return depth_to_metres(array, msg.encoding)
     return to_rgb(array, msg.encoding)
 
 
-def _duration(seconds: float) -> Duration:
-    ns = int(round(seconds * 1e9))
-    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+def _duration(seconds: float) -> DurationMsg:
+    return Duration(nanoseconds=int(round(seconds * 1e9))).to_msg()
 
 
 def trajectory_msg(command: SafeChunk, names: list[str], stamp, fps: float) -> JointTrajectory:
@@ -228,12 +225,11 @@ class PolicyNode(Node):
 
     def _tick(self) -> None:
         started = time.perf_counter()
-        now = self.now()
-        output = self.runner.tick(now)
+        clock_now = self.get_clock().now()
+        output = self.runner.tick(clock_now.nanoseconds * 1e-9)
         if output.command is None:
             return
-        ns = int(round(now * 1e9))
-        stamp = Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)  # the tick time: point 0 is due now
+        stamp = clock_now.to_msg()  # the tick time: point 0 is due now
         self._publish_command(output.command, stamp)
         self.tick_overhead_s.append(time.perf_counter() - started)
         if self.publish_markers and output.kind == "chunk":

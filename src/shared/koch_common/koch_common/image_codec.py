@@ -97,6 +97,24 @@ def to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
     raise ImageEncodingError(f"encoding {encoding!r} is not a colour image")
 
 
+# depth encoding -> factor to metres (16UC1/mono16 millimetres, 32FC1 metres)
+DEPTH_SCALE_TO_M = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}
+
+
+def depth_to_metres(array: np.ndarray, encoding: str) -> np.ndarray:
+    """A decoded depth image as float32 metres (H, W, 1); no return (NaN/inf) becomes 0.
+
+    The one definition the converter (dataset frames) and the policy node (live observations)
+    share: both encodings are exact in float32, so training and inference see the same values.
+    """
+    if encoding not in DEPTH_SCALE_TO_M:
+        raise ImageEncodingError(
+            f"depth image encoding {encoding!r} is not supported; use one of {sorted(DEPTH_SCALE_TO_M)}"
+        )
+    depth = array.astype(np.float32) * np.float32(DEPTH_SCALE_TO_M[encoding])
+    return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).reshape(*depth.shape[:2], 1)
+
+
 def _cv_bridge():
     """A CvBridge when cv_bridge is importable (ROS installs from apt), else None."""
     global _BRIDGE
