@@ -25,8 +25,6 @@ import numpy as np
 
 from koch_common.robot import ArmConfig, SafetyConfig
 
-# Used when the SafetyConfig in use predates the acceleration limit (rad/s^2).
-DEFAULT_MAX_ACCELERATION = 50.0
 INTERVENTION_KINDS = ("non_finite", "position_limit", "max_step", "velocity_limit", "acceleration_limit")
 
 
@@ -50,7 +48,7 @@ class SafetyLimits:
     upper: np.ndarray
     max_velocity: np.ndarray
     max_step: float
-    max_acceleration: np.ndarray | float = DEFAULT_MAX_ACCELERATION
+    max_acceleration: np.ndarray | float
     interventions: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -72,7 +70,7 @@ class SafetyLimits:
             upper=arm.upper - safety.position_margin,
             max_velocity=arm.max_velocity,
             max_step=safety.max_step_from_present,
-            max_acceleration=getattr(safety, "max_acceleration", DEFAULT_MAX_ACCELERATION),
+            max_acceleration=safety.max_acceleration,
         )
 
     # -- chunks -------------------------------------------------------------------------
