@@ -14,9 +14,10 @@ import json
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from koch_common.policy_runtime import CheckpointInfo
 
 ONNX_DIR = "onnx"
 ONNX_MANIFEST = "manifest.json"
@@ -39,7 +40,7 @@ def providers_for(device: str) -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
-class OnnxRuntime:
+class OnnxRuntime(CheckpointInfo):
     """predict_chunk / reset / n_action_steps / chunk_size like PolicyRuntime, on onnxruntime."""
 
     def __init__(self, onnx_dir: Path, device: str = "cpu") -> None:
@@ -83,27 +84,6 @@ class OnnxRuntime:
         if onnx_dir is None:
             raise FileNotFoundError(f"{path} holds no ONNX export ({ONNX_DIR}/{ONNX_MANIFEST}); run kuavo_export")
         return cls(onnx_dir, device)
-
-    @property
-    def n_action_steps(self) -> int:
-        return int(self.config.n_action_steps)
-
-    @property
-    def chunk_size(self) -> int:
-        return int(getattr(self.config, "chunk_size", None) or self.config.n_action_steps)
-
-    @property
-    def input_features(self) -> dict[str, Any]:
-        return dict(self.config.input_features)
-
-    @property
-    def action_names(self) -> list[str]:
-        names = self.feature_specs["action"].get("names")
-        return list(names) if names else [f"action_{i}" for i in range(self.config.output_features["action"].shape[0])]
-
-    def feature_names(self, key: str) -> list[str] | None:
-        spec = self.feature_specs.get(key)
-        return list(spec["names"]) if spec and spec.get("names") is not None else None
 
     def reset(self) -> None:
         self._history = {}

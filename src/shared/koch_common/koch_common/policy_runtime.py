@@ -283,7 +283,47 @@ def observation_to_batch(
     return batch
 
 
-class PolicyRuntime:
+class CheckpointInfo:
+    """What every runtime reads from a checkpoint's config.json and feature specs.
+
+    Shared by PolicyRuntime (PyTorch) and OnnxRuntime so both describe a checkpoint the same way;
+    subclasses provide `config` (LeRobot's PreTrainedConfig) and `feature_specs`.
+    """
+
+    config: PreTrainedConfig
+    feature_specs: dict[str, dict[str, Any]]
+
+    @property
+    def input_features(self) -> dict[str, Any]:
+        """Feature key -> PolicyFeature (type, shape; images channel-first)."""
+        return dict(self.config.input_features)
+
+    @property
+    def action_names(self) -> list[str]:
+        """Name of each action column (the dataset's joint names), in order."""
+        names = self.feature_specs[ACTION_KEY].get("names")
+        return list(names) if names else [f"action_{i}" for i in range(self.action_dim)]
+
+    def feature_names(self, key: str) -> list[str] | None:
+        """The dataset's names for feature `key` (e.g. joint order of observation.state)."""
+        spec = self.feature_specs.get(key)
+        return list(spec["names"]) if spec and spec.get("names") is not None else None
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.config.output_features[ACTION_KEY].shape[0])
+
+    @property
+    def chunk_size(self) -> int:
+        """Length of the chunk predict_chunk returns (ACT: chunk_size; diffusion: n_action_steps)."""
+        return int(getattr(self.config, "chunk_size", None) or self.config.n_action_steps)
+
+    @property
+    def n_action_steps(self) -> int:
+        return int(self.config.n_action_steps)
+
+
+class PolicyRuntime(CheckpointInfo):
     """A LeRobot policy with its pre- and post-processor pipelines."""
 
     def __init__(
@@ -338,35 +378,6 @@ class PolicyRuntime:
     @property
     def config(self) -> PreTrainedConfig:
         return self.policy.config
-
-    @property
-    def input_features(self) -> dict[str, Any]:
-        """Feature key -> PolicyFeature (type, shape; images channel-first)."""
-        return dict(self.config.input_features)
-
-    @property
-    def action_names(self) -> list[str]:
-        """Name of each action column (the dataset's joint names), in order."""
-        names = self.feature_specs[ACTION_KEY].get("names")
-        return list(names) if names else [f"action_{i}" for i in range(self.action_dim)]
-
-    def feature_names(self, key: str) -> list[str] | None:
-        """The dataset's names for feature `key` (e.g. joint order of observation.state)."""
-        spec = self.feature_specs.get(key)
-        return list(spec["names"]) if spec and spec.get("names") is not None else None
-
-    @property
-    def action_dim(self) -> int:
-        return int(self.config.output_features[ACTION_KEY].shape[0])
-
-    @property
-    def chunk_size(self) -> int:
-        """Length of the chunk predict_chunk returns (ACT: chunk_size; diffusion: n_action_steps)."""
-        return int(getattr(self.config, "chunk_size", None) or self.config.n_action_steps)
-
-    @property
-    def n_action_steps(self) -> int:
-        return int(self.config.n_action_steps)
 
     def reset(self) -> None:
         """Forget per-episode state (action queue, temporal ensembler, stateful processors).
