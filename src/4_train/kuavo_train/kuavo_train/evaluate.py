@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 
 from koch_common.config import ConfigError, from_dict
-from koch_common.policy_runtime import PRETRAINED_MODEL_DIR, PolicyRuntime, resolve_pretrained_dir
+from koch_common.policy_runtime import (
+    PRETRAINED_MODEL_DIR,
+    PolicyRuntime,
+    resolve_pretrained_dir,
+    with_stacked_cameras,
+)
 from kuavo_train.config import TrainConfig
 from kuavo_train.data import (
     ResumableBatchSampler,
@@ -34,13 +39,11 @@ from kuavo_train.train import TRAIN_CONFIG_FILE
 
 def predict_normalized(runtime: PolicyRuntime, batch: dict[str, Any]) -> Any:
     """The policy's normalised chunk for a preprocessed dataset batch (history included)."""
-    import torch
 
     policy = runtime.policy
     if hasattr(policy, "diffusion"):
-        batch = dict(batch)
         if not hasattr(policy, "observe"):  # LeRobot diffusion stacks its cameras
-            batch["observation.images"] = torch.stack([batch[k] for k in policy.config.image_features], dim=-4)
+            batch = with_stacked_cameras(batch, policy.config)
         return policy.diffusion.generate_actions(batch)
     return policy.predict_action_chunk(batch)
 

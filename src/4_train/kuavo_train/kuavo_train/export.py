@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from koch_common.onnx_runtime import ONNX_DIR, ONNX_MANIFEST, providers_for
-from koch_common.policy_runtime import PolicyRuntime, resolve_pretrained_dir
+from koch_common.policy_runtime import PolicyRuntime, resolve_pretrained_dir, with_stacked_cameras
 
 # Agreement required between onnxruntime and PyTorch outputs (normalised units, float32).
 ATOL = 1e-4
@@ -137,8 +137,7 @@ class _Encoder:
             def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
                 batch = dict(zip(keys, tensors, strict=True))
                 if not hasattr(policy, "observe"):  # LeRobot diffusion: cameras stacked in one tensor
-                    batch["observation.images"] = torch.stack([batch[k] for k in policy.config.image_features],
-                                                              dim=-4)
+                    batch = with_stacked_cameras(batch, policy.config)
                 return self.diffusion._prepare_global_conditioning(batch)
 
         return Encoder()

@@ -283,6 +283,13 @@ def observation_to_batch(
     return batch
 
 
+def with_stacked_cameras(batch: dict[str, Any], config: PreTrainedConfig) -> dict[str, Any]:
+    """The batch plus `observation.images`: every camera stacked, the layout LeRobot's diffusion reads."""
+    import torch
+
+    return {**batch, "observation.images": torch.stack([batch[k] for k in config.image_features], dim=-4)}
+
+
 class CheckpointInfo:
     """What every runtime reads from a checkpoint's config.json and feature specs.
 
@@ -407,7 +414,6 @@ class PolicyRuntime(CheckpointInfo):
 
         Returns the batch in the layout the policy's predict_action_chunk reads.
         """
-        import torch
 
         observe = getattr(self.policy, "observe", None)
         if observe is not None:
@@ -418,9 +424,8 @@ class PolicyRuntime(CheckpointInfo):
             return batch
         from lerobot.policies.utils import populate_queues
 
-        batch = dict(batch)
         if "observation.images" in queues:  # LeRobot diffusion keeps all cameras stacked in one queue
-            batch["observation.images"] = torch.stack([batch[k] for k in self.config.image_features], dim=-4)
+            batch = with_stacked_cameras(batch, self.config)
         self.policy._queues = populate_queues(queues, batch)
         return batch
 
