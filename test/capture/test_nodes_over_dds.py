@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -52,6 +53,13 @@ def _start_driver(ros: RosSession, port: Path) -> tuple[list[JointState], Publis
     states: list[JointState] = []
     probe.create_subscription(JointState, "/follower/joint_states", states.append, 50)
     return states, probe.create_publisher(JointTrajectory, "/follower/joint_commands", 10)
+
+
+def _watch_diagnostics(ros: RosSession) -> tuple[Node, list[DiagnosticArray]]:
+    probe = ros.node("diag_probe")
+    diagnostics: list[DiagnosticArray] = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+    return probe, diagnostics
 
 
 def test_driver_publishes_states_and_follows_a_trajectory(emulator, tmp_path: Path) -> None:
@@ -111,9 +119,7 @@ def test_teleop_mirrors_the_leader_onto_the_follower(emulator, tmp_path: Path) -
 def test_driver_node_survives_an_unplug_and_reconnects(emulator, tmp_path: Path) -> None:
     with ros_session() as ros:
         states, _ = _start_driver(ros, tmp_path / "follower")
-        probe = ros.node("diag_probe")
-        diagnostics: list[DiagnosticArray] = []
-        probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+        probe, diagnostics = _watch_diagnostics(ros)
         wait_for(lambda: len(states) > 3, 10.0, "joint states")
         emulator.unplug()
 
@@ -134,9 +140,7 @@ def test_driver_node_survives_an_unplug_and_reconnects(emulator, tmp_path: Path)
 def test_driver_reports_hardware_errors_and_serves_torque_reboot_hold(emulator, tmp_path: Path) -> None:
     with ros_session() as ros:
         states, _ = _start_driver(ros, tmp_path / "follower")
-        probe = ros.node("diag_probe")
-        diagnostics: list[DiagnosticArray] = []
-        probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+        probe, diagnostics = _watch_diagnostics(ros)
         point_pub = probe.create_publisher(JointState, "/follower/joint_position_command", 10)
         wait_for(lambda: states and point_pub.get_subscription_count() > 0, 10.0, "driver")
 
