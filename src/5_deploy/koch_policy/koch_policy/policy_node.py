@@ -82,6 +82,8 @@ class PolicyNode(Node):
         super().__init__("policy", **kwargs)
         checkpoint = self.declare_parameter("checkpoint", "").value
         device = self.declare_parameter("device", "cpu").value
+        # CPU threads for inference (0 = the runtime's default); fewer leaves a core to the 30 Hz loop.
+        threads = int(self.declare_parameter("inference_threads", 0).value)
         mapping_path = self.declare_parameter("mapping", "mapping/koch_sim.yaml").value
         self.enabled = bool(self.declare_parameter("enabled", False).value)
         self.dry_run = bool(self.declare_parameter("dry_run", False).value)
@@ -100,7 +102,7 @@ class PolicyNode(Node):
         self.kinematics = koch.kinematics
         self.mapping: Mapping = load_mapping(mapping_path)
         # A LeRobot checkpoint or its ONNX export (kuavo_export), with the same processors as training.
-        self.runtime = policy_runtime.load_runtime(checkpoint, device)
+        self.runtime = policy_runtime.load_runtime(checkpoint, device, threads)
         self.fps = float(self.declare_parameter("rate_hz", float(self.mapping.fps)).value)
         n_steps = int(self.declare_parameter("n_action_steps", self.runtime.n_action_steps).value)
         inputs = [f for f in self.mapping.features if f.key != "action"]

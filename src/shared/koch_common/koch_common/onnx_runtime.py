@@ -43,7 +43,7 @@ def providers_for(device: str) -> list[str]:
 class OnnxRuntime(CheckpointInfo):
     """predict_chunk / reset / n_action_steps / chunk_size like PolicyRuntime, on onnxruntime."""
 
-    def __init__(self, onnx_dir: Path, device: str = "cpu") -> None:
+    def __init__(self, onnx_dir: Path, device: str = "cpu", threads: int = 0) -> None:
         import onnxruntime as ort
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import make_pre_post_processors
@@ -62,7 +62,11 @@ class OnnxRuntime(CheckpointInfo):
         )
         self.feature_specs = json.loads((pretrained / FEATURE_SPECS_FILE).read_text(encoding="utf-8"))
         self.providers = providers_for(device)
-        self.sessions = {name: ort.InferenceSession(str(onnx_dir / file), providers=self.providers)
+        options = ort.SessionOptions()
+        # 0 = onnxruntime's default (one thread per physical core); a robot computer may keep a core free
+        # for the control loop by asking for fewer.
+        options.intra_op_num_threads = threads
+        self.sessions = {name: ort.InferenceSession(str(onnx_dir / file), options, providers=self.providers)
                          for name, file in self.manifest["graphs"].items()}
         self.input_keys: list[str] = list(self.manifest["inputs"])
         self.kind: str = self.manifest["kind"]
@@ -79,11 +83,11 @@ class OnnxRuntime(CheckpointInfo):
         self.reset()
 
     @classmethod
-    def load(cls, path: Path | str, device: str = "cpu") -> OnnxRuntime:
+    def load(cls, path: Path | str, device: str = "cpu", threads: int = 0) -> OnnxRuntime:
         onnx_dir = find_onnx_dir(Path(path).expanduser())
         if onnx_dir is None:
             raise FileNotFoundError(f"{path} holds no ONNX export ({ONNX_DIR}/{ONNX_MANIFEST}); run kuavo_export")
-        return cls(onnx_dir, device)
+        return cls(onnx_dir, device, threads)
 
     def reset(self) -> None:
         self._history = {}

@@ -446,15 +446,21 @@ def resolve_pretrained_dir(checkpoint_dir: Path | str) -> Path:
     return path.resolve()
 
 
-def load_runtime(path: Path | str, device: str = "cpu") -> Any:
+def load_runtime(path: Path | str, device: str = "cpu", threads: int = 0) -> Any:
     """The runtime for `path`: OnnxRuntime when it holds an ONNX export (`onnx/manifest.json`, written by
     `kuavo_export`), else the PyTorch PolicyRuntime. Both offer predict_chunk / reset / n_action_steps.
 
     `path` may be a pretrained_model folder, a step folder / `last` link, or an export folder.
+    `threads` > 0 caps the CPU threads inference uses (onnxruntime's session, or torch's process-wide
+    intra-op pool); 0 keeps the library's default.
     """
     from koch_common.onnx_runtime import ONNX_MANIFEST, OnnxRuntime, find_onnx_dir
 
     onnx_dir = find_onnx_dir(Path(path).expanduser())
     if onnx_dir is not None and (onnx_dir / ONNX_MANIFEST).is_file():
-        return OnnxRuntime.load(onnx_dir, device)
+        return OnnxRuntime.load(onnx_dir, device, threads)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     return PolicyRuntime.load(path, device)

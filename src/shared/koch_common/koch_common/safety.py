@@ -128,25 +128,32 @@ class SafetyLimits:
         dv = self.max_acceleration * dt
         v_prev = None if initial_velocity is None else self.feasible_initial_velocity(
             safe[:, 0], np.asarray(initial_velocity, np.float64), dt)
-        vel_hits = np.zeros(len(safe), bool)
-        acc_hits = np.zeros(len(safe), bool)
+        vel_hits = np.zeros(clamped[:, 0].shape, bool)  # per (chunk, joint), reduced after the loop
+        acc_hits = np.zeros(clamped[:, 0].shape, bool)
+        # This loop runs on every published chunk with (B, 6) arrays, where each numpy call costs more
+        # than its arithmetic: so no np.clip (a Python wrapper) and one braking call for both limits.
+        lower, upper, v_max, neg_v_max = self.lower, self.upper, self.max_velocity, -self.max_velocity
+        room_sign = np.array([1.0, -1.0])[:, None, None]  # distance to upper, then to lower
+        limits = np.stack([upper, -lower])[:, None, :]
+        brake = _Braking(self.max_acceleration, dt)
         previous = safe[:, 0]
         for k in range(1, steps):
             wanted = (clamped[:, k] - previous) / dt
-            hi = np.minimum(self.max_velocity, self._braking_velocity(self.upper - previous, dt))
-            lo = np.maximum(-self.max_velocity, -self._braking_velocity(previous - self.lower, dt))
-            vel_only = np.clip(wanted, lo, hi)
-            vel_hits |= (vel_only != wanted).any(axis=1)
+            v_brake = brake(limits - room_sign * previous)
+            hi = np.minimum(v_max, v_brake[0])
+            lo = np.maximum(neg_v_max, -v_brake[1])
+            vel_only = np.minimum(np.maximum(wanted, lo), hi)
+            vel_hits |= vel_only != wanted
             if v_prev is not None:
                 hi = np.minimum(hi, v_prev + dv)
                 lo = np.maximum(lo, v_prev - dv)
-            velocity = np.clip(wanted, lo, hi)
-            acc_hits |= (velocity != vel_only).any(axis=1)
-            safe[:, k] = np.clip(previous + velocity * dt, self.lower, self.upper)
+            velocity = np.minimum(np.maximum(wanted, lo), hi)
+            acc_hits |= velocity != vel_only
+            safe[:, k] = np.minimum(np.maximum(previous + velocity * dt, lower), upper)
             v_prev = (safe[:, k] - previous) / dt
             previous = safe[:, k]
-        self.interventions["velocity_limit"] += int(vel_hits.sum())
-        self.interventions["acceleration_limit"] += int(acc_hits.sum())
+        self.interventions["velocity_limit"] += int(vel_hits.any(axis=1).sum())
+        self.interventions["acceleration_limit"] += int(acc_hits.any(axis=1).sum())
         return safe
 
     def feasible_initial_velocity(self, start: np.ndarray, velocity: np.ndarray, dt: float) -> np.ndarray:
@@ -163,20 +170,7 @@ class SafetyLimits:
                        self._braking_velocity(self.upper - start, dt) + dv)
 
     def _braking_velocity(self, distance: np.ndarray, dt: float) -> np.ndarray:
-        """Largest velocity v towards a limit `distance` away that can still stop before it.
-
-        Moving one step at v and then braking by a*dt per step covers
-        S(v) = dt * sum_{i=0..n} (v - i*a*dt), n = floor(v / (a*dt)). S is increasing and
-        satisfies S(v - a*dt) = S(v) - v*dt, so a state that can brake stays one that can.
-        Inverting S: n = the largest integer with S(n*a*dt) = a*dt^2 * n(n+1)/2 <= distance,
-        then v solves the linear piece on [n*a*dt, (n+1)*a*dt].
-        """
-        a = self.max_acceleration
-        distance = np.maximum(distance, 0.0)
-        unit = a * dt * dt
-        n = np.floor((np.sqrt(1.0 + 8.0 * distance / unit) - 1.0) / 2.0)
-        v = (distance / dt + a * dt * n * (n + 1) / 2.0) / (n + 1)
-        return np.clip(v, n * a * dt, (n + 1) * a * dt)
+        return _Braking(self.max_acceleration, dt)(distance)
 
     # -- single goals (driver) ----------------------------------------------------------------
     def filter_point(self, target: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -193,3 +187,27 @@ class SafetyLimits:
         if np.any(np.abs(delta) > step):
             self.interventions["velocity_limit"] += 1
         return previous_goal + np.clip(delta, -step, step)
+
+
+class _Braking:
+    """Largest velocity v towards a limit `distance` away that can still stop before it.
+
+    Moving one step at v and then braking by a*dt per step covers
+    S(v) = dt * sum_{i=0..n} (v - i*a*dt), n = floor(v / (a*dt)). S is increasing and
+    satisfies S(v - a*dt) = S(v) - v*dt, so a state that can brake stays one that can.
+    Inverting S: n = the largest integer with S(n*a*dt) = a*dt^2 * n(n+1)/2 <= distance,
+    then v solves the linear piece on [n*a*dt, (n+1)*a*dt].
+    """
+
+    def __init__(self, max_acceleration: np.ndarray, dt: float) -> None:
+        self.dt = dt
+        self.a_dt = max_acceleration * dt
+        self.eight_over_unit = 8.0 / (self.a_dt * dt)
+        self.half_a_dt = 0.5 * self.a_dt
+
+    def __call__(self, distance: np.ndarray) -> np.ndarray:
+        distance = np.maximum(distance, 0.0)
+        n = np.floor((np.sqrt(1.0 + self.eight_over_unit * distance) - 1.0) * 0.5)
+        n1 = n + 1.0
+        v = (distance / self.dt + self.half_a_dt * n * n1) / n1
+        return np.minimum(np.maximum(v, n * self.a_dt), n1 * self.a_dt)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from koch_common.dxl_crc import crc16
+
 HEADER = b"\xff\xff\xfd\x00"
 BROADCAST_ID = 0xFE
 MAX_PACKET_LENGTH = 1024  # LEN values above this are line noise, not packets
@@ -30,27 +32,6 @@ ERR_DATA_RANGE = 0x04
 ERR_DATA_LENGTH = 0x05
 ERR_DATA_LIMIT = 0x06
 ERR_ACCESS = 0x07
-
-
-def _crc_table() -> list[int]:
-    # CRC-16 with polynomial 0x8005, MSB first, no reflection: the table printed in the e-Manual.
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x8005) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return table
-
-
-CRC_TABLE = _crc_table()
-
-
-def crc16(data: bytes | bytearray, crc: int = 0) -> int:
-    """CRC-16 (0x8005) of `data`, continuing from `crc` (the CRC of the bytes before it)."""
-    for byte in data:
-        crc = ((crc << 8) ^ CRC_TABLE[((crc >> 8) ^ byte) & 0xFF]) & 0xFFFF
-    return crc
 
 
 def stuff(payload: bytes | bytearray) -> bytes:
