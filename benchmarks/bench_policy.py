@@ -20,7 +20,8 @@ the PyTorch runtime of the same checkpoint is measured next to it. Prints:
    TimedObservation, then GetActions), observation sent -> action chunk received, sampled
    alternately with 2. so both see the same host load.
 
-Both sides get the same CPU threads (--threads, applied to torch and to onnxruntime).
+Both sides get the same CPU threads (--threads, applied to torch and to onnxruntime; default: each
+library's own default, which is what the node runs with).
 Without --checkpoint a tiny ACT is built with the training code's `build_policy` from a
 synthetic feature/statistics description (96x128 camera, 6 joints) and saved in LeRobot format.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import pickle  # noqa: S403 - LeRobot's async inference protocol is pickled payloads
 import socket
 import sys
@@ -277,9 +279,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (1,000 ticks)")
     parser.add_argument("--checkpoint", help="a pretrained_model folder; default: build a tiny ACT")
     parser.add_argument("--onnx", help="the ONNX export of --checkpoint (default: export it into a temporary folder)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for inference, torch and onnxruntime alike (default 1: the node's "
-                             "timer and hand-off threads keep the other core)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for inference, torch and onnxruntime alike (default 0: each library's "
+                             "default, as the node runs with inference_threads:=0)")
     parser.add_argument("--ticks", type=int, default=None, help="scheduled ticks (default 10,000; quick 1,000)")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="schedule period = time_scale / 30 s (1.0 = real time: 10,000 ticks take 333 s; "
@@ -306,9 +308,10 @@ def main() -> None:
         onnx_runtime = OnnxRuntime.load(onnx_dir, "cpu", args.threads)
         print(f"checkpoint: {checkpoint} (ACT chunk {torch_runtime.chunk_size}, n_action_steps "
               f"{torch_runtime.n_action_steps}); ONNX export: {onnx_dir}")
-        print(f"inference threads: torch {torch.get_num_threads()}, onnxruntime {args.threads}; "
+        print(f"inference threads: torch {torch.get_num_threads()}, onnxruntime {args.threads or 'default'}; "
               f"GIL switch interval {sys.getswitchinterval() * 1e3:g} ms")
 
+        gc.freeze()  # as every node does once built (koch_common.node_runner): full GC passes skip the model
         obs = observation(np.random.default_rng(0))
         figures = {}
         for name, runtime in (("PyTorch eager", torch_runtime), ("onnxruntime", onnx_runtime)):

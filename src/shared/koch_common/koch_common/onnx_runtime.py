@@ -66,6 +66,9 @@ class OnnxRuntime(CheckpointInfo):
         # 0 = onnxruntime's default (one thread per physical core); a robot computer may keep a core free
         # for the control loop by asking for fewer.
         options.intra_op_num_threads = threads
+        # No busy-waiting between runs: onnxruntime's pool spins by default, which on a small robot
+        # computer takes the core the 30 Hz loop and the DDS threads need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {name: ort.InferenceSession(str(onnx_dir / file), options, providers=self.providers)
                          for name, file in self.manifest["graphs"].items()}
         self.input_keys: list[str] = list(self.manifest["inputs"])
