@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,32 @@ def test_missing_topic_lists_present_topics_and_leaves_nothing(
             vcodec="h264",
         )
     assert list(output.parent.iterdir()) == [], "no dataset and no staging directory left behind"
+
+
+def test_mapped_custom_type_without_definition_is_a_clear_error(tmp_path: Path) -> None:
+    """A custom message type is fine while unmapped; mapped, its definition must come from the bag."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import get_types_from_msg
+
+    custom = "vendor_msgs/msg/Gripper"
+    vendor = get_typestore(Stores.EMPTY)
+    vendor.register(get_types_from_msg("float32 opening", custom))
+    for storage in (StoragePlugin.SQLITE3, StoragePlugin.MCAP):
+        bag = tmp_path / f"custom_{storage.name.lower()}"
+        with Writer(bag, version=8, storage_plugin=storage) as writer:
+            gripper = writer.add_connection("/gripper", custom, msgdef="float32 opening",
+                                            rihs01=vendor.hash_rihs01(custom))
+            writer.write(gripper, 1_000_000_000, vendor.serialize_cdr(vendor.types[custom](opening=0.5), custom))
+        if storage == StoragePlugin.MCAP:
+            (stream,) = read_topics(bag, {"/gripper": custom}, clock="receive").values()
+            assert stream.messages[0].opening == 0.5
+            continue
+        # As a recorder that stores no definitions would have written it (sqlite3 before Iron).
+        with sqlite3.connect(next(bag.glob("*.db3"))) as db:
+            db.execute("DELETE FROM message_definitions")
+        with pytest.raises(BagReadError, match=r"/gripper has type vendor_msgs/msg/Gripper, whose definition "
+                                               r"is neither in the bag nor .* record with MCAP"):
+            read_topics(bag, {"/gripper": custom}, clock="receive")
 
 
 def test_missing_joint_name_is_a_clear_error(episode_bags: list[Path]) -> None:

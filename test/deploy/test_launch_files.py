@@ -140,6 +140,17 @@ def test_record_launch_runs_ros2_bag_record_one_bag_per_episode(tmp_path: Path) 
     assert recorder.package == "koch_record" and recorder.parameters["topics"] == list(mapping.topics)
 
 
+def test_record_includes_the_mappings_task_and_episode_marker_topics(tmp_path: Path) -> None:
+    source = (Path(__file__).resolve().parents[2] / "config/mapping/koch_sim.yaml").read_text()
+    custom = tmp_path / "mapping.yaml"
+    custom.write_text(source + "\ntask_topic: /task\nepisode_marker_topic: /episode_start\n")
+    command = graph.build("record", {"bag_root": str(tmp_path / "bags"), "mapping": str(custom)})[-1].command
+    assert command[-2:] == ("/task", "/episode_start")
+    recorder = graph.build("record", {"bag_root": str(tmp_path / "bags"), "mapping": str(custom), "recorder": "node"})
+    parameters = recorder[-1].parameters
+    assert dict(zip(parameters["topics"], parameters["types"]))["/task"] == "std_msgs/msg/String"
+
+
 def test_bad_launch_arguments_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="unknown launch arguments"):
         graph.build("robot", {"simulated": "true"})

@@ -197,7 +197,7 @@ def bag_record(bag_root: str, mapping: str = "mapping/koch_sim.yaml", storage: s
     index = next_episode(bag_root, pattern) if episode is None else episode
     output = Path(bag_root) / pattern.format(index=index)
     return ProcessSpec("ros2_bag_record", ("ros2", "bag", "record", "-s", storage, "-o", str(output),
-                                           *load_mapping(mapping).topics))
+                                           *load_mapping(mapping).recorded_topics))
 
 
 def record(sim: bool = False, bag_root: str = "bags", mapping: str = "mapping/koch_sim.yaml",
@@ -216,7 +216,11 @@ def record(sim: bool = False, bag_root: str = "bags", mapping: str = "mapping/ko
     if recorder_kind == "ros2bag":
         graph_.append(bag_record(bag_root, mapping, storage, episode))
     else:
-        topics = load_mapping(mapping).topics
+        loaded = load_mapping(mapping)
+        topics = dict(loaded.topics)
+        if loaded.task_topic:
+            topics.setdefault(loaded.task_topic, "std_msgs/msg/String")
+        # The node recorder subscribes by type; an episode marker topic (any type) needs `ros2 bag record`.
         graph_ += recorder(str(Path(bag_root).resolve()), list(topics), list(topics.values()), storage)
     return graph_
 

@@ -104,6 +104,12 @@ class Mapping:
         """topic name -> message type, once per topic."""
         return {f.topic: f.msgtype for f in self.features}
 
+    @property
+    def recorded_topics(self) -> list[str]:
+        """Every topic a bag needs for this mapping: the features' plus the task and episode-marker topics."""
+        extras = [t for t in (self.task_topic, self.episode_marker_topic) if t and t not in self.topics]
+        return [*self.topics, *extras]
+
     def feature(self, key: str) -> Feature:
         for f in self.features:
             if f.key == key:
