@@ -3,7 +3,8 @@
 Prints frames/s of the whole conversion (read + resample + decode + LeRobot's frame writing +
 streaming video encoding + aggregate/finalize) and, measured in the same run, frames/s of
 encoding the same frames alone, from memory, with the same encoder and settings (LeRobot's
-streaming encoder, one thread per camera), and the ratio of the two (target >= 0.9).
+streaming encoder, one thread per camera), and the ratio of the two (target >= 0.9). Runs go
+A B B A (encode, convert, convert, encode) and each figure is the mean of its two runs.
 
     python benchmarks/bench_convert.py [--quick] [--seconds S] [--vcodec h264]
 """
@@ -132,13 +133,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         frames = write_bag(work / "bag", seconds)
-        start = time.perf_counter()
-        convert_bags([work / "bag"], mapping(), work / "dataset", "bench/convert", vcodec=args.vcodec)
-        convert_s = time.perf_counter() - start
-        encode_s = encode_alone(frames, args.vcodec, work)
+        # A B B A (encode, convert, convert, encode), each figure the mean of its two runs: the host's
+        # load drifts over a minute, and this order gives both the same average share of it.
+        times: dict[str, list[float]] = {"convert": [], "encode": []}
+        for run, kind in enumerate(("encode", "convert", "convert", "encode")):
+            run_dir = work / f"run{run}"
+            run_dir.mkdir()
+            if kind == "encode":
+                times[kind].append(encode_alone(frames, args.vcodec, run_dir))
+            else:
+                start = time.perf_counter()
+                convert_bags([work / "bag"], mapping(), run_dir / "dataset", "bench/convert", vcodec=args.vcodec)
+                times[kind].append(time.perf_counter() - start)
+            print(f"run {run + 1}/4 {kind:7s}: {frames / times[kind][-1]:.1f} frames/s", flush=True)
+    convert_s, encode_s = (sum(times[k]) / len(times[k]) for k in ("convert", "encode"))
     total = frames  # dataset frames (each with 3 camera images)
     convert_fps, encode_fps = total / convert_s, total / encode_s
-    print(f"recording: {seconds:.1f} s, {len(CAMERAS)} cameras {WIDTH}x{HEIGHT} @ {FPS} Hz, vcodec {args.vcodec}")
+    print(f"recording: {seconds:.1f} s, {len(CAMERAS)} cameras {WIDTH}x{HEIGHT} @ {FPS} Hz, vcodec {args.vcodec} "
+          "(mean of 2 runs each, A B B A)")
     print(f"conversion      : {total} frames in {convert_s:.2f} s = {convert_fps:.1f} frames/s")
     print(f"encoding alone  : {total} frames in {encode_s:.2f} s = {encode_fps:.1f} frames/s")
     print(f"ratio conversion/encoding: {convert_fps / encode_fps:.2f} (target >= 0.9)")

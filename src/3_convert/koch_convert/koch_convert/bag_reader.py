@@ -10,7 +10,8 @@ unless mapped. Any storage or decoding failure (a truncated file, a bad chunk) b
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import struct
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.typesys import Stores, get_typestore
 
 CLOCKS = ("header", "receive")
+# Types whose CDR starts with std_msgs/Header, so header.stamp is readable without deserializing.
+HEADER_FIRST_TYPES = frozenset({"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"})
+_CDR_STAMP = {b"\x00\x01": struct.Struct("<iI"), b"\x00\x00": struct.Struct(">iI")}  # CDR LE / BE
 
 
 class BagReadError(ValueError):
@@ -33,6 +37,33 @@ class TopicStream:
     msgtype: str
     stamps_ns: list[int] = field(default_factory=list)
     messages: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LazyMessage:
+    """A message kept as its CDR bytes until used: a bag's images are most of its bytes, and
+    deserializing them all up front would hold a second copy and delay the first video frame."""
+
+    raw: bytes
+    msgtype: str
+    deserialize: Callable[[bytes, str], Any]
+
+    def load(self) -> Any:
+        return self.deserialize(self.raw, self.msgtype)
+
+
+def loaded(msg: Any) -> Any:
+    """The message itself, deserializing a LazyMessage."""
+    return msg.load() if isinstance(msg, LazyMessage) else msg
+
+
+def cdr_header_stamp_ns(raw: bytes) -> int:
+    """header.stamp of a CDR-encoded message whose first field is a std_msgs/Header."""
+    layout = _CDR_STAMP.get(bytes(raw[:2]))
+    if layout is None:
+        raise BagReadError(f"message is not CDR (encapsulation {bytes(raw[:2]).hex()}); only ROS 2 bags are supported")
+    sec, nanosec = layout.unpack_from(raw, 4)
+    return sec * 1_000_000_000 + nanosec
 
 
 def header_stamp_ns(msg: Any) -> int:
@@ -61,10 +92,12 @@ def bag_topics(bag_dir: Path) -> dict[str, str]:
 
 
 def read_topics(
-    bag_dir: Path, topics: Mapping[str, str | None], clock: str = "header", optional: Collection[str] = ()
+    bag_dir: Path, topics: Mapping[str, str | None], clock: str = "header", optional: Collection[str] = (),
+    lazy: Collection[str] = (),
 ) -> dict[str, TopicStream]:
     """Deserialize the requested topics (name -> expected type, None = any type) of one bag.
     Topics in `optional` (task, episode marker) may be absent: they come back with no messages.
+    Topics in `lazy` of an image type come back as `LazyMessage`s (use `loaded(msg)`).
 
     `clock='header'` stamps each message with its header.stamp (capture time); `'receive'`
     with the bag's receive time. Messages without a header (std_msgs/String task or marker
@@ -73,7 +106,7 @@ def read_topics(
     if clock not in CLOCKS:
         raise BagReadError(f"clock {clock!r} is unknown; use one of {CLOCKS}")
     try:
-        return _read_topics(Path(bag_dir), topics, clock, set(optional))
+        return _read_topics(Path(bag_dir), topics, clock, set(optional), set(lazy))
     except BagReadError:
         raise
     except Exception as err:  # rosbags/mcap/sqlite/zstd raise many types for a damaged file
@@ -84,7 +117,7 @@ def read_topics(
 
 
 def _read_topics(
-    bag_dir: Path, topics: Mapping[str, str | None], clock: str, optional: set[str]
+    bag_dir: Path, topics: Mapping[str, str | None], clock: str, optional: set[str], lazy: set[str]
 ) -> dict[str, TopicStream]:
     try:
         reader = _open(bag_dir)
@@ -114,7 +147,12 @@ def _read_topics(
                 )
         wanted = [c for c in reader.connections if c.topic in topics]
         pairs: dict[str, list[tuple[int, Any]]] = {name: [] for name in topics}
+        deserialize = reader.typestore.deserialize_cdr
         for connection, receive_ns, raw in reader.messages(connections=wanted):
+            if connection.topic in lazy and connection.msgtype in HEADER_FIRST_TYPES:
+                stamp = cdr_header_stamp_ns(raw) if clock == "header" else receive_ns
+                pairs[connection.topic].append((stamp, LazyMessage(raw, connection.msgtype, deserialize)))
+                continue
             msg = reader.deserialize(raw, connection.msgtype)
             stamp = header_stamp_ns(msg) if clock == "header" and has_header(msg) else receive_ns
             pairs[connection.topic].append((stamp, msg))

@@ -202,7 +202,8 @@ def resample_episodes(bag: Path, mapping: Mapping) -> list[Episode]:
     for extra in extras:
         wanted.setdefault(extra, None)
     # A bag without markers is one episode; without task messages it takes the mapping's text.
-    streams = read_topics(bag, wanted, clock=mapping.clock, optional=extras)
+    images = [f.topic for f in mapping.features if f.is_image]  # deserialized only for the frames that use them
+    streams = read_topics(bag, wanted, clock=mapping.clock, optional=extras, lazy=images)
     feature_streams = [streams[f.topic] for f in mapping.features]
     for feature, stream in zip(mapping.features, feature_streams, strict=True):
         if not stream.stamps_ns:

@@ -14,6 +14,7 @@ import numpy as np
 
 from koch_common.feature_mapping import JOINT_TRAJECTORY, Feature
 from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_metres, from_fields, to_rgb
+from koch_convert.bag_reader import loaded
 
 # CompressedImage.format ("jpeg", "png", "rgb8; jpeg compressed bgr8") -> FFmpeg decoder name
 COMPRESSED_CODECS = {"jpeg": "mjpeg", "jpg": "mjpeg", "png": "png"}
@@ -73,6 +74,7 @@ def _decode_compressed(msg: Any) -> np.ndarray:
 
 def decode_color(msg: Any) -> np.ndarray:
     """sensor_msgs/Image (rgb8/bgr8/mono8) or CompressedImage (jpeg/png) -> uint8 RGB (H, W, 3)."""
+    msg = loaded(msg)
     if hasattr(msg, "format"):
         return _decode_compressed(msg)
     array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
@@ -81,6 +83,7 @@ def decode_color(msg: Any) -> np.ndarray:
 
 def decode_depth(msg: Any) -> np.ndarray:
     """16UC1 (mm) / 32FC1 (m) Image -> float32 metres (H, W, 1); invalid (NaN/inf) -> 0 as live."""
+    msg = loaded(msg)
     if msg.encoding not in DEPTH_SCALE_TO_M:
         raise ExtractError(
             f"depth image encoding {msg.encoding!r} is not supported; use one of {sorted(DEPTH_SCALE_TO_M)}"
