@@ -51,9 +51,6 @@ FAST_READ_FALLBACK_AFTER = 3
 PROBE_BAUDRATES = (57600, 1000000, 115200, 2000000, 3000000, 4000000, 9600)
 DEFAULT_ATTEMPTS = 3
 DEFAULT_TIMEOUT_SLACK_MS = 20.0
-# A reply is polled for from this long before its bytes can have crossed the wire to this long after.
-REPLY_POLL_LEAD_MS = 0.3
-REPLY_POLL_WINDOW_MS = 1.0
 SUPPORTED_BAUDRATES = (
     9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000, 576000, 921600,
     1000000, 1152000, 2000000, 2500000, 3000000, 3500000, 4000000,
@@ -68,7 +65,7 @@ class TablePacketHandler(sdk.Protocol2PacketHandler):
 
 
 class PatientPortHandler(sdk.PortHandler):
-    """The SDK's port with extra slack on every status timeout, and a reply wait that neither spins nor oversleeps.
+    """The SDK's port with extra slack on every status timeout.
 
     The SDK waits (bytes x byte time) + 34 ms for a reply. A loaded host (the simulator's
     emulator on a busy 2-core CI machine, or a slow USB hub) can exceed that; the slack costs
@@ -78,38 +75,25 @@ class PatientPortHandler(sdk.PortHandler):
     def __init__(self, port_name: str, timeout_slack_ms: float) -> None:
         super().__init__(port_name)
         self.timeout_slack_ms = timeout_slack_ms
-        self._reply_wire_ms = 0.0
 
     def setPacketTimeout(self, packet_length: int) -> None:  # noqa: N802 (SDK's name)
         super().setPacketTimeout(packet_length)
-        self._reply_wire_ms = self.tx_time_per_byte * packet_length
         self.packet_timeout += self.timeout_slack_ms
 
     def readPort(self, length: int) -> bytes:  # noqa: N802 (SDK's name)
-        """Sleep in select() while the reply cannot be complete, poll briefly around when it is due.
+        """Wait in select() for the reply instead of the SDK's busy polling loop.
 
         The SDK polls a non-blocking read until the packet timeout; on a small robot computer
         (and on the emulator's host) that spinning steals the CPU the rest of the stack needs.
-        A plain select() instead costs a scheduler wake-up (0.1 ms and more on a loaded host,
-        a tenth of a 6-servo Fast Sync Read at 1 Mbps) after the bytes are there. So: sleep
-        until shortly before the reply's bytes can have crossed the wire, poll for at most
-        REPLY_POLL_WINDOW_MS, then sleep in select() again until the timeout.
+        Blocking until a byte arrives or the timeout passes returns the same bytes, as soon.
+        (Polling only around the reply's expected arrival was measured too: no gain for Fast
+        Sync Read, and a third slower plain Sync Read, whose replies trickle in one by one.)
         """
         if self.ser.in_waiting == 0 and self.packet_timeout > 0:
-            elapsed_ms = self.getTimeSinceStart()
-            poll_from_ms = self._reply_wire_ms - REPLY_POLL_LEAD_MS
-            if elapsed_ms < poll_from_ms:
-                self._select_ms(poll_from_ms - elapsed_ms)
-            poll_until_ms = min(self._reply_wire_ms + REPLY_POLL_WINDOW_MS, self.packet_timeout)
-            while self.ser.in_waiting == 0 and self.getTimeSinceStart() < poll_until_ms:
-                pass
-            if self.ser.in_waiting == 0:
-                self._select_ms(self.packet_timeout - self.getTimeSinceStart())
+            remaining_ms = self.packet_timeout - self.getTimeSinceStart()
+            if remaining_ms > 0:
+                select.select([self.ser.fileno()], [], [], remaining_ms / 1000.0)
         return super().readPort(length)
-
-    def _select_ms(self, timeout_ms: float) -> None:
-        if timeout_ms > 0:
-            select.select([self.ser.fileno()], [], [], timeout_ms / 1000.0)
 
 
 class BusError(RuntimeError):

@@ -523,7 +523,7 @@ class DynamixelBusEmulator:
             self._send(b"".join(reply for _, _, reply in replies))
             return
         baud = replies[0][1]
-        instruction_bytes = 10 + len(packet.params) + 2  # header, ID, LEN, INST, params, CRC
+        instruction_bytes = 8 + len(packet.params) + 2  # header 4, ID, LEN 2, INST | params | CRC 2
         # The pty delivers the instruction at once; on the wire its last byte arrives later.
         due = received + instruction_bytes * BITS_PER_BYTE / baud
         for delay_s, baud, reply in replies:
