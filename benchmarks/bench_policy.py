@@ -35,6 +35,7 @@ import pickle  # noqa: S403 - LeRobot's async inference protocol is pickled payl
 import socket
 import sys
 import tempfile
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -125,11 +126,13 @@ def bench_node_latency(runtime, n: int, interleave=None) -> dict[str, list[float
     rng = np.random.default_rng(1)
     forward = bare_forward(runtime)
     published: list[float] = []
+    was_published = threading.Event()
     holder: list[PolicyRunner] = []
 
     def publish_on_arrival() -> None:  # what the node's on_chunk does: tick (safety filter) and publish now
         out = holder[0].tick(time.perf_counter())
         published.append(time.perf_counter())
+        was_published.set()
         assert out.kind == "chunk", out.reason
 
     runner = _runner(runtime, time.perf_counter, publish_on_arrival)
@@ -145,14 +148,14 @@ def bench_node_latency(runtime, n: int, interleave=None) -> dict[str, list[float
             t = time.perf_counter()
             forward()
             bare.append(time.perf_counter() - t)
-            runner.chunk_ready.clear()
+            was_published.clear()
             published.clear()
             arrival = time.perf_counter()
             for key, value in obs.items():
                 runner.push(key, arrival, value)
             runner.tick(time.perf_counter())  # requests inference on the worker
-            if not runner.chunk_ready.wait(10.0) or not published:
-                time.sleep(0.01)  # the worker sets chunk_ready just before it publishes
+            if not was_published.wait(30.0):
+                raise RuntimeError(f"no chunk published within 30 s ({runner.last_error or 'no error'})")
             end_to_end.append(published[0] - arrival)
             inference.append(runner.latencies_s[-1])
             # the node's timer fires at the next multiple of 1/fps after the chunk landed
