@@ -113,14 +113,18 @@ def test_shipped_rgbd_config_replaces_the_base_policy_settings() -> None:
 
 
 def test_same_script_trains_data_parallel_over_two_processes(reach_dataset: SyntheticDataset, tmp_path: Path) -> None:
-    """torchrun (what `accelerate launch` also sets up) with 2 CPU processes: gloo DDP, rank 0 saves."""
+    """torchrun (what `accelerate launch` also sets up) with 2 CPU processes: gloo DDP, rank 0 saves.
+
+    With the frame cache on: rank 0 builds it while rank 1 waits, then both read it.
+    """
     import os
     import subprocess
     import sys
 
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "kuavo_train.train",
-           *args(reach_dataset, tmp_path / "ddp", "steps=2", "ema_decay=0.0", "precision=fp32")[0:]]
+           *args(reach_dataset, tmp_path / "ddp", "steps=2", "ema_decay=0.0", "precision=fp32",
+                "dataset.frame_cache=true")[0:]]
     # The child processes import the packages from the source tree, as this pytest session does.
     path = os.pathsep.join([p for p in sys.path if p.endswith(("kuavo_train", "koch_common"))] +
                            [os.environ.get("PYTHONPATH", "")])
@@ -130,3 +134,6 @@ def test_same_script_trains_data_parallel_over_two_processes(reach_dataset: Synt
     assert "effective batch 8" in result.stderr  # 2 per micro-batch x 2 accumulation x 2 processes
     assert sorted(losses(tmp_path / "ddp")) == [1, 2]
     assert (tmp_path / "ddp" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").is_file()
+    assert len(list((tmp_path / "ddp" / "frame_cache").iterdir())) == 1  # one cache, no staging leftovers
+    first = json.loads((tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()[0])
+    assert first["frame_cache_build_s"] > 0

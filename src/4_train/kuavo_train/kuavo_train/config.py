@@ -37,6 +37,13 @@ class DatasetConfig:
     resize: list[int] | None = None
     # [height, width] random crop in training (centre crop at eval); null = none. Applied after resize.
     crop: list[int] | None = None
+    # Decode every video frame of the selected episodes once into a uint8 cache on disk (memmap) and
+    # read samples from it instead of decoding video per sample: removes the data loader's decode CPU.
+    # Costs frames x C x H x W bytes per camera; built before the first step, reused while the dataset
+    # is unchanged (resume included).
+    frame_cache: bool = False
+    # Where the cache lives; null = <output_dir>/frame_cache. Point it at a fast local disk with room.
+    frame_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("resize", self.resize), ("crop", self.crop)):

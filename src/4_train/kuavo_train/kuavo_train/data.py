@@ -117,21 +117,33 @@ def open_dataset(
     policy_config: PreTrainedConfig,
     input_keys: Sequence[str],
     episodes: list[int] | None = None,
+    output_dir: str | Path | None = None,
 ) -> LeRobotDataset:
-    """The LeRobotDataset over `episodes` yielding the time windows `policy_config` asks for."""
+    """The LeRobotDataset over `episodes` yielding the time windows `policy_config` asks for.
+
+    With `cfg.frame_cache` its video frames come from the decoded-frame cache (built here if it is
+    missing or stale), under `cfg.frame_cache_dir` or else `<output_dir>/frame_cache`.
+    """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     meta = load_metadata(cfg)
     check_dataset_features(meta, input_keys)
     if episodes is None:
         episodes = select_episodes(meta.total_episodes, cfg.episodes_to_use)
-    return LeRobotDataset(
-        cfg.repo_id,
-        root=Path(cfg.root).expanduser(),
-        episodes=episodes,
-        delta_timestamps=delta_timestamps_for(policy_config, meta.fps, input_keys),
-        video_backend=cfg.video_backend,
-    )
+    kwargs: dict[str, Any] = {
+        "root": Path(cfg.root).expanduser(),
+        "episodes": episodes,
+        "delta_timestamps": delta_timestamps_for(policy_config, meta.fps, input_keys),
+        "video_backend": cfg.video_backend,
+    }
+    if cfg.frame_cache and meta.video_keys:
+        from kuavo_train.frame_cache import CachedFramesDataset
+
+        cache_dir = cfg.frame_cache_dir or (Path(output_dir) / "frame_cache" if output_dir is not None else None)
+        if cache_dir is None:
+            raise ConfigError("dataset.frame_cache=true needs dataset.frame_cache_dir=<folder> here (no output_dir)")
+        return CachedFramesDataset(cfg.repo_id, frame_cache_dir=cache_dir, **kwargs)
+    return LeRobotDataset(cfg.repo_id, **kwargs)
 
 
 class TransformedDataset:

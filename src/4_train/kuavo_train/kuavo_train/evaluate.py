@@ -62,7 +62,7 @@ def evaluate(checkpoint: Path | str, episodes: list[int] | None = None, output: 
         if not episodes:
             raise ConfigError("the run held out no episodes (dataset.val_episodes=0); pass --episodes i j ...")
     runtime = PolicyRuntime.load(pretrained, device)
-    dataset = open_dataset(cfg.dataset, runtime.config, cfg.policy.input_features, episodes)
+    dataset = open_dataset(cfg.dataset, runtime.config, cfg.policy.input_features, episodes, cfg.output_dir)
     transforms = {k: v for k, v in runtime.feature_specs.items() if k.startswith("observation.images.")}
     loader = make_loader(TransformedDataset(dataset, transforms, None, train=False),
                          ResumableBatchSampler(len(dataset), min(batch_size, len(dataset)), seed, shuffle=False),

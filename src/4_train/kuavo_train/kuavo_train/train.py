@@ -47,6 +47,8 @@ LOG_FILE = "train_log.jsonl"
 TRAIN_CONFIG_FILE = "kuavo_train_config.json"
 # Config sections that must match the checkpoint's when resuming (they define the model and data).
 RESUME_MUST_MATCH = ("dataset", "policy", "batch_size", "grad_accum_steps", "seed", "ema_decay", "precision")
+# dataset keys that change only where the frames come from, not which: free to change on resume.
+RESUME_FREE_DATASET_KEYS = ("frame_cache", "frame_cache_dir")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -258,6 +260,9 @@ def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
     """Refuse to resume with settings that change the model or the data order."""
     saved = json.loads((checkpoint / PRETRAINED_MODEL_DIR / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
     now = cfg.to_dict()
+    for config in (saved["config"], now):
+        for key in RESUME_FREE_DATASET_KEYS:
+            config.get("dataset", {}).pop(key, None)
     differ = [k for k in RESUME_MUST_MATCH if saved["config"].get(k) != now.get(k)]
     if differ:
         details = "; ".join(f"{k}: checkpoint {saved['config'].get(k)!r} vs now {now.get(k)!r}" for k in differ)
@@ -327,7 +332,23 @@ def train(cfg: TrainConfig) -> Path:
     episodes = select_episodes(meta.total_episodes, cfg.dataset.episodes_to_use)
     train_eps, val_eps = split_episodes(episodes, cfg.dataset.val_episodes, cfg.seed)
     transforms = image_transforms_for(cfg, meta.features)
-    dataset = open_dataset(cfg.dataset, runtime.config, cfg.policy.input_features, train_eps)
+
+    def open_datasets() -> tuple[Any, Any]:
+        inputs = cfg.policy.input_features
+        train_set = open_dataset(cfg.dataset, runtime.config, inputs, train_eps, cfg.output_dir)
+        val_set = open_dataset(cfg.dataset, runtime.config, inputs, val_eps, cfg.output_dir) \
+            if val_eps and cfg.val_every else None
+        return train_set, val_set
+
+    # dataset.frame_cache: the main process builds the decoded-frame cache while the others wait,
+    # then they open (reuse) it. Without the cache this is just a barrier.
+    if is_main:
+        dataset, val_dataset = open_datasets()
+    accelerator.wait_for_everyone()
+    if not is_main:
+        dataset, val_dataset = open_datasets()
+    cache_build_s = sum(d.frame_cache.build_s for d in (dataset, val_dataset) if hasattr(d, "frame_cache"))
+    cache_s_to_log = cache_build_s if hasattr(dataset, "frame_cache") else None
     optimizer = make_optimizer(runtime, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
@@ -349,8 +370,7 @@ def train(cfg: TrainConfig) -> Path:
     )
     loader = make_loader(TransformedDataset(dataset, transforms, cfg.augment, train=True), sampler, cfg.loader, device)
     val_loader = None
-    if val_eps and cfg.val_every:
-        val_dataset = open_dataset(cfg.dataset, runtime.config, cfg.policy.input_features, val_eps)
+    if val_dataset is not None:
         val_sampler = ResumableBatchSampler(len(val_dataset), cfg.batch_size, cfg.seed, shuffle=False)
         val_loader = make_loader(TransformedDataset(val_dataset, transforms, None, train=False), val_sampler,
                                  cfg.loader, device)
@@ -367,6 +387,9 @@ def train(cfg: TrainConfig) -> Path:
             f"-> {output_dir}",
             file=sys.stderr,
         )
+        if hasattr(dataset, "frame_cache"):
+            print(f"frame cache {dataset.frame_cache.folder}: "
+                  + (f"built in {cache_build_s:.1f} s" if cache_build_s else "reused"), file=sys.stderr)
 
     log = MetricsLog(output_dir) if is_main else None
     last_saved: Path | None = None
@@ -406,6 +429,8 @@ def train(cfg: TrainConfig) -> Path:
                         "samples_per_s": samples / elapsed, "data_wait_fraction": window["wait"] / elapsed,
                         "elapsed_s": now - start,
                     }
+                    if cache_s_to_log is not None:  # first record of this process only
+                        record["frame_cache_build_s"], cache_s_to_log = cache_s_to_log, None
                     log.write(record)
                     progress_bar.set_postfix(loss=f"{record['loss_mean']:.4f}",
                                              samples_s=f"{record['samples_per_s']:.1f}",
