@@ -4,7 +4,7 @@ Prints frames/s of the whole conversion (read + resample + decode + LeRobot's fr
 streaming video encoding + aggregate/finalize) and, measured in the same run, frames/s of
 encoding the same frames alone, from memory, with the same encoder and settings (LeRobot's
 streaming encoder, one thread per camera), and the ratio of the two (target >= 0.9). Runs go
-A B B A (encode, convert, convert, encode) and each figure is the mean of its two runs.
+A B B A (encode, convert, convert, encode), twice by default, and each figure is the mean of its runs.
 
     python benchmarks/bench_convert.py [--quick] [--seconds S] [--vcodec h264]
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -121,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 2 s recording (60 frames per camera)")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--cycles", type=int, default=2, help="A B B A cycles (the host's load drifts)")
     parser.add_argument("--vcodec", default="h264", choices=("libsvtav1", "h264", "hevc"))
     args = parser.parse_args()
     seconds = 2.0 if args.quick else args.seconds
@@ -136,7 +138,8 @@ def main() -> None:
         # A B B A (encode, convert, convert, encode), each figure the mean of its two runs: the host's
         # load drifts over a minute, and this order gives both the same average share of it.
         times: dict[str, list[float]] = {"convert": [], "encode": []}
-        for run, kind in enumerate(("encode", "convert", "convert", "encode")):
+        order = ("encode", "convert", "convert", "encode") * args.cycles
+        for run, kind in enumerate(order):
             run_dir = work / f"run{run}"
             run_dir.mkdir()
             if kind == "encode":
@@ -145,12 +148,13 @@ def main() -> None:
                 start = time.perf_counter()
                 convert_bags([work / "bag"], mapping(), run_dir / "dataset", "bench/convert", vcodec=args.vcodec)
                 times[kind].append(time.perf_counter() - start)
-            print(f"run {run + 1}/4 {kind:7s}: {frames / times[kind][-1]:.1f} frames/s", flush=True)
+            shutil.rmtree(run_dir)  # keep the disk and page cache as for the first run
+            print(f"run {run + 1}/{len(order)} {kind:7s}: {frames / times[kind][-1]:.1f} frames/s", flush=True)
     convert_s, encode_s = (sum(times[k]) / len(times[k]) for k in ("convert", "encode"))
     total = frames  # dataset frames (each with 3 camera images)
     convert_fps, encode_fps = total / convert_s, total / encode_s
     print(f"recording: {seconds:.1f} s, {len(CAMERAS)} cameras {WIDTH}x{HEIGHT} @ {FPS} Hz, vcodec {args.vcodec} "
-          "(mean of 2 runs each, A B B A)")
+          f"(mean of {2 * args.cycles} runs each, A B B A x {args.cycles})")
     print(f"conversion      : {total} frames in {convert_s:.2f} s = {convert_fps:.1f} frames/s")
     print(f"encoding alone  : {total} frames in {encode_s:.2f} s = {encode_fps:.1f} frames/s")
     print(f"ratio conversion/encoding: {convert_fps / encode_fps:.2f} (target >= 0.9)")
