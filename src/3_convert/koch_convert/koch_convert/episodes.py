@@ -198,7 +198,7 @@ def resample_episodes(bag: Path, mapping: Mapping) -> list[Episode]:
     """Every episode of one bag (one, or one per marker-delimited segment), refused ones included."""
     bag = Path(bag)
     wanted: dict[str, str | None] = dict(mapping.topics)
-    extras = [t for t in (mapping.task_topic, mapping.episode_marker_topic) if t]
+    extras = mapping.extra_topics
     for extra in extras:
         wanted.setdefault(extra, None)
     # A bag without markers is one episode; without task messages it takes the mapping's text.

@@ -105,10 +105,14 @@ class Mapping:
         return {f.topic: f.msgtype for f in self.features}
 
     @property
+    def extra_topics(self) -> list[str]:
+        """The task and episode-marker topics that are set: read from a bag, but not features."""
+        return [t for t in (self.task_topic, self.episode_marker_topic) if t]
+
+    @property
     def recorded_topics(self) -> list[str]:
-        """Every topic a bag needs for this mapping: the features' plus the task and episode-marker topics."""
-        extras = [t for t in (self.task_topic, self.episode_marker_topic) if t and t not in self.topics]
-        return [*self.topics, *extras]
+        """Every topic a bag needs for this mapping: the features' plus the extra topics."""
+        return [*self.topics, *(t for t in self.extra_topics if t not in self.topics)]
 
     def feature(self, key: str) -> Feature:
         for f in self.features:

@@ -166,11 +166,8 @@ class SafetyLimits:
         dv = self.max_acceleration * dt
         velocity = np.clip(np.nan_to_num(velocity, nan=0.0, posinf=0.0, neginf=0.0),
                            -self.max_velocity, self.max_velocity)
-        return np.clip(velocity, -self._braking_velocity(start - self.lower, dt) - dv,
-                       self._braking_velocity(self.upper - start, dt) + dv)
-
-    def _braking_velocity(self, distance: np.ndarray, dt: float) -> np.ndarray:
-        return _Braking(self.max_acceleration, dt)(distance)
+        brake = _Braking(self.max_acceleration, dt)
+        return np.clip(velocity, -brake(start - self.lower) - dv, brake(self.upper - start) + dv)
 
     # -- single goals (driver) ----------------------------------------------------------------
     def filter_point(self, target: np.ndarray, measured: np.ndarray) -> np.ndarray:
