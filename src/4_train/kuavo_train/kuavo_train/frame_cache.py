@@ -48,7 +48,7 @@ def uint8_to_frames(frames: torch.Tensor) -> torch.Tensor:
     return (frames / 255.0).type(torch.float32)
 
 
-def dataset_fingerprint(dataset: LeRobotDataset) -> dict[str, Any]:
+def dataset_fingerprint(dataset: LeRobotDataset, rows: dict[int, list[float]]) -> dict[str, Any]:
     """What the cached pixels depend on: the dataset's identity and its video files' sizes and mtimes."""
     root = Path(dataset.root).resolve()
     videos = {}
@@ -61,7 +61,7 @@ def dataset_fingerprint(dataset: LeRobotDataset) -> dict[str, Any]:
         "root": str(root),
         "total_frames": int(dataset.meta.info["total_frames"]),
         "total_episodes": int(dataset.meta.info["total_episodes"]),
-        "episodes": sorted(int(e) for e in episode_rows(dataset)),
+        "episodes": sorted(rows),
         "video_keys": list(dataset.meta.video_keys),
         # Decoders may differ in the last bit of a pixel; cache what this backend returns.
         "video_backend": dataset.video_backend,
@@ -69,13 +69,13 @@ def dataset_fingerprint(dataset: LeRobotDataset) -> dict[str, Any]:
     }
 
 
-def cache_folder(cache_dir: Path, dataset: LeRobotDataset) -> Path:
+def cache_folder(cache_dir: Path, dataset: LeRobotDataset, rows: dict[int, list[float]]) -> Path:
     """Sub-folder for this (dataset, episode set, backend): train and validation sets get their own.
 
     Named by identity only (not file mtimes), so a changed dataset rebuilds over its old cache
     instead of leaving it behind.
     """
-    identity = json.dumps([str(Path(dataset.root).resolve()), sorted(episode_rows(dataset)),
+    identity = json.dumps([str(Path(dataset.root).resolve()), sorted(rows),
                            list(dataset.meta.video_keys), dataset.video_backend])
     return cache_dir / f"{Path(dataset.root).name}-{hashlib.sha1(identity.encode()).hexdigest()[:12]}"
 
@@ -139,12 +139,12 @@ class FrameCache:
         return uint8_to_frames(torch.from_numpy(rows))
 
 
-def _plan(dataset: LeRobotDataset) -> tuple[dict[str, Any], int]:
+def _plan(dataset: LeRobotDataset, rows: dict[int, list[float]]) -> tuple[dict[str, Any], int]:
     """The index (less fingerprint) and the bytes the arrays will take."""
     fps = float(dataset.fps)
     episodes: dict[str, dict[str, int]] = {}
     row = 0
-    for ep, timestamps in sorted(episode_rows(dataset).items()):
+    for ep, timestamps in sorted(rows.items()):
         first = round(timestamps[0] * fps)
         indices = [round(ts * fps) for ts in timestamps]
         if indices != list(range(first, first + len(timestamps))):
@@ -174,12 +174,11 @@ def check_disk_space(folder: Path, needed: int) -> None:
         )
 
 
-def _build(dataset: LeRobotDataset, folder: Path, index: dict[str, Any]) -> None:
+def _build(dataset: LeRobotDataset, folder: Path, index: dict[str, Any], rows: dict[int, list[float]]) -> None:
     staging = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        timestamps = episode_rows(dataset)
         for key, spec in index["keys"].items():
             array = np.lib.format.open_memmap(staging / spec["file"], mode="w+", dtype=np.uint8,
                                               shape=tuple(spec["shape"]))
@@ -187,7 +186,7 @@ def _build(dataset: LeRobotDataset, folder: Path, index: dict[str, Any]) -> None
                 ep_idx = int(ep_str)
                 video_path = dataset.root / dataset.meta.get_video_file_path(ep_idx, key)
                 from_ts = dataset.meta.episodes[ep_idx][f"videos/{key}/from_timestamp"]
-                ts = timestamps[ep_idx]
+                ts = rows[ep_idx]
                 for start in range(0, len(ts), DECODE_CHUNK):
                     # The same call and timestamps LeRobot's _query_videos uses, so the same pixels.
                     query = [from_ts + t for t in ts[start:start + DECODE_CHUNK]]
@@ -215,9 +214,10 @@ def _build(dataset: LeRobotDataset, folder: Path, index: dict[str, Any]) -> None
 
 def open_frame_cache(dataset: LeRobotDataset, cache_dir: Path | str) -> FrameCache:
     """The cache for `dataset`'s episodes under `cache_dir`: reused if it matches, else built now."""
-    folder = cache_folder(Path(cache_dir).expanduser().resolve(), dataset)
-    plan, needed = _plan(dataset)
-    index = {**plan, "fingerprint": dataset_fingerprint(dataset)}
+    rows = episode_rows(dataset)  # one pass over the episode/timestamp columns, shared below
+    folder = cache_folder(Path(cache_dir).expanduser().resolve(), dataset, rows)
+    plan, needed = _plan(dataset, rows)
+    index = {**plan, "fingerprint": dataset_fingerprint(dataset, rows)}
     index_path = folder / INDEX_FILE
     if index_path.is_file():
         try:
@@ -228,7 +228,7 @@ def open_frame_cache(dataset: LeRobotDataset, cache_dir: Path | str) -> FrameCac
             return FrameCache(folder, existing)
     check_disk_space(folder, needed)
     start = time.perf_counter()
-    _build(dataset, folder, index)
+    _build(dataset, folder, index, rows)
     return FrameCache(folder, json.loads(index_path.read_text(encoding="utf-8")), time.perf_counter() - start)
 
 
