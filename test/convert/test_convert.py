@@ -17,9 +17,9 @@ from koch_common.config import ConfigError, load_config
 from koch_common.feature_mapping import FeatureConfig, MappingConfig, load_mapping, resolve
 from koch_common.image_codec import to_fields
 from koch_common.robot import load_koch
-from koch_convert.bag_reader import BagReadError, read_topics
+from koch_convert.bag_reader import BagReadError, ImageSpill, read_topics
 from koch_convert.cli import main as cli_main
-from koch_convert.convert import ConversionError, convert_bags, resample_bag
+from koch_convert.convert import ConversionError, convert_bags, resample_bag, resample_episodes
 from koch_record.bag_writer import BagWriter
 
 # Bags recorded by real `ros2 bag record`, kept in ../shared beside the checkout (as on CI).
@@ -160,6 +160,35 @@ def test_dataloader_batches_have_policy_shapes(dataset_root: Path) -> None:
     assert batch["action"].shape == (4, 6)
     assert batch["observation.images.head"].shape == (4, 3, HEIGHT, WIDTH)
     assert batch["task"] == ["reach the red target"] * 4
+
+
+def test_images_over_the_memory_budget_wait_in_a_spill_file_with_the_same_frames(
+    episode_bags: list[Path], dataset_root: Path, tmp_path: Path
+) -> None:
+    mapping = load_mapping("mapping/koch_sim.yaml")
+    spill = ImageSpill(tmp_path / "spill", budget_bytes=3 * HEIGHT * WIDTH * 3)  # about 3 images in memory
+    (spilled,) = resample_episodes(episode_bags[0], mapping, spill)
+    assert 0 < spill.held_bytes <= spill.budget_bytes < spill.spilled_bytes
+    assert list((tmp_path / "spill").iterdir()) == []  # unlinked at once: nothing is left behind
+    in_memory = resample_bag(episode_bags[0], mapping)
+    assert len(spilled) == len(in_memory) == 45
+    for i in range(len(in_memory)):
+        expected = in_memory.frame(i)
+        for key, value in spilled.frame(i).items():
+            np.testing.assert_array_equal(value, expected[key])
+
+    output = tmp_path / "spilled_dataset"
+    code = cli_main(
+        ["--bags", str(episode_bags[0]), "--mapping", "mapping/koch_sim.yaml", "--image-memory-gb", "0"]
+        + ["--output", str(output), "--repo-id", "local/koch_sim", "--vcodec", "h264"]
+    )
+    assert code == 0
+    written = LeRobotDataset("local/koch_sim", root=output)
+    reference = LeRobotDataset("local/koch_sim", root=dataset_root)  # the same bag converted in memory
+    assert written.num_frames == 45
+    for k in (0, 17, 44):
+        for key in ("observation.state", "action", "observation.images.head"):
+            torch.testing.assert_close(written[k][key], reference[k][key])
 
 
 def test_existing_dataset_is_not_overwritten(dataset_root: Path, episode_bags: list[Path]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from koch_common.config import ConfigError
 from koch_common.feature_mapping import load_mapping
 from koch_convert.bag_reader import BagReadError
-from koch_convert.convert import ConversionError, EpisodeSummary, convert_bags
+from koch_convert.convert import IMAGE_MEMORY_GB, ConversionError, EpisodeSummary, convert_bags
 
 VCODECS = ("libsvtav1", "h264", "hevc")
 
@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output")
     parser.add_argument("--append", action="store_true", help="add the bags' episodes to the dataset at --output")
     parser.add_argument("--jobs", type=int, default=1, help="bags converted in parallel (processes)")
+    parser.add_argument("--image-memory-gb", type=float, default=IMAGE_MEMORY_GB,
+                        help="image bytes a bag keeps in memory while it converts (per job); "
+                             "the rest waits in a temporary file beside --output")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="mapping overrides key=value")
     return parser.parse_args(argv)
 
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             append=args.append,
             jobs=args.jobs,
+            image_memory_gb=args.image_memory_gb,
             progress=True,
             on_episode=on_episode,
         )

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from koch_common.feature_mapping import Mapping
 from koch_common.resample import ResampleReport, StreamReport
+from koch_convert.bag_reader import ImageSpill
 from koch_convert.episodes import ConversionError, Episode, resample_bag, resample_episodes
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 QUALITY_REPORT = "quality_report.json"
+IMAGE_MEMORY_GB = 4.0  # per bag being converted (so per --jobs process)
 
 
 @dataclass
@@ -93,13 +95,15 @@ def _check_shapes(episode: Episode, frame: dict[str, Any], features: dict[str, d
 
 
 def convert_one_bag(
-    bag: Path, mapping: Mapping, root: Path, repo_id: str, vcodec: str, progress: bool = False
+    bag: Path, mapping: Mapping, root: Path, repo_id: str, vcodec: str, image_memory_gb: float = IMAGE_MEMORY_GB,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Convert one bag into a LeRobot dataset at `root` (created only if an episode passes).
+    Image messages beyond `image_memory_gb` wait for their frames in a spill file beside `root`.
     Returns the quality report of each of its episodes (refused ones included)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy import, only when converting
 
-    episodes = resample_episodes(bag, mapping)
+    episodes = resample_episodes(bag, mapping, ImageSpill(root.parent, int(image_memory_gb * 2**30)))
     accepted = [e for e in episodes if e.refused is None]
     if accepted:
         features = dataset_features(mapping, accepted[0])
@@ -165,7 +169,7 @@ def lossless_encoder(encoder: Any) -> Any:
     )
 
 
-def _worker(args: tuple[Path, Mapping, Path, str, str]) -> list[dict[str, Any]]:
+def _worker(args: tuple[Path, Mapping, Path, str, str, float]) -> list[dict[str, Any]]:
     return convert_one_bag(*args)
 
 
@@ -211,6 +215,7 @@ def convert_bags(
     on_episode: Callable[[EpisodeSummary], None] | None = None,
     append: bool = False,
     jobs: int = 1,
+    image_memory_gb: float = IMAGE_MEMORY_GB,
 ) -> Path:
     """Convert bags (one or more episodes each, in the given order) into the LeRobot v3.0 dataset
     at `output_root`, or append them to it (`append=True`). Nothing at `output_root` changes
@@ -224,6 +229,8 @@ def convert_bags(
         raise ConversionError("choose either overwrite or append, not both")
     if jobs < 1:
         raise ConversionError(f"jobs must be >= 1, got {jobs}")
+    if image_memory_gb < 0:
+        raise ConversionError(f"image_memory_gb must be >= 0, got {image_memory_gb}")
     output_root = Path(output_root)
     exists = output_root.exists()
     if exists and not (overwrite or append):
@@ -245,7 +252,8 @@ def convert_bags(
 
     try:
         bags = [Path(b) for b in bag_dirs]
-        tasks = [(bag, mapping, work / "bags" / f"{i:05d}", repo_id, vcodec) for i, bag in enumerate(bags)]
+        tasks = [(bag, mapping, work / "bags" / f"{i:05d}", repo_id, vcodec, image_memory_gb)
+                 for i, bag in enumerate(bags)]
         results: list[list[dict[str, Any]] | None] = [None] * len(bags)
         bar = tqdm(total=len(bags), desc="bags", unit="bag", disable=not progress)
         if jobs == 1 or len(bags) == 1:

@@ -20,7 +20,7 @@ import numpy as np
 
 from koch_common.feature_mapping import Mapping
 from koch_common.resample import ResampleReport, Sample, StreamBuffer, common_window, grid, resample_streams
-from koch_convert.bag_reader import TopicStream, read_topics
+from koch_convert.bag_reader import ImageSpill, TopicStream, read_topics
 from koch_convert.extract import ExtractError, JointVector, decoder_for
 
 
@@ -194,8 +194,9 @@ def _resample_segment(
     return episode
 
 
-def resample_episodes(bag: Path, mapping: Mapping) -> list[Episode]:
-    """Every episode of one bag (one, or one per marker-delimited segment), refused ones included."""
+def resample_episodes(bag: Path, mapping: Mapping, spill: ImageSpill | None = None) -> list[Episode]:
+    """Every episode of one bag (one, or one per marker-delimited segment), refused ones included.
+    `spill`: where image messages beyond a memory budget wait for their frames (default: all in memory)."""
     bag = Path(bag)
     wanted: dict[str, str | None] = dict(mapping.topics)
     extras = mapping.extra_topics
@@ -203,7 +204,7 @@ def resample_episodes(bag: Path, mapping: Mapping) -> list[Episode]:
         wanted.setdefault(extra, None)
     # A bag without markers is one episode; without task messages it takes the mapping's text.
     images = [f.topic for f in mapping.features if f.is_image]  # deserialized only for the frames that use them
-    streams = read_topics(bag, wanted, clock=mapping.clock, optional=extras, lazy=images)
+    streams = read_topics(bag, wanted, clock=mapping.clock, optional=extras, lazy=images, spill=spill)
     feature_streams = [streams[f.topic] for f in mapping.features]
     for feature, stream in zip(mapping.features, feature_streams, strict=True):
         if not stream.stamps_ns:
