@@ -44,6 +44,7 @@ import numpy as np
 
 from koch_common import policy_runtime
 from koch_common.policy_runtime import PolicyRuntime, build_policy
+from koch_common.realtime import make_current_thread_realtime
 from koch_common.resample import StreamSpec
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
@@ -166,11 +167,14 @@ def bench_node_latency(runtime, n: int, interleave=None) -> dict[str, list[float
     return {"e2e": end_to_end, "inference": inference, "timer": on_timer, "bare": bare, "reference": other}
 
 
-def bench_deadlines(runtime, ticks: int, time_scale: float) -> dict[str, float]:
+def bench_deadlines(runtime, ticks: int, time_scale: float, realtime_priority: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(2)
     period = 1.0 / FPS
     virtual = [0.0]
     runner = _runner(runtime, lambda: virtual[0])
+    if realtime_priority:  # as the node's realtime_priority: the ticking thread only, after the worker started
+        problem = make_current_thread_realtime(realtime_priority)
+        print(f"   ticking thread: {problem or f'SCHED_FIFO priority {realtime_priority}'}")
     obs = observation(rng)
     durations = []
     misses = late_starts = cpu_misses = 0
@@ -289,6 +293,9 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="schedule period = time_scale / 30 s (1.0 = real time: 10,000 ticks take 333 s; "
                              "below 1 the model's latency spans more ticks, so more of them hold)")
+    parser.add_argument("--realtime-priority", type=int, default=0,
+                        help="SCHED_FIFO priority of the 30 Hz ticking thread in 3. (the node's realtime_priority; "
+                             "default 0: normal scheduling, the node's default)")
     parser.add_argument("--gil-switch-ms", type=float, default=5.0,
                         help="sys.setswitchinterval in ms (Python's default, which the node keeps, is 5)")
     args = parser.parse_args()
@@ -337,7 +344,7 @@ def main() -> None:
         e50, e99 = print_latency("onnxruntime, the deployed export", onnx_lat)
         print_latency("PyTorch eager, same checkpoint", torch_lat)
 
-        d = bench_deadlines(onnx_runtime, ticks, args.time_scale)
+        d = bench_deadlines(onnx_runtime, ticks, args.time_scale, args.realtime_priority)
         print(f"3. 30 Hz schedule (onnxruntime), {d['ticks']} ticks (time scale {args.time_scale}): deadline misses "
               f"{d['misses']} (tick > 33.3 ms wall; {d['cpu_misses']} by the tick's own CPU time); "
               f"late wake-ups {d['late_wakeups']}; tick p50 {d['tick_p50_ms']:.3f} ms, "

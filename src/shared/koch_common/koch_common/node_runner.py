@@ -29,6 +29,17 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None, threads:
     # it is skipped by the garbage collector's full passes, which otherwise walk ~400k objects and
     # stall every callback for 0.1-0.3 s (several 30 Hz periods) whenever they run.
     gc.freeze()
+    # Callback threads (timers, subscriptions) are created by the executor from this thread and
+    # inherit its scheduling; the node's own worker threads, started above, keep normal priority.
+    priority = int(getattr(node, "realtime_priority", 0))
+    if priority > 0:
+        from koch_common.realtime import make_current_thread_realtime
+
+        problem = make_current_thread_realtime(priority)
+        if problem:
+            node.get_logger().warning(problem)
+        else:
+            node.get_logger().info(f"callbacks run under SCHED_FIFO priority {priority}")
     executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
     executor.add_node(node)
     try:

@@ -1,0 +1,27 @@
+"""Real-time scheduling for the threads that must keep a control rate (ROS-free).
+
+On Linux, a thread under SCHED_FIFO runs before every normal (SCHED_OTHER) thread that wants
+its core, so model inference, video decoding or a DDS burst on the same cores cannot delay
+it; threads it creates afterwards inherit the policy. It needs CAP_SYS_NICE or an rtprio
+limit (`/etc/security/limits.conf`: `@robot - rtprio 99`; Docker: `--cap-add SYS_NICE`).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def make_current_thread_realtime(priority: int) -> str | None:
+    """SCHED_FIFO at `priority` (1-99) for the calling thread; a message saying why not, or None."""
+    if not 1 <= priority <= 99:
+        return f"real-time priority {priority} is outside 1-99"
+    if not hasattr(os, "sched_setscheduler"):
+        return "real-time scheduling needs Linux (os.sched_setscheduler is missing)"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError:
+        return (f"no permission for SCHED_FIFO priority {priority}: grant CAP_SYS_NICE (Docker: --cap-add SYS_NICE) "
+                "or an rtprio limit (limits.conf: '@robot - rtprio 99'); running with normal priority")
+    except OSError as err:
+        return f"cannot set SCHED_FIFO priority {priority} ({err}); running with normal priority"
+    return None
