@@ -226,15 +226,19 @@ def record(sim: bool = False, bag_root: str = "bags", mapping: str = "mapping/ko
 
 
 def policy_graph(checkpoint: str, device: str = "cpu", sim: bool = True, seed: int = 0, enabled: bool = False,
-                 chunk_policy: str = "", with_rviz: bool = False) -> list[NodeSpec]:
+                 chunk_policy: str = "", with_rviz: bool = False, realtime_priority: int = 0) -> list[NodeSpec]:
     """policy.launch.py: `deploy` (robot + policy node), robot_state_publisher and optional RViz.
 
-    `chunk_policy` (empty: the node's default) is passed as the policy node's `chunk_policy` parameter.
+    `chunk_policy` (empty: the node's default) and `realtime_priority` (0: normal scheduling) are
+    passed as the policy node's parameters of the same names.
     """
     specs = deploy(checkpoint, device, sim, seed, enabled)
-    if chunk_policy:
-        specs = [replace(s, parameters={**s.parameters, "chunk_policy": chunk_policy})
-                 if s.package == "koch_policy" else s for s in specs]
+    overrides = {"chunk_policy": chunk_policy} if chunk_policy else {}
+    if realtime_priority:
+        overrides["realtime_priority"] = realtime_priority
+    if overrides:
+        specs = [replace(s, parameters={**s.parameters, **overrides}) if s.package == "koch_policy" else s
+                 for s in specs]
     return specs + robot_state_publisher() + (rviz() if with_rviz else [])
 
 
@@ -279,6 +283,9 @@ LAUNCH_ARGUMENTS: dict[str, tuple[LaunchArgument, ...]] = {
         LaunchArgument("sim", "true", "true: the simulated Koch; false: the real follower arm"),
         _SEED,
         LaunchArgument("enabled", "false", "start with the policy driving the arm (else call /policy/policy/enable)"),
+        LaunchArgument("realtime_priority", "0",
+                       "SCHED_FIFO priority (1-99) of the policy node's callback threads, the 30 Hz timer among "
+                       "them; needs CAP_SYS_NICE or an rtprio limit; 0: normal scheduling"),
         _RVIZ,
     ),
 }
@@ -314,7 +321,8 @@ def build(name: str, values: dict[str, str] | None = None) -> list[NodeSpec | Pr
     if not v["checkpoint"]:
         raise ValueError("policy: checkpoint:=PATH is required (a pretrained_model directory written by kuavo_train)")
     return list(policy_graph(v["checkpoint"], v["device"], _flag(v["sim"], "sim"), seed,
-                             _flag(v["enabled"], "enabled"), v["chunk_policy"], rviz_on))
+                             _flag(v["enabled"], "enabled"), v["chunk_policy"], rviz_on,
+                             int(v["realtime_priority"])))
 
 
 def sim_cameras(names: tuple[str, ...] = ("head", "wrist")) -> list[NodeSpec]:
