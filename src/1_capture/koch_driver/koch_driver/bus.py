@@ -101,8 +101,10 @@ class PatientPortHandler(sdk.PortHandler):
         while written < len(data):
             try:
                 written += os.write(self.ser.fd, data[written:])
-            except BlockingIOError:  # the driver's output buffer is full: wait until it drains
-                select.select([], [self.ser.fd], [], 1.0)
+            except BlockingIOError:  # the kernel's output buffer is full: wait until it drains
+                if not select.select([], [self.ser.fd], [], 1.0)[1]:
+                    # Nothing drained for a second: the adapter is stuck; the bus treats it as a lost port.
+                    raise serial.SerialTimeoutException(f"write to {self.port_name} stalled for 1 s") from None
         return written
 
     def readPort(self, length: int) -> bytes:  # noqa: N802 (SDK's name)
