@@ -112,7 +112,7 @@ class PatientPortHandler(sdk.PortHandler):
 
         The SDK polls a non-blocking read until the packet timeout; on a small robot computer
         (and on the emulator's host) that spinning steals the CPU the rest of the stack needs.
-        Blocking until a byte arrives or the timeout passes returns the same bytes, as soon.
+        Blocking until a byte arrives or the timeout passes returns the same bytes just as soon.
         The fd is read directly: pyserial's read() adds an ioctl and a select() per call, a
         visible share of the ~0.15 ms a 1 Mbps read cycle leaves to software.
         (Polling only around the reply's expected arrival was measured too: no gain for Fast

@@ -94,8 +94,8 @@ class PolicyNode(Node):
         # Publish as soon as a chunk lands instead of at the next 30 Hz tick (saves up to one period).
         publish_on_arrival = bool(self.declare_parameter("publish_on_arrival", True).value)
         # SCHED_FIFO priority of the callback threads (the 30 Hz timer among them), so inference on
-        # the same cores yields to them; 0 = normal scheduling (koch_common.realtime says what it needs).
-        self.realtime_priority = int(self.declare_parameter("realtime_priority", 0).value)
+        # the same cores yields to them; 0 = normal scheduling. Applied by koch_common.node_runner.
+        self.declare_parameter("realtime_priority", 0)
         if not checkpoint:
             raise ValueError("parameter 'checkpoint' is empty: pass the pretrained_model directory from training")
         if chunk_policy not in CHUNK_POLICIES:

@@ -31,7 +31,7 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None, threads:
     gc.freeze()
     # Callback threads (timers, subscriptions) are created by the executor from this thread and
     # inherit its scheduling; the node's own worker threads, started above, keep normal priority.
-    priority = int(getattr(node, "realtime_priority", 0))
+    priority = int(node.get_parameter("realtime_priority").value) if node.has_parameter("realtime_priority") else 0
     if priority > 0:
         from koch_common.realtime import make_current_thread_realtime
 
