@@ -42,7 +42,10 @@ class VideoFileSource:
             self.close()
             raise SourceError(f"video file {self.path} cannot be decoded as video ({err}); "
                               "give a file ffmpeg can read (mp4, mkv, avi...)") from None
-        stream.thread_type = "AUTO"
+        # Slice threads only, not frame threads: a frame-threaded decoder is freed (on close, with the
+        # GIL held) while its threads may be logging, and once any library installs PyAV's Python log
+        # callback (torchvision does at import) that deadlocks. Slice threads are idle between calls.
+        stream.thread_type = "SLICE"
         self._native = (stream.codec_context.width, stream.codec_context.height)
         self._frames = self._container.decode(stream)
         st = os.stat(self.path)
