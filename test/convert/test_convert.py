@@ -162,6 +162,23 @@ def test_dataloader_batches_have_policy_shapes(dataset_root: Path) -> None:
     assert batch["task"] == ["reach the red target"] * 4
 
 
+def test_embedding_pass_is_skipped_only_without_image_columns() -> None:
+    import datasets
+    import lerobot.datasets.lerobot_dataset as lerobot_dataset
+
+    from koch_convert.convert import _embedding_only_for_image_columns, _needs_embedding
+
+    assert _needs_embedding(datasets.Features({"observation.images.head": datasets.Image()}))
+    assert _needs_embedding(datasets.Features({"frames": datasets.List(datasets.Image())}))
+    assert not _needs_embedding(datasets.Features(
+        {"action": datasets.List(datasets.Value("float32")), "index": datasets.Value("int64")}))
+    original = lerobot_dataset.embed_images
+    numbers = datasets.Dataset.from_dict({"x": [1.0, 2.0]})
+    with _embedding_only_for_image_columns():
+        assert lerobot_dataset.embed_images(numbers) is numbers
+    assert lerobot_dataset.embed_images is original
+
+
 def test_images_over_the_memory_budget_wait_in_a_spill_file_with_the_same_frames(
     episode_bags: list[Path], dataset_root: Path, tmp_path: Path
 ) -> None:

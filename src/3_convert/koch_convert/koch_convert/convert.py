@@ -12,11 +12,12 @@ quality limits is refused, reported and not written. `quality_report.json` besid
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,20 @@ def convert_one_bag(
     """Convert one bag into a LeRobot dataset at `root` (created only if an episode passes).
     Image messages beyond `image_memory_gb` wait for their frames in a spill file beside `root`.
     Returns the quality report of each of its episodes (refused ones included)."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy import, only when converting
-
     episodes = resample_episodes(bag, mapping, ImageSpill(root.parent, int(image_memory_gb * 2**30)))
     accepted = [e for e in episodes if e.refused is None]
     if accepted:
-        features = dataset_features(mapping, accepted[0])
+        _write_episodes(accepted, mapping, root, repo_id, vcodec, progress)
+    return [e.quality() for e in episodes]
+
+
+def _write_episodes(
+    episodes: list[Episode], mapping: Mapping, root: Path, repo_id: str, vcodec: str, progress: bool
+) -> None:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy import, only when converting
+
+    with _embedding_only_for_image_columns():
+        features = dataset_features(mapping, episodes[0])
         dataset = LeRobotDataset.create(
             repo_id=repo_id,
             fps=mapping.fps,
@@ -122,8 +131,8 @@ def convert_one_bag(
         if dataset._streaming_encoder is not None:
             dataset._streaming_encoder = lossless_encoder(dataset._streaming_encoder)
         try:
-            for episode in accepted:
-                for i in tqdm(range(len(episode)), desc=bag.name, leave=False, disable=not progress):
+            for episode in episodes:
+                for i in tqdm(range(len(episode)), desc=str(episode.bag.name), leave=False, disable=not progress):
                     frame = episode.frame(i)
                     _check_shapes(episode, frame, features)
                     for feature in mapping.features:
@@ -135,15 +144,46 @@ def convert_one_bag(
             # Always close lerobot's parquet writers: left to the garbage collector they would
             # write their footers into the work folder after it was removed.
             dataset.finalize()
-    return [e.quality() for e in episodes]
+
+
+@contextlib.contextmanager
+def _embedding_only_for_image_columns() -> Iterator[None]:
+    """LeRobot's save_episode runs `embed_images`, a per-row `datasets.map` that copies image files
+    into the table, on every episode: about 1 s of CPU per 300 frames even when, as here, there is
+    no image column (images are videos, depth a float column). On a busy host that second comes out
+    of the video encoders' share; skip the pass when no column has anything to embed."""
+    import lerobot.datasets.lerobot_dataset as lerobot_dataset
+
+    embed_images = lerobot_dataset.embed_images
+
+    def embed_when_needed(dataset: Any) -> Any:
+        return embed_images(dataset) if _needs_embedding(dataset.features) else dataset
+
+    lerobot_dataset.embed_images = embed_when_needed
+    try:
+        yield
+    finally:
+        lerobot_dataset.embed_images = embed_images
+
+
+def _needs_embedding(feature: Any) -> bool:
+    """True if a (nested) `datasets` feature stores files that `embed_table_storage` would embed."""
+    if isinstance(feature, dict):
+        return any(_needs_embedding(f) for f in feature.values())
+    inner = getattr(feature, "feature", None)  # List / LargeList / Sequence
+    return _needs_embedding(inner) if inner is not None else hasattr(feature, "embed_storage")
 
 
 def lossless_encoder(encoder: Any) -> Any:
-    """LeRobot's streaming encoder with the same settings, but one that never drops a frame.
+    """LeRobot's streaming encoder with the same settings, but one that never drops a frame and
+    does not copy it.
 
     It was written for live capture, where a full queue means the camera must not wait: after
     0.1 s it drops the frame and logs a warning. Offline there is no deadline, and a dropped frame
-    would leave the video shorter than the parquet rows, so the converter waits instead.
+    would leave the video shorter than the parquet rows, so the converter waits instead. It also
+    copies every frame in case a camera driver reuses its buffer (0.6 ms per 640x480 image on the
+    thread that feeds three encoders); the converter's frames are fresh arrays over message bytes
+    that nothing writes, so they are queued as they are.
     """
     import queue
 
@@ -153,7 +193,7 @@ def lossless_encoder(encoder: Any) -> Any:
         def feed_frame(self, video_key: str, image: np.ndarray) -> None:
             if not self._episode_active:
                 raise RuntimeError("no active episode: call start_episode() first")
-            frame = image.copy()
+            frame = np.ascontiguousarray(image)
             while True:
                 if not self._threads[video_key].is_alive():
                     raise RuntimeError(f"the video encoder for {video_key} stopped; see the log above")

@@ -72,7 +72,8 @@ def to_fields(array: np.ndarray, encoding: str) -> ImageFields:
 def from_fields(
     height: int, width: int, encoding: str, step: int, data: bytes | np.ndarray, is_bigendian: int = 0
 ) -> np.ndarray:
-    """Decode an Image payload into an (H, W) or (H, W, C) array (a copy, safe to keep)."""
+    """Decode an Image payload into an (H, W) or (H, W, C) array: a view of `data` (keeping it alive)
+    when its rows are unpadded and in native byte order, otherwise a copy."""
     dtype, channels = _spec(encoding)
     buf = np.frombuffer(memoryview(data), dtype=np.uint8)
     row_bytes = width * channels * dtype.itemsize
