@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from koch_common.robot import load_koch
-from koch_common.safety import SafetyLimits
+from koch_common.safety import SafeChunk, SafetyLimits
 
 KOCH = load_koch()
 ARM = KOCH.follower
@@ -88,6 +88,12 @@ def test_generated_chunks_never_leave_position_velocity_acceleration_and_step_li
     safe = limits.filter_chunks(chunks, measured, DT, velocity)
     assert safe.shape == chunks.shape
     _assert_safe(limits, safe, measured, velocity)
+    # the node filters one chunk at a time (the Python-float loop): the same points, to rounding
+    node = _limits()
+    one_by_one = np.stack([node.filter_chunk(c, m, DT, None if velocity is None else v)
+                           for c, m, v in zip(chunks, measured, velocity if velocity is not None else chunks)])
+    np.testing.assert_allclose(one_by_one, safe, rtol=0, atol=1e-12)
+    assert node.interventions == limits.interventions
     # a chunk with a non-finite value holds the measured position (from rest: exactly; when the arm
     # is moving, it brakes towards it within the acceleration limit, checked above)
     bad = ~np.isfinite(chunks).all(axis=(1, 2))
@@ -113,6 +119,44 @@ def test_single_chunk_api_matches_the_limits(chunk: np.ndarray, measured: np.nda
     safe = limits.filter_chunk(chunk, measured, DT)
     assert safe.shape == chunk.shape
     _assert_safe(limits, safe[None], measured[None], None)
+
+
+@st.composite
+def smooth_chunk_batches(draw):
+    """Chunks a trained policy would send: small steps, mostly away from the limits, some not."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    steps = draw(st.integers(2, 30))
+    step_scale = draw(st.sampled_from([0.002, 0.02, 0.1]))
+    rng = np.random.default_rng(seed)
+    measured = rng.uniform(ARM.lower, ARM.upper, (64, 6))
+    chunks = measured[:, None] + np.cumsum(rng.normal(0, step_scale, (64, steps, 6)), axis=1)
+    velocity = rng.normal(0, step_scale / DT, (64, 6)) if draw(st.booleans()) else None
+    if velocity is not None:  # the previous command's velocity was within the limits
+        velocity = np.clip(velocity, -ARM.max_velocity, ARM.max_velocity)
+    return chunks, measured, velocity
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=chunk_batches(), smooth=smooth_chunk_batches())
+def test_one_chunk_in_python_floats_equals_the_numpy_loop(batch, smooth) -> None:
+    # the node filters one chunk per tick with the Python-float loop; the batch above ran the numpy one
+    for chunks, measured, velocity in (batch, smooth):
+        for b in range(8):
+            v0 = None if velocity is None else velocity[b]
+            scalar, vector = _limits(), _limits()
+            args = (chunks[b][None], measured[b][None], DT, None if v0 is None else v0[None])
+            got = scalar.filter_chunks(*args)[0]
+            want = vector.filter_chunks(*args, scalar_single=False)[0]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+            assert scalar.interventions == vector.interventions
+
+
+def test_chunk_velocities_are_central_differences() -> None:
+    positions = np.cumsum(np.random.default_rng(0).normal(0, 0.01, (12, 6)), axis=0)
+    chunk = SafeChunk(positions, DT)
+    np.testing.assert_allclose(chunk.velocities(), np.gradient(positions, DT, axis=0), rtol=0, atol=1e-12)
+    assert chunk.velocities() is chunk.velocities()
+    np.testing.assert_array_equal(SafeChunk(positions[:1], 0.0).velocities(), np.zeros((1, 6)))
 
 
 def test_interventions_are_counted_by_kind() -> None:

@@ -11,6 +11,7 @@ PolicyRuntime does, so both runtimes see identical inputs.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -113,8 +114,12 @@ class OnnxRuntime(CheckpointInfo):
         import torch
 
         inputs = self.normalized_inputs(observation)
-        is_act = self.kind == "act"
-        actions = self.sessions["policy"].run(None, inputs)[0] if is_act else self._diffusion(inputs, noise)
+        started = time.perf_counter()
+        if self.kind == "act":
+            actions = self.sessions["policy"].run(None, inputs)[0]
+            self.last_forward_s = time.perf_counter() - started
+        else:
+            actions = self._diffusion(inputs, noise)  # sets last_forward_s (its session runs only)
         with torch.inference_mode():
             out = self.postprocessor(torch.from_numpy(actions))
         return out[0].numpy().astype(np.float32)
@@ -129,14 +134,19 @@ class OnnxRuntime(CheckpointInfo):
                 queue.append(value)
             queue.append(value)
         history = {k: np.stack(list(q), axis=1) for k, q in self._history.items()}
+        started = time.perf_counter()
         cond = self.sessions["encoder"].run(None, history)[0]
+        forward_s = time.perf_counter() - started
         action_dim = self.config.output_features["action"].shape[0]
         sample = torch.randn(1, self.config.horizon, action_dim) if noise is None else torch.from_numpy(noise)
         self.scheduler.set_timesteps(self.config.num_inference_steps or self.config.num_train_timesteps)
         for t in self.scheduler.timesteps:
-            output = self.sessions["denoiser"].run(None, {
-                "sample": sample.numpy().astype(np.float32), "timestep": np.full((1,), int(t), dtype=np.int64),
-                "global_cond": cond})[0]
+            feed = {"sample": sample.numpy().astype(np.float32), "timestep": np.full((1,), int(t), dtype=np.int64),
+                    "global_cond": cond}
+            started = time.perf_counter()
+            output = self.sessions["denoiser"].run(None, feed)[0]
+            forward_s += time.perf_counter() - started
             sample = self.scheduler.step(torch.from_numpy(output), t, sample).prev_sample
+        self.last_forward_s = forward_s
         start = steps - 1
         return sample[:, start:start + self.n_action_steps].numpy()

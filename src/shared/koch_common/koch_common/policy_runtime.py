@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -299,6 +300,9 @@ class CheckpointInfo:
 
     config: PreTrainedConfig
     feature_specs: dict[str, dict[str, Any]]
+    # Seconds the model itself took in the last predict_chunk (the forward, or every ONNX session
+    # run); the rest of predict_chunk is pre/post-processing. Latency figures split on it.
+    last_forward_s: float = float("nan")
 
     @property
     def input_features(self) -> dict[str, Any]:
@@ -405,7 +409,9 @@ class PolicyRuntime(CheckpointInfo):
             # The processors' batch carries an empty 'action' entry; a queue-based policy would read it.
             batch = {k: v for k, v in self.preprocessor(batch).items() if k != ACTION_KEY}
             batch = self._observe(batch)
+            started = time.perf_counter()
             actions = self.policy.predict_action_chunk(batch)
+            self.last_forward_s = time.perf_counter() - started
             actions = self.postprocessor(actions)
         return actions[0].detach().cpu().numpy().astype(np.float32)
 
