@@ -4,7 +4,9 @@ Prints frames/s of the whole conversion (read + resample + decode + LeRobot's fr
 streaming video encoding + aggregate/finalize) and, measured in the same run, frames/s of
 encoding the same frames alone, from memory, with the same encoder and settings (LeRobot's
 streaming encoder, one thread per camera), and the ratio of the two (target >= 0.9). Runs go
-A B B A (encode, convert, convert, encode), twice by default, and each figure is the mean of its runs.
+A B B A (encode, convert, convert, encode), three times by default; each cycle gives a ratio (its
+two encode times over its two conversion times) and the figure is the median cycle's, so one run
+slowed by the host (single runs here swing by 2x) cannot decide it.
 
     python benchmarks/bench_convert.py [--quick] [--seconds S] [--vcodec h264]
 """
@@ -122,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 2 s recording (60 frames per camera)")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--cycles", type=int, default=2, help="A B B A cycles (the host's load drifts)")
+    parser.add_argument("--cycles", type=int, default=3, help="A B B A cycles (the host's load drifts)")
     parser.add_argument("--vcodec", default="h264", choices=("libsvtav1", "h264", "hevc"))
     args = parser.parse_args()
     seconds = 2.0 if args.quick else args.seconds
@@ -150,14 +152,16 @@ def main() -> None:
                 times[kind].append(time.perf_counter() - start)
             shutil.rmtree(run_dir)  # keep the disk and page cache as for the first run
             print(f"run {run + 1}/{len(order)} {kind:7s}: {frames / times[kind][-1]:.1f} frames/s", flush=True)
-    convert_s, encode_s = (sum(times[k]) / len(times[k]) for k in ("convert", "encode"))
-    total = frames  # dataset frames (each with 3 camera images)
-    convert_fps, encode_fps = total / convert_s, total / encode_s
-    print(f"recording: {seconds:.1f} s, {len(CAMERAS)} cameras {WIDTH}x{HEIGHT} @ {FPS} Hz, vcodec {args.vcodec} "
-          f"(mean of {2 * args.cycles} runs each, A B B A x {args.cycles})")
-    print(f"conversion      : {total} frames in {convert_s:.2f} s = {convert_fps:.1f} frames/s")
-    print(f"encoding alone  : {total} frames in {encode_s:.2f} s = {encode_fps:.1f} frames/s")
-    print(f"ratio conversion/encoding: {convert_fps / encode_fps:.2f} (target >= 0.9)")
+    cycle_ratios = [sum(times["encode"][2 * c:2 * c + 2]) / sum(times["convert"][2 * c:2 * c + 2])
+                    for c in range(args.cycles)]
+    median = sorted(range(args.cycles), key=lambda c: cycle_ratios[c])[args.cycles // 2]
+    convert_s, encode_s = (sum(times[k][2 * median:2 * median + 2]) / 2 for k in ("convert", "encode"))
+    print(f"recording: {seconds:.1f} s ({frames} frames), {len(CAMERAS)} cameras {WIDTH}x{HEIGHT} @ {FPS} Hz, "
+          f"vcodec {args.vcodec}; A B B A x {args.cycles}, ratio per cycle: "
+          + ", ".join(f"{r:.2f}" for r in cycle_ratios))
+    print(f"median cycle ({median + 1}): conversion {frames / convert_s:.1f} frames/s ({convert_s:.2f} s), "
+          f"encoding alone {frames / encode_s:.1f} frames/s ({encode_s:.2f} s)")
+    print(f"ratio conversion/encoding: {cycle_ratios[median]:.2f} (median of {args.cycles} cycles; target >= 0.9)")
 
 
 if __name__ == "__main__":
