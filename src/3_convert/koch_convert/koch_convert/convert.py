@@ -132,7 +132,7 @@ def _write_episodes(
             dataset._streaming_encoder = lossless_encoder(dataset._streaming_encoder)
         try:
             for episode in episodes:
-                for i in tqdm(range(len(episode)), desc=str(episode.bag.name), leave=False, disable=not progress):
+                for i in tqdm(range(len(episode)), desc=episode.bag.name, leave=False, disable=not progress):
                     frame = episode.frame(i)
                     _check_shapes(episode, frame, features)
                     for feature in mapping.features:
