@@ -90,8 +90,8 @@ def test_generated_chunks_never_leave_position_velocity_acceleration_and_step_li
     _assert_safe(limits, safe, measured, velocity)
     # the node filters one chunk at a time (the Python-float loop): the same points, to rounding
     node = _limits()
-    one_by_one = np.stack([node.filter_chunk(c, m, DT, None if velocity is None else v)
-                           for c, m, v in zip(chunks, measured, velocity if velocity is not None else chunks)])
+    velocities = [None] * len(chunks) if velocity is None else velocity
+    one_by_one = np.stack([node.filter_chunk(c, m, DT, v) for c, m, v in zip(chunks, measured, velocities)])
     np.testing.assert_allclose(one_by_one, safe, rtol=0, atol=1e-12)
     assert node.interventions == limits.interventions
     # a chunk with a non-finite value holds the measured position (from rest: exactly; when the arm

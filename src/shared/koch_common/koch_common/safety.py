@@ -49,6 +49,7 @@ class SafeChunk:
                 v[1:-1] = (p[2:] - p[:-2]) / (2.0 * self.dt)
                 v[0] = (p[1] - p[0]) / self.dt
                 v[-1] = (p[-1] - p[-2]) / self.dt
+            v.flags.writeable = False  # one cached array for every caller: none may change it for the others
             object.__setattr__(self, "_velocities", v)  # frozen: computed once, on first use
         return self._velocities
 
