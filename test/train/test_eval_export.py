@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from synthetic_reach import JOINTS, SyntheticDataset
 from test_policies import RGBD, TINY_RGBD, tiny
 from test_resume import TINY_ACT
 
-from koch_common.onnx_runtime import OnnxRuntime
-from koch_common.policy_runtime import PolicyRuntime, load_runtime
+from koch_common.onnx_runtime import OnnxRuntime, find_onnx_dir
+from koch_common.policy_runtime import PolicyInputError, PolicyRuntime, load_runtime
 from kuavo_train.evaluate import main as eval_main
 from kuavo_train.export import ATOL, RTOL, export
 from kuavo_train.train import main as train_main
@@ -48,6 +49,18 @@ def test_held_out_evaluation_and_act_onnx_export(reach_dataset: SyntheticDataset
                    "observation.images.head": rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)}
     np.testing.assert_allclose(onnx.predict_chunk(observation), pytorch.predict_chunk(observation),
                                atol=ATOL * 10, rtol=RTOL)  # robot units (radians): unnormalising scales errors
+    # One graph from the camera's uint8 pixels to robot units: no Python processor runs on the tick.
+    graph_inputs = {i.name: i.type for i in onnx.sessions["policy"].get_inputs()}
+    assert graph_inputs == {"observation.state": "tensor(float)", "observation.images.head": "tensor(uint8)"}
+    with pytest.raises(PolicyInputError, match="observation.images.head: expected a uint8 image of shape"):
+        onnx.predict_chunk({**observation, "observation.images.head": np.zeros((48, 64, 3), np.uint8)})
+
+    # An export in the older layout (normalised graph inputs) is refused with the command that fixes it.
+    manifest_path = find_onnx_dir(checkpoint) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
+    with pytest.raises(ValueError, match="older kuavo_export.*kuavo_export --checkpoint"):
+        load_runtime(checkpoint)
 
 
 def test_diffusion_onnx_encoder_and_denoiser_match_pytorch(rgbd_dataset: SyntheticDataset, tmp_path: Path) -> None:

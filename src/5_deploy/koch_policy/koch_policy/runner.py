@@ -157,14 +157,17 @@ class PolicyRunner:
             return self._hold(now, "stale", measured, f"stale observation: {', '.join(bad)}")
         with self._lock:
             queue = self.queue
-        if queue.needs_inference(now, self.lead_ticks()):
-            self._request_inference(observation, now)
+        wants_chunk = queue.needs_inference(now, self.lead_ticks())
         with self._lock:
             due = queue.due(now)
         if due is None:
-            return self._out(now, "hold", self.limits.hold(measured), "waiting for a chunk")
-        command = self.limits.safe_chunk(due, measured, 1.0 / self.fps, self._commanded_velocity(now))
-        return self._out(now, "chunk", command, prediction=due)
+            output = self._out(now, "hold", self.limits.hold(measured), "waiting for a chunk")
+        else:
+            command = self.limits.safe_chunk(due, measured, 1.0 / self.fps, self._commanded_velocity(now))
+            output = self._out(now, "chunk", command, prediction=due)
+        if wants_chunk:  # last: a worker woken earlier would only wait for this thread's GIL
+            self._request_inference(observation, now)
+        return output
 
     def reset(self) -> None:
         with self._lock:

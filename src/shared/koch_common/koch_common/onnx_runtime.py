@@ -1,11 +1,13 @@
 """onnxruntime-backed policy runtime: same interface and same pre/post-processors as PolicyRuntime.
 
 `kuavo_export` (kuavo_train.export) writes `<pretrained_model>/onnx/` beside a checkpoint:
-- ACT: `policy.onnx`, one graph: normalised observation -> normalised action chunk;
-- diffusion types: `encoder.onnx` (observation history -> conditioning) and `denoiser.onnx` (one
-  denoising step); the scheduler loop (diffusers' DDPM/DDIM, as in training) runs here in host code.
-Normalisation and unnormalisation use the checkpoint's own LeRobot processor pipelines, exactly as
-PolicyRuntime does, so both runtimes see identical inputs.
+- ACT: `policy.onnx`, one graph from the checked observation arrays (`observation_arrays`) to the
+  action chunk in robot units. PolicyRuntime's pre-processing, the checkpoint's LeRobot normaliser,
+  the model and the unnormaliser are traced into it from the same code, so a tick pays no Python
+  processor pipeline (about 1-2 ms on a small CPU, more than the rest of the node).
+- diffusion types: `encoder.onnx` (normalised observation history -> conditioning) and `denoiser.onnx`
+  (one denoising step); the scheduler loop (diffusers' DDPM/DDIM, as in training) and the checkpoint's
+  own LeRobot processor pipelines run here in host code, exactly as PolicyRuntime runs them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from koch_common.policy_runtime import CheckpointInfo
+from koch_common.policy_runtime import CheckpointInfo, observation_arrays
 
 ONNX_DIR = "onnx"
 ONNX_MANIFEST = "manifest.json"
+# Version of the export layout; 2: the ACT graph takes raw observation arrays and returns robot units.
+ONNX_FORMAT = 2
 
 
 def find_onnx_dir(path: Path) -> Path | None:
@@ -57,6 +61,11 @@ class OnnxRuntime(CheckpointInfo):
         register_policy_plugins()
         self.config = PreTrainedConfig.from_pretrained(pretrained)
         self.config.device = "cpu"  # processors feed numpy to onnxruntime
+        if self.manifest.get("format") != ONNX_FORMAT:
+            raise ValueError(
+                f"{onnx_dir} was written by an older kuavo_export (format {self.manifest.get('format', 1)}, "
+                f"this runtime reads {ONNX_FORMAT}); export again: kuavo_export --checkpoint {pretrained}"
+            )
         self.preprocessor, self.postprocessor = make_pre_post_processors(
             self.config, pretrained_path=str(pretrained),
             preprocessor_overrides={"device_processor": {"device": "cpu"}},
@@ -70,6 +79,7 @@ class OnnxRuntime(CheckpointInfo):
         # No busy-waiting between runs: onnxruntime's pool spins by default, which on a small robot
         # computer takes the core the 30 Hz loop and the DDS threads need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session_options = options
         self.sessions = {name: ort.InferenceSession(str(onnx_dir / file), options, providers=self.providers)
                          for name, file in self.manifest["graphs"].items()}
         self.input_keys: list[str] = list(self.manifest["inputs"])
@@ -113,13 +123,14 @@ class OnnxRuntime(CheckpointInfo):
         """Actions (chunk, action_dim) float32 in robot units, like PolicyRuntime.predict_chunk."""
         import torch
 
-        inputs = self.normalized_inputs(observation)
-        started = time.perf_counter()
-        if self.kind == "act":
-            actions = self.sessions["policy"].run(None, inputs)[0]
+        if self.kind == "act":  # one graph: pre-processing and normalisation are inside it
+            arrays = observation_arrays(observation, self.config.input_features, self.feature_specs)
+            started = time.perf_counter()
+            actions = self.sessions["policy"].run(None, arrays)[0]
             self.last_forward_s = time.perf_counter() - started
-        else:
-            actions = self._diffusion(inputs, noise)  # sets last_forward_s (its session runs only)
+            return actions[0]
+        inputs = self.normalized_inputs(observation)
+        actions = self._diffusion(inputs, noise)  # sets last_forward_s (its session runs only)
         with torch.inference_mode():
             out = self.postprocessor(torch.from_numpy(actions))
         return out[0].numpy().astype(np.float32)

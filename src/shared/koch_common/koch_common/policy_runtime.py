@@ -235,26 +235,24 @@ def _json_feature_spec(feature: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def observation_to_batch(
+def observation_arrays(
     observation: Mapping[str, np.ndarray],
     input_features: Mapping[str, Any],
     feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Numpy robot observation -> a batch of one, in the layout LeRobotDataset produces.
+) -> dict[str, np.ndarray]:
+    """The robot observation checked against what the policy was trained on, as a batch of one.
 
-    State: float32 (D,) -> (1, D). Images: uint8 HxWxC -> float32 (1, C, H, W) in [0, 1],
-    the same `/ 255` the dataset's video decoder applies. With `feature_specs` (the checkpoint's
-    dataset specs) images arrive at the recorded size and get the training resize / centre crop.
+    Images: uint8 (1, H, W, C) as recorded (with `feature_specs`, the checkpoint's dataset specs,
+    before the training resize / crop). Everything else: finite float32 (1, *shape).
+    This is the input of `arrays_to_batch` and of the exported ONNX graph alike.
     """
-    import torch
-
     missing = [key for key in input_features if key not in observation]
     if missing:
         raise PolicyInputError(
             f"observation lacks {missing}; the policy needs {sorted(input_features)}, "
             f"got {sorted(observation)}"
         )
-    batch: dict[str, torch.Tensor] = {}
+    arrays: dict[str, np.ndarray] = {}
     for key, feature in input_features.items():
         value = np.asarray(observation[key])
         expected = tuple(feature.shape)
@@ -271,17 +269,53 @@ def observation_to_batch(
                     f"{key}: expected a uint8 image of shape {(height, width, channels)} (HxWxC, as "
                     f"recorded), got {value.dtype} {value.shape}; fix the camera resolution"
                 )
-            tensor = torch.from_numpy(np.ascontiguousarray(value)).permute(2, 0, 1).float() / 255.0
-            if spec:
-                tensor = transform_image(tensor, spec, None)
+            arrays[key] = np.ascontiguousarray(value)[None]
         else:
             if value.shape != expected:
                 raise PolicyInputError(f"{key}: expected shape {expected}, got {value.shape}")
             if not np.all(np.isfinite(value)):
                 raise PolicyInputError(f"{key}: contains non-finite values {value}")
-            tensor = torch.from_numpy(value.astype(np.float32, copy=True))
-        batch[key] = tensor.unsqueeze(0)
+            arrays[key] = value.astype(np.float32)[None]  # a copy: the caller may reuse its buffer
+    return arrays
+
+
+def arrays_to_batch(
+    arrays: Mapping[str, torch.Tensor],
+    input_features: Mapping[str, Any],
+    feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """`observation_arrays`' output as tensors -> the batch layout LeRobotDataset produces.
+
+    Images: uint8 (B, H, W, C) -> float32 (B, C, h, w) in [0, 1] (the `/ 255` of the dataset's video
+    decoder), then the training resize / centre crop. Pure torch, so the ONNX export traces this very
+    function into the deployed graph.
+    """
+    batch = {}
+    for key in input_features:
+        tensor = arrays[key]
+        if key.startswith(IMAGE_PREFIX):
+            tensor = tensor.permute(0, 3, 1, 2).float() / 255.0
+            spec = (feature_specs or {}).get(key)
+            if spec:
+                tensor = transform_image(tensor, spec, None)
+        batch[key] = tensor
     return batch
+
+
+def observation_to_batch(
+    observation: Mapping[str, np.ndarray],
+    input_features: Mapping[str, Any],
+    feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Numpy robot observation -> a batch of one, in the layout LeRobotDataset produces.
+
+    State: float32 (D,) -> (1, D). Images: uint8 HxWxC -> float32 (1, C, H, W) in [0, 1].
+    With `feature_specs` images arrive at the recorded size and get the training resize / centre crop.
+    """
+    import torch
+
+    arrays = observation_arrays(observation, input_features, feature_specs)
+    return arrays_to_batch({k: torch.from_numpy(v) for k, v in arrays.items()}, input_features, feature_specs)
 
 
 def with_stacked_cameras(batch: dict[str, Any], config: PreTrainedConfig) -> dict[str, Any]:
@@ -301,7 +335,8 @@ class CheckpointInfo:
     config: PreTrainedConfig
     feature_specs: dict[str, dict[str, Any]]
     # Seconds the model itself took in the last predict_chunk (the forward, or every ONNX session
-    # run); the rest of predict_chunk is pre/post-processing. Latency figures split on it.
+    # run; the ACT graph's run includes its traced pre/post-processing); the rest of predict_chunk
+    # is Python pre/post-processing. Latency figures split on it.
     last_forward_s: float = float("nan")
 
     @property

@@ -13,9 +13,9 @@ chunk of position targets, one per 1/fps:
   would stop it in one step, an unbounded deceleration).
 
 The chunk filter is vectorised over a batch of chunks (`filter_chunks`), which is what the
-property tests use to push 10^5 chunks through it; `filter_chunk` is the one-chunk view, which
-runs the same loop in Python floats (faster for one small chunk, the node's every tick). The
-property tests pass all 10^5 chunks through both and require the same points.
+property tests use to push 10^5 chunks through it; `filter_chunk` is the one-chunk view (the
+node's every tick), which runs the loop only for the joints and steps where a limit may bind, in
+Python floats. The property tests pass all 10^5 chunks through both and require the same points.
 """
 
 from __future__ import annotations
@@ -192,7 +192,9 @@ class SafetyLimits:
                 lo = np.maximum(lo, v_prev - dv)
             velocity = np.minimum(np.maximum(wanted, lo), hi)
             acc_hits |= velocity != vel_only
-            safe[:, k] = np.minimum(np.maximum(previous + velocity * dt, lower), upper)
+            # No limit bound: the target itself (previous + velocity * dt could differ from it by rounding)
+            safe[:, k] = np.where(velocity == wanted, clamped[:, k],
+                                  np.minimum(np.maximum(previous + velocity * dt, lower), upper))
             v_prev = (safe[:, k] - previous) / dt
             previous = safe[:, k]
         self.interventions["velocity_limit"] += int(vel_hits.any(axis=1).sum())
@@ -201,41 +203,75 @@ class SafetyLimits:
 
     def _rate_limited_one(self, first: np.ndarray, clamped: np.ndarray, v_prev: np.ndarray | None, dt: float,
                           brake: _Braking) -> np.ndarray:
-        """`_rate_limited` for one (T, J) chunk, joint by joint in Python floats: with (6,) arrays
-        every numpy call costs more than its arithmetic, and this runs on the node's 30 Hz tick
-        (a 10-point chunk: the whole filter about twice as fast). The same operations in the same order, except that
-        the braking cap is skipped per joint rather than per step (the same limits; results agree to
-        rounding): the property tests compare the two on every chunk they generate."""
-        steps, joints = clamped.shape
-        out = clamped.tolist()
-        out[0] = first.tolist()
+        """`_rate_limited` for one (T, J) chunk, the node's every tick, with the same results.
+
+        Joints are independent, and a step where no limit binds passes its target through unchanged.
+        So one vectorised pass finds, per joint, the first step where a limit could bind (the loop's own
+        comparisons on the same floats); steps before it are already final, and only from there does that
+        joint run the loop, in Python floats (with (6,) arrays every numpy call costs more than its
+        arithmetic). A smooth chunk inside the limits never loops. The property tests compare the two
+        on every chunk they generate.
+        """
+        points = clamped.copy()
+        points[0] = first
+        previous, wanted = points[:-1], np.diff(points, axis=0) / dt  # the loop's (target - previous) / dt
+        passes = ((self.upper - previous >= brake.free_distance) & (previous - self.lower >= brake.free_distance)
+                  & (wanted >= -self.max_velocity) & (wanted <= self.max_velocity))
+        dv = self.max_acceleration * dt
+        if v_prev is not None:
+            passes[0] &= (wanted[0] >= v_prev - dv) & (wanted[0] <= v_prev + dv)
+        passes[1:] &= (wanted[1:] >= wanted[:-1] - dv) & (wanted[1:] <= wanted[:-1] + dv)
         vel_hit = acc_hit = False
-        for j in range(joints):
-            lower, upper = float(self.lower[j]), float(self.upper[j])
-            v_max, dv, free_j = brake.v_max[j], brake.dv[j], brake.free[j]
-            previous = out[0][j]
-            v_last = None if v_prev is None else float(v_prev[j])
-            for k in range(1, steps):
-                wanted = (out[k][j] - previous) / dt
-                room_up, room_down = upper - previous, previous - lower
-                if room_up >= free_j and room_down >= free_j:
-                    hi, lo = v_max, -v_max
-                else:
-                    hi = min(v_max, brake.cap(room_up, j))
-                    lo = max(-v_max, -brake.cap(room_down, j))
-                vel_only = min(max(wanted, lo), hi)
-                vel_hit |= vel_only != wanted
-                if v_last is not None:
-                    hi = min(hi, v_last + dv)
-                    lo = max(lo, v_last - dv)
-                velocity = min(max(wanted, lo), hi)
-                acc_hit |= velocity != vel_only
-                position = min(max(previous + velocity * dt, lower), upper)
-                v_last = (position - previous) / dt
-                out[k][j] = previous = position
+        for j in np.flatnonzero(~passes.all(axis=0)).tolist():
+            k0 = int(np.argmin(passes[:, j])) + 1  # the first step that may bind
+            v_last = (None if v_prev is None else float(v_prev[j])) if k0 == 1 else float(wanted[k0 - 2, j])
+            column = points[:, j].tolist()
+            hits = self._limit_joint(column, j, k0, v_last, dt, brake)
+            points[:, j] = column
+            vel_hit, acc_hit = vel_hit or hits[0], acc_hit or hits[1]
         self.interventions["velocity_limit"] += int(vel_hit)
         self.interventions["acceleration_limit"] += int(acc_hit)
-        return np.array(out)
+        return points
+
+    def _limit_joint(self, column: list[float], j: int, k0: int, v_last: float | None, dt: float,
+                     brake: _Braking) -> tuple[bool, bool]:
+        """`_rate_limited`'s loop for joint j from step k0 on, in place on Python floats; returns whether
+        the velocity and the acceleration limits intervened. The same operations in the same order
+        (`a if a >= b else b` is max(a, b) and `a if a <= b else b` is min(a, b), without a call each),
+        except that the braking cap is skipped per joint rather than per step (the same limits)."""
+        lower, upper = float(self.lower[j]), float(self.upper[j])
+        v_max, dv, free = brake.v_max[j], brake.dv[j], brake.free[j]
+        vel_hit = acc_hit = False
+        previous = column[k0 - 1]
+        for k in range(k0, len(column)):
+            target = column[k]
+            wanted = (target - previous) / dt
+            room_up, room_down = upper - previous, previous - lower
+            if room_up >= free and room_down >= free:
+                hi, lo = v_max, -v_max
+            else:
+                hi = min(v_max, brake.cap(room_up, j))
+                lo = max(-v_max, -brake.cap(room_down, j))
+            vel_only = wanted if wanted >= lo else lo
+            vel_only = vel_only if vel_only <= hi else hi
+            if vel_only != wanted:
+                vel_hit = True
+            if v_last is not None:
+                hi = hi if hi <= v_last + dv else v_last + dv
+                lo = lo if lo >= v_last - dv else v_last - dv
+            velocity = wanted if wanted >= lo else lo
+            velocity = velocity if velocity <= hi else hi
+            if velocity != vel_only:
+                acc_hit = True
+            if velocity == wanted:
+                position = target  # no limit bound: the target itself, not a rounding of it
+            else:
+                position = previous + velocity * dt
+                position = position if position >= lower else lower
+                position = position if position <= upper else upper
+            v_last = (position - previous) / dt
+            column[k] = previous = position
+        return vel_hit, acc_hit
 
     def feasible_initial_velocity(self, start: np.ndarray, velocity: np.ndarray, dt: float) -> np.ndarray:
         """`velocity` at `start` limited to what can still brake inside the position limits.
