@@ -153,7 +153,8 @@ def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
     else:
         raise ValueError(f"ONNX export supports act, diffusion and rgbd_diffusion, not {policy.config.type!r}")
     manifest = {
-        "format": ONNX_FORMAT, "kind": kind, "type": policy.config.type, "graphs": graphs, "inputs": keys, "opset": OPSET,
+        "format": ONNX_FORMAT, "kind": kind, "type": policy.config.type, "graphs": graphs, "inputs": keys,
+        "opset": OPSET,
         "pretrained_model": str(Path("..") if out_dir == pretrained / ONNX_DIR else pretrained),
         "tolerance": {"atol": ATOL, "rtol": RTOL}, "max_abs_error": errors,
     }
