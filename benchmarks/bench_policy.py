@@ -14,7 +14,9 @@ the PyTorch runtime of the same checkpoint is measured next to it. Prints:
    publishes the chunk through the safety layer as it lands (`publish_on_arrival`, the node's
    default, via the runner's `on_chunk`); the overhead over the same sample's model run (the
    runtime's `last_forward_s`; for the deployed graph plus its in-graph pre/post-processing); and, for
-   publish_on_arrival:=false, the arrival -> publish time when the next 30 Hz tick publishes;
+   publish_on_arrival:=false, the arrival -> publish time when the next 30 Hz tick publishes.
+   Measured with the arm where the previous chunk led it (the policy running: the target's figure),
+   and again with the arm away from the chunk (the safety filter limits every joint: the worst case);
 3. 30 Hz deadline misses over 10,000 ticks of the runner (with real inference on its worker)
    ticked on a real-time 30 Hz schedule (333 s); a miss is a tick whose own work exceeds the
    33.3 ms period; late wake-ups (the OS woke the loop a period late) are counted apart;
@@ -26,7 +28,9 @@ the PyTorch runtime of the same checkpoint is measured next to it. Prints:
 Both sides get the same CPU threads (--threads, applied to torch and to onnxruntime; default: each
 library's own default, which is what the node runs with).
 Without --checkpoint a tiny ACT is built with the training code's `build_policy` from a
-synthetic feature/statistics description (96x128 camera, 6 joints) and saved in LeRobot format.
+synthetic feature/statistics description (96x128 camera, 6 joints), fitted for --fit-steps to
+smooth chunks (an untrained network emits step-to-step noise no trained policy does) and saved in
+LeRobot format.
 """
 
 from __future__ import annotations
@@ -172,13 +176,19 @@ def _runner(runtime, clock, on_chunk=None) -> PolicyRunner:
                         runtime.n_action_steps, clock=clock, on_chunk=on_chunk)
 
 
-def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | None = None) -> dict[str, list[float]]:
+def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | None = None,
+                       steady: bool = True) -> dict[str, list[float]]:
     """Per sample: arrival -> chunk published, its inference, the paired bare forward, and the
-    arrival -> publish time when the node's 30 Hz timer (random phase) does the publishing."""
+    arrival -> publish time when the node's 30 Hz timer (random phase) does the publishing.
+
+    `steady`: the measured state is where the previous published chunk led the arm (its last point),
+    as while the policy runs; otherwise a random state away from the chunk (as when the policy is
+    enabled with the arm elsewhere), where the safety filter limits every joint."""
     rng = np.random.default_rng(1)
     bare_call = bare_forward(runtime, model_graph)
     published: list[float] = []
     forward: list[float] = []
+    arm_at = [runtime.predict_chunk(observation(rng))[-1]]
     was_published = threading.Event()
     holder: list[PolicyRunner] = []
 
@@ -186,6 +196,7 @@ def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | Non
         out = holder[0].tick(time.perf_counter())
         published.append(time.perf_counter())
         forward.append(runtime.last_forward_s)  # this sample's model time (predict_chunk just returned)
+        arm_at[0] = out.command.positions[-1]
         was_published.set()
         assert out.kind == "chunk", out.reason
 
@@ -199,6 +210,8 @@ def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | Non
             runner.reset()
             runtime.reset()
             obs = observation(rng)
+            if steady:
+                obs["observation.state"] = np.asarray(arm_at[0], np.float32)
             t = time.perf_counter()
             bare_call()
             bare.append(time.perf_counter() - t)
@@ -217,10 +230,11 @@ def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | Non
             # the node's timer fires at the next multiple of 1/fps after the chunk landed
             phase = rng.uniform(0, 1.0 / FPS)
             on_timer.append(end_to_end[-1] + (phase - end_to_end[-1]) % (1.0 / FPS))
+        interventions = dict(runner.limits.interventions)
     finally:
         runner.close()
     return {"e2e": end_to_end, "inference": inference, "forward": model, "timer": on_timer, "bare": bare,
-            "reference": other}
+            "reference": other, "interventions": interventions}
 
 
 def bench_deadlines(runtime, ticks: int, time_scale: float, realtime_priority: int = 0) -> dict[str, float]:
@@ -331,6 +345,8 @@ def print_latency(label: str, lat: dict[str, list[float]], in_graph_s: float = 0
     g50, g99 = pct(list(np.asarray(lat["e2e"]) - np.asarray(lat["bare"])))
     t50, t99 = pct(lat["timer"])
     print(f"2. node ({label}): observation arrival -> safe chunk published: p50 {e50:7.2f} ms  p99 {e99:7.2f} ms")
+    print(f"   safety interventions over {len(lat['e2e'])} chunks: "
+          f"{ {k: v for k, v in lat['interventions'].items() if v} or 'none'}")
     print(f"   of which inference (predict_chunk on the worker)  : p50 {i50:7.2f} ms  p99 {i99:7.2f} ms")
     print(f"   node overhead (assembly, hand-off, safety, queue) : p50 {o50:7.3f} ms  p99 {o99:7.3f} ms")
     print(f"   node overhead over the bare model forward, same sample (pre/post-processing"
@@ -346,7 +362,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (1,000 ticks)")
     parser.add_argument("--checkpoint", help="a pretrained_model folder; default: build a tiny ACT")
-    parser.add_argument("--fit-steps", type=int, default=300,
+    parser.add_argument("--fit-steps", type=int, default=100,
                         help="training steps fitting the built ACT to smooth chunks (0: untrained, noisy chunks)")
     parser.add_argument("--onnx", help="the ONNX export of --checkpoint (default: export it into a temporary folder)")
     parser.add_argument("--threads", type=int, default=0,
@@ -412,9 +428,12 @@ def main() -> None:
                 reference = None
                 print(f"(LeRobot async unavailable: {err}; install lerobot[async] for grpcio)")
             onnx_lat = bench_node_latency(onnx_runtime, n, reference, model_graph)
+            away_lat = bench_node_latency(onnx_runtime, n, None, model_graph, steady=False)
             torch_lat = bench_node_latency(torch_runtime, max(n // 2, 10))
-        e50, e99 = print_latency("onnxruntime, the deployed export", onnx_lat, in_graph_s)
-        print_latency("PyTorch eager, same checkpoint", torch_lat)
+        e50, e99 = print_latency("onnxruntime, the deployed export; arm where the last chunk led it", onnx_lat,
+                                 in_graph_s)
+        print_latency("onnxruntime; arm away from the chunk, the filter limits every joint", away_lat, in_graph_s)
+        print_latency("PyTorch eager, same checkpoint; arm where the last chunk led it", torch_lat)
 
         d = bench_deadlines(onnx_runtime, ticks, args.time_scale, args.realtime_priority)
         print(f"3. 30 Hz schedule (onnxruntime), {d['ticks']} ticks (time scale {args.time_scale}): deadline misses "

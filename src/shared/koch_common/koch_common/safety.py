@@ -75,6 +75,8 @@ class SafetyLimits:
                              "reduce safety.position_margin or fix the joint limits in koch.yaml")
         if np.any(self.max_velocity <= 0) or np.any(self.max_acceleration <= 0) or self.max_step < 0:
             raise ValueError("max_velocity and max_acceleration must be > 0 and max_step >= 0")
+        for kind in INTERVENTION_KINDS:  # every kind reported, zeros included
+            self.interventions.setdefault(kind, 0)
 
     @classmethod
     def for_arm(cls, arm: ArmConfig, safety: SafetyConfig) -> SafetyLimits:
@@ -128,27 +130,37 @@ class SafetyLimits:
             return chunks.copy()
         if steps > 1 and not dt > 0:
             raise ValueError(f"a chunk of {steps} points needs dt > 0, got {dt}")
-        start = np.clip(measured, self.lower, self.upper)
+        # np.minimum/np.maximum rather than np.clip, whose Python wrapper costs more than the arithmetic
+        # here; interventions are counted only when there are any (this runs on every 30 Hz tick).
+        lower, upper = self.lower, self.upper
+        start = np.minimum(np.maximum(measured, lower), upper)
         # Non-finite anywhere in a chunk -> the whole chunk holds the measured position.
         finite = np.isfinite(chunks).all(axis=(1, 2))
-        self.interventions["non_finite"] += int((~finite).sum())
-        targets = np.where(finite[:, None, None], chunks, start[:, None, :])
-        clamped = np.clip(targets, self.lower, self.upper)
-        self.interventions["position_limit"] += int((clamped != targets).any(axis=(1, 2)).sum())
+        if not finite.all():
+            self.interventions["non_finite"] += int((~finite).sum())
+            chunks = np.where(finite[:, None, None], chunks, start[:, None, :])
+        clamped = np.minimum(np.maximum(chunks, lower), upper)
+        self._count("position_limit", (clamped != chunks).any(axis=(1, 2)))
 
         safe = np.empty_like(clamped)
-        step = np.clip(clamped[:, 0] - start, -self.max_step, self.max_step)
-        self.interventions["max_step"] += int((step != clamped[:, 0] - start).any(axis=1).sum())
+        wanted_step = clamped[:, 0] - start
+        step = np.minimum(np.maximum(wanted_step, -self.max_step), self.max_step)
+        self._count("max_step", (step != wanted_step).any(axis=1))
         safe[:, 0] = start + step
         if steps == 1:
             return safe
-        v_prev = None if initial_velocity is None else self.feasible_initial_velocity(
-            safe[:, 0], np.asarray(initial_velocity, np.float64), dt)
         brake = self._braking(dt)
         if len(safe) == 1 and scalar_single:
-            return self._rate_limited_one(safe[0, 0], clamped[0], None if v_prev is None else v_prev[0], dt,
-                                          brake)[None]
+            v_prev = None if initial_velocity is None else self._feasible_initial_velocity_one(
+                safe[0, 0], np.asarray(initial_velocity[0], np.float64), brake)
+            return self._rate_limited_one(safe[0, 0], clamped[0], v_prev, dt, brake)[None]
+        v_prev = None if initial_velocity is None else self.feasible_initial_velocity(
+            safe[:, 0], np.asarray(initial_velocity, np.float64), dt)
         return self._rate_limited(safe[:, 0], clamped, v_prev, dt, brake)
+
+    def _count(self, kind: str, hits: np.ndarray) -> None:
+        if hits.any():
+            self.interventions[kind] += int(hits.sum())
 
     def _braking(self, dt: float) -> _Braking:
         """The braking constants for `dt`, made once (the limits do not change after construction)."""
@@ -214,19 +226,25 @@ class SafetyLimits:
         """
         points = clamped.copy()
         points[0] = first
-        previous, wanted = points[:-1], np.diff(points, axis=0) / dt  # the loop's (target - previous) / dt
-        passes = ((self.upper - previous >= brake.free_distance) & (previous - self.lower >= brake.free_distance)
-                  & (wanted >= -self.max_velocity) & (wanted <= self.max_velocity))
-        dv = self.max_acceleration * dt
+        previous = points[:-1]
+        wanted = (points[1:] - previous) / dt  # the loop's (target - previous) / dt
+        free, dv = brake.free_distance, brake.a_dt
+        passes = self.upper - previous >= free
+        passes &= previous - self.lower >= free
+        passes &= np.abs(wanted) <= self.max_velocity  # |x| <= v is -v <= x <= v, exactly
+        # the acceleration limit, against the previous step's velocity (v_prev before the first step)
+        passes[1:] &= (wanted[1:] <= wanted[:-1] + dv) & (wanted[1:] >= wanted[:-1] - dv)
         if v_prev is not None:
-            passes[0] &= (wanted[0] >= v_prev - dv) & (wanted[0] <= v_prev + dv)
-        passes[1:] &= (wanted[1:] >= wanted[:-1] - dv) & (wanted[1:] <= wanted[:-1] + dv)
+            passes[0] &= (wanted[0] <= v_prev + dv) & (wanted[0] >= v_prev - dv)
+        failing = ~passes.all(axis=0)
+        if not failing.any():
+            return points
         vel_hit = acc_hit = False
-        for j in np.flatnonzero(~passes.all(axis=0)).tolist():
+        for j in np.flatnonzero(failing).tolist():
             k0 = int(np.argmin(passes[:, j])) + 1  # the first step that may bind
-            v_last = (None if v_prev is None else float(v_prev[j])) if k0 == 1 else float(wanted[k0 - 2, j])
+            v_last_j = (None if v_prev is None else float(v_prev[j])) if k0 == 1 else float(wanted[k0 - 2, j])
             column = points[:, j].tolist()
-            hits = self._limit_joint(column, j, k0, v_last, dt, brake)
+            hits = self._limit_joint(column, j, k0, v_last_j, dt, brake)
             points[:, j] = column
             vel_hit, acc_hit = vel_hit or hits[0], acc_hit or hits[1]
         self.interventions["velocity_limit"] += int(vel_hit)
@@ -285,6 +303,21 @@ class SafetyLimits:
         velocity = np.minimum(np.maximum(velocity, -self.max_velocity), self.max_velocity)
         v_brake = self._braking(dt)(np.stack([self.upper - start, start - self.lower]))
         return np.minimum(np.maximum(velocity, -v_brake[1] - dv), v_brake[0] + dv)
+
+    def _feasible_initial_velocity_one(self, start: np.ndarray, velocity: np.ndarray, brake: _Braking) -> np.ndarray:
+        """`feasible_initial_velocity` for one chunk, joint by joint in Python floats (same operations)."""
+        out = []
+        for j, (s, v) in enumerate(zip(start.tolist(), velocity.tolist())):
+            v_max, dv, free = brake.v_max[j], brake.dv[j], brake.free[j]
+            v = min(max(v if math.isfinite(v) else 0.0, -v_max), v_max)
+            # Farther than `free` from a limit its cap is >= v_max >= |v|, so it cannot bind: skip it.
+            room_up, room_down = float(self.upper[j]) - s, s - float(self.lower[j])
+            if room_down < free:
+                v = max(v, -brake.cap(room_down, j) - dv)
+            if room_up < free:
+                v = min(v, brake.cap(room_up, j) + dv)
+            out.append(v)
+        return np.array(out)
 
     # -- single goals (driver) ----------------------------------------------------------------
     def filter_point(self, target: np.ndarray, measured: np.ndarray) -> np.ndarray:
