@@ -121,14 +121,14 @@ class OnnxRuntime(CheckpointInfo):
 
     def predict_chunk(self, observation: Mapping[str, np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:
         """Actions (chunk, action_dim) float32 in robot units, like PolicyRuntime.predict_chunk."""
-        import torch
-
         if self.kind == "act":  # one graph: pre-processing and normalisation are inside it
             arrays = observation_arrays(observation, self.config.input_features, self.feature_specs)
             started = time.perf_counter()
             actions = self.sessions["policy"].run(None, arrays)[0]
             self.last_forward_s = time.perf_counter() - started
             return actions[0]
+        import torch
+
         inputs = self.normalized_inputs(observation)
         actions = self._diffusion(inputs, noise)  # sets last_forward_s (its session runs only)
         with torch.inference_mode():

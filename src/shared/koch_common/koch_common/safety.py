@@ -112,8 +112,8 @@ class SafetyLimits:
                       initial_velocity: np.ndarray | None = None, scalar_single: bool = True) -> np.ndarray:
         """Batched `filter_chunk`: chunks (B, T, J), measured (B, J) -> safe (B, T, J).
 
-        A single chunk (the node's every tick) goes through the Python-float twin of the numpy
-        loop, unless `scalar_single=False`; the tests compare the two.
+        A single chunk (the node's every tick) goes through `_rate_limited_one` (the loop only where a
+        limit may bind, in Python floats), unless `scalar_single=False`; the tests compare the two.
         """
         chunks = np.asarray(chunks, dtype=np.float64)
         measured = np.asarray(measured, dtype=np.float64)
@@ -176,7 +176,7 @@ class SafetyLimits:
         steps = clamped.shape[1]
         safe = np.empty_like(clamped)
         safe[:, 0] = first
-        dv = self.max_acceleration * dt
+        dv = brake.a_dt
         vel_hits = np.zeros(first.shape, bool)  # per (chunk, joint), reduced after the loop
         acc_hits = np.zeros(first.shape, bool)
         # This loop runs on published chunks with (B, 6) arrays, where each numpy call costs more
@@ -298,10 +298,11 @@ class SafetyLimits:
         limit faster than it could stop there brakes harder than `max_acceleration` on the
         first step. From any other start the filter keeps every step within all the limits.
         """
-        dv = self.max_acceleration * dt
+        brake = self._braking(dt)
+        dv = brake.a_dt
         velocity = np.where(np.isfinite(velocity), velocity, 0.0)
         velocity = np.minimum(np.maximum(velocity, -self.max_velocity), self.max_velocity)
-        v_brake = self._braking(dt)(np.stack([self.upper - start, start - self.lower]))
+        v_brake = brake(np.stack([self.upper - start, start - self.lower]))
         return np.minimum(np.maximum(velocity, -v_brake[1] - dv), v_brake[0] + dv)
 
     def _feasible_initial_velocity_one(self, start: np.ndarray, velocity: np.ndarray, brake: _Braking) -> np.ndarray:
