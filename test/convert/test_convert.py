@@ -20,6 +20,7 @@ from koch_common.robot import load_koch
 from koch_convert.bag_reader import BagReadError, ImageSpill, read_topics
 from koch_convert.cli import main as cli_main
 from koch_convert.convert import ConversionError, convert_bags, resample_bag, resample_episodes
+from koch_convert.episodes import stream_episode
 from koch_record.bag_writer import BagWriter
 
 # Bags recorded by real `ros2 bag record`, kept in ../shared beside the checkout (as on CI).
@@ -307,6 +308,10 @@ def test_real_jazzy_mcap_joint_states_resample_on_header_clock(tmp_path: Path) -
         expected = [held.position[list(held.name).index(j)] for j in joints]
         np.testing.assert_allclose(episode.value("observation.state", k), expected, rtol=1e-6)
         assert episode.samples["observation.state"][k].stamp_s <= t
+    streamed = stream_episode(bag, mapping, None, lambda episode, k: None)  # as convert_bags reads this bag
+    assert len(streamed) == len(episode) and streamed.refused is None
+    for k in (0, 5, 333, len(episode) - 1):
+        np.testing.assert_array_equal(streamed.value("observation.state", k), episode.value("observation.state", k))
 
     with pytest.raises(
         BagReadError, match=r"no topic\(s\) \['/camera/image_raw'\].*/imu/data.*/joint_states"

@@ -15,17 +15,20 @@ import numpy as np
 import pytest
 import torch
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
-from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from koch_common.config import ConfigError, load_config
 from koch_common.feature_mapping import FeatureConfig, LimitsConfig, MappingConfig, resolve
 from koch_common.image_codec import to_fields
 from koch_common.robot import load_koch
+from koch_convert import episodes as episodes_module
 from koch_convert.bag_reader import BagReadError
 from koch_convert.cli import main as cli_main
 from koch_convert.convert import QUALITY_REPORT, ConversionError, convert_bags, resample_episodes
+from koch_convert.episodes import Episode, OutOfOrderStamps, stream_episode
 from koch_convert.extract import decode_depth
+from koch_record.bag_writer import BagWriter
 
 TS = get_typestore(Stores.ROS2_KILTED)
 FPS = 30
@@ -132,7 +135,8 @@ def write_bag(
             writer.write(conns[topic], START_NS + int(round((t + 0.002) * 1e9)), TS.serialize_cdr(msg, msgtype))
 
 
-def mapping(action_policy: str = "asof", **limits):
+def mapping(action_policy: str = "asof", topics: bool = True, **limits):
+    """`topics=False`: no task or marker topic, so the converter streams each bag."""
     def feature(topic: str, msgtype: str, **kw) -> FeatureConfig:
         return FeatureConfig(topic=topic, type=msgtype, **kw)
 
@@ -140,8 +144,8 @@ def mapping(action_policy: str = "asof", **limits):
         fps=FPS,
         clock="header",
         task="fallback task",
-        task_topic="/task",
-        episode_marker_topic="/episode_start",
+        task_topic="/task" if topics else None,
+        episode_marker_topic="/episode_start" if topics else None,
         limits=LimitsConfig(**{"min_frames": 5, "max_gap_s": 0.3, **limits}),
         features={
             "observation.state": feature("/follower/joint_states", "sensor_msgs/msg/JointState", joints="follower"),
@@ -294,3 +298,87 @@ def test_depth_decoding_is_exact_for_both_encodings() -> None:
     out = decode_depth(msg32)[:, :, 0]
     assert out[0, 0] == 0.0
     np.testing.assert_array_equal(out.ravel()[1:], metres.ravel()[1:])
+
+
+def same_episode(streamed: Episode, whole: Episode) -> None:
+    """Frame for frame the same data and quality report (stamps differ only by the reference stamp)."""
+    assert (len(streamed), streamed.refused, streamed.dropped) == (len(whole), whole.refused, whole.dropped)
+    np.testing.assert_allclose(np.diff(streamed.frame_times_s), np.diff(whole.frame_times_s), atol=1e-9)
+    for k in range(len(whole)):
+        expected = whole.frame(k)
+        for key, value in streamed.frame(k).items():
+            np.testing.assert_array_equal(value, expected[key])
+    assert streamed.skipped_head_s == pytest.approx(whole.skipped_head_s, abs=1e-9)
+    assert streamed.report.frames == whole.report.frames
+    for name, stream in whole.report.streams.items():
+        got = streamed.report.streams[name]
+        assert (got.samples_in, got.missing, got.stale, got.gaps) == (stream.samples_in, stream.missing,
+                                                                      stream.stale, stream.gaps)
+        assert got.max_age_s == pytest.approx(stream.max_age_s, abs=1e-9)
+
+
+def test_streamed_bags_give_the_same_episodes_while_still_reading(
+    bags: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without task or marker topics a bag is converted while it is read: each frame is passed on as
+    soon as no later message can change it, and the episode equals the one built from the whole bag
+    (compressed colour, depth, a command topic, zstd file and message compression)."""
+    read = [0]
+    iter_messages = episodes_module.iter_messages
+
+    def counted(*args, **kwargs):
+        for item in iter_messages(*args, **kwargs):
+            read[0] += 1
+            yield item
+
+    monkeypatch.setattr(episodes_module, "iter_messages", counted)
+    drop = {"action_policy": "drop", "max_dropped_fraction": 0.5, "max_gap_s": None}
+    for name, limits, refused in (("late", {}, None), ("gap", {}, "has no sample within"), ("gap", drop, None)):
+        m = mapping(topics=False, **limits)
+        read[0] = 0
+        passed: list[tuple[int, int]] = []  # (frame index, messages read by then)
+        streamed = stream_episode(bags[name], m, None, lambda episode, k, out=passed: out.append((k, read[0])))
+        (whole,) = resample_episodes(bags[name], m)
+        same_episode(streamed, whole)
+        assert [k for k, _ in passed] == list(range(len(whole)))
+        assert passed[0][1] < read[0] / 4, "the first frame went out while most of the bag was unread"
+        assert streamed.refused is None if refused is None else refused in (streamed.refused or "")
+    assert sum(streamed.dropped.values()) > 0, "the drop policy left frames out of the streamed episode too"
+
+    # through convert_bags: the refused (gap) episode leaves nothing, the other is written
+    output = tmp_path / "ds"
+    convert_bags([bags["late"], bags["gap"]], mapping(topics=False), output, "local/s", vcodec="h264")
+    ds = LeRobotDataset("local/s", root=output)
+    (whole,) = resample_episodes(bags["late"], mapping(topics=False))
+    assert ds.num_episodes == 1 and ds.num_frames == len(whole)
+    for k in (0, len(whole) - 1):
+        np.testing.assert_allclose(ds[k]["observation.state"].numpy(), whole.value("observation.state", k))
+        assert ds[k]["task"] == "fallback task"
+    report = json.loads((output / QUALITY_REPORT).read_text())["episodes"]
+    assert [e["refused"] is None for e in report] == [True, False]
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"], "no work folder or refused episode left"
+
+
+def test_stamps_going_backwards_are_sorted_by_reading_the_whole_bag(bags: dict[str, Path], tmp_path: Path) -> None:
+    """Two follower messages swapped in the bag (header stamps go backwards, as with two publishers on
+    one topic): streaming stops with OutOfOrderStamps, and the converter reads the bag whole instead."""
+    swapped = tmp_path / "swapped"
+    with Reader(bags["late"]) as reader:
+        records = [(c.topic, c.msgtype, t, raw) for c, t, raw in reader.messages() if c.topic != "/vendor/blob"]
+    follower = [i for i, r in enumerate(records) if r[0] == "/follower/joint_states"]
+    a, b = follower[20], follower[21]
+    records[a], records[b] = (*records[a][:3], records[b][3]), (*records[b][:3], records[a][3])
+    with BagWriter(swapped, storage="mcap", typestore=TS) as bag:
+        for topic, msgtype in dict.fromkeys((r[0], r[1]) for r in records):
+            bag.add_topic(topic, msgtype)
+        for topic, _, t, raw in records:
+            bag.write(topic, t, raw)
+    m = mapping(topics=False)
+    with pytest.raises(OutOfOrderStamps, match="/follower/joint_states is stamped"):
+        stream_episode(swapped, m, None, lambda episode, k: None)
+    output = tmp_path / "ds"
+    convert_bags([swapped], m, output, "local/s", vcodec="h264")
+    (whole,) = resample_episodes(swapped, m)
+    ds = LeRobotDataset("local/s", root=output)
+    assert ds.num_frames == len(whole) > 0
+    np.testing.assert_allclose(ds[len(whole) - 1]["action"].numpy(), whole.value("action", len(whole) - 1))

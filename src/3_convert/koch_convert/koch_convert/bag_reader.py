@@ -10,10 +10,11 @@ unless mapped. Any storage or decoding failure (a truncated file, a bad chunk) b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,7 +52,8 @@ class LazyMessage:
     deserialize: Callable[[bytes, str], Any]
 
     def load(self) -> Any:
-        return self.deserialize(self.raw, self.msgtype)
+        # a memoryview: rosbags slices off the CDR header, which on bytes copies the whole image
+        return self.deserialize(memoryview(self.raw), self.msgtype)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class SpilledMessage:
     deserialize: Callable[[bytes, str], Any]
 
     def load(self) -> Any:
-        return self.deserialize(os.pread(self.file.fileno(), self.size, self.offset), self.msgtype)
+        self.file.flush()  # the converter may load a frame while it still spills the bag's later images
+        return self.deserialize(memoryview(os.pread(self.file.fileno(), self.size, self.offset)), self.msgtype)
 
 
 class ImageSpill:
@@ -102,10 +105,6 @@ class ImageSpill:
             ) from err
         self.spilled_bytes += len(raw)
         return SpilledMessage(self._file, offset, len(raw), msgtype, deserialize)
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
 
 
 def loaded(msg: Any) -> Any:
@@ -161,10 +160,37 @@ def read_topics(
     with the bag's receive time. Messages without a header (std_msgs/String task or marker
     topics) always take the receive time. Topics not requested are skipped without deserializing.
     """
-    if clock not in CLOCKS:
-        raise BagReadError(f"clock {clock!r} is unknown; use one of {CLOCKS}")
+    with _bag_errors(bag_dir), _opened(Path(bag_dir)) as reader:
+        present = _resolve(reader, Path(bag_dir), topics, set(optional))
+        pairs: dict[str, list[tuple[int, Any]]] = {name: [] for name in present}
+        for topic, stamp, msg in _messages(reader, Path(bag_dir), present, clock, set(lazy), spill):
+            pairs[topic].append((stamp, msg))
+    streams: dict[str, TopicStream] = {}
+    for name, items in pairs.items():
+        # Header stamps may arrive out of order across publishers; offline we can sort them.
+        items.sort(key=lambda pair: pair[0])
+        streams[name] = TopicStream(name, present[name], [stamp for stamp, _ in items], [msg for _, msg in items])
+    for name in set(optional) - set(present):
+        streams[name] = TopicStream(topic=name, msgtype="")
+    return streams
+
+
+def iter_messages(
+    bag_dir: Path, topics: Mapping[str, str | None], clock: str = "header", lazy: Collection[str] = (),
+    spill: ImageSpill | None = None,
+) -> Iterator[tuple[str, int, Any]]:
+    """`read_topics` as a stream: (topic, stamp_ns, message) in the bag's storage order (receive
+    time), so a caller can work while the bag is still being read. Stamps on the header clock are
+    not sorted: within a topic they usually rise, and the caller checks that they do."""
+    with _bag_errors(bag_dir), _opened(Path(bag_dir)) as reader:
+        present = _resolve(reader, Path(bag_dir), topics, set())
+        yield from _messages(reader, Path(bag_dir), present, clock, set(lazy), spill)
+
+
+@contextlib.contextmanager
+def _bag_errors(bag_dir: Path) -> Iterator[None]:
     try:
-        return _read_topics(Path(bag_dir), topics, clock, set(optional), set(lazy), spill)
+        yield
     except BagReadError:
         raise
     except Exception as err:  # rosbags/mcap/sqlite/zstd raise many types for a damaged file
@@ -174,10 +200,8 @@ def read_topics(
         ) from err
 
 
-def _read_topics(
-    bag_dir: Path, topics: Mapping[str, str | None], clock: str, optional: set[str], lazy: set[str],
-    spill: ImageSpill | None,
-) -> dict[str, TopicStream]:
+@contextlib.contextmanager
+def _opened(bag_dir: Path) -> Iterator[AnyReader]:
     try:
         reader = _open(bag_dir)
         reader.open()
@@ -187,56 +211,51 @@ def _read_topics(
             f"inconsistent ({err}); re-record it or repair it (`ros2 bag reindex`), then convert again"
         ) from err
     try:
-        present = {c.topic: c.msgtype for c in reader.connections}
-        absent_optional = {t for t in optional if t not in present}
-        topics = {t: ty for t, ty in topics.items() if t not in absent_optional}
-        missing = sorted(set(topics) - set(present))
-        if missing:
-            listing = ", ".join(f"{t} ({present[t]})" for t in sorted(present)) or "none"
-            raise BagReadError(f"bag {bag_dir} has no topic(s) {missing}; topics present: {listing}")
-        for name, msgtype in topics.items():
-            if msgtype is not None and present[name] != msgtype:
-                raise BagReadError(
-                    f"bag {bag_dir}: topic {name} has type {present[name]}, expected {msgtype}"
-                )
-            if present[name] not in reader.typestore.types:
-                raise BagReadError(
-                    f"bag {bag_dir}: topic {name} has type {present[name]}, whose definition is neither in the "
-                    "bag nor in the ROS 2 typestore; record with MCAP (it stores definitions) or unmap the topic"
-                )
-        wanted = [c for c in reader.connections if c.topic in topics]
-        pairs: dict[str, list[tuple[int, Any]]] = {name: [] for name in topics}
-        deserialize = reader.typestore.deserialize_cdr
-        for connection, receive_ns, raw in reader.messages(connections=wanted):
-            if connection.topic in lazy and connection.msgtype in HEADER_FIRST_TYPES:
-                stamp = cdr_header_stamp_ns(raw) if clock == "header" else receive_ns
-                kept = (LazyMessage(raw, connection.msgtype, deserialize) if spill is None
-                        else spill.keep(raw, connection.msgtype, deserialize))
-                pairs[connection.topic].append((stamp, kept))
-                continue
-            msg = reader.deserialize(raw, connection.msgtype)
-            stamp = header_stamp_ns(msg) if clock == "header" and has_header(msg) else receive_ns
-            pairs[connection.topic].append((stamp, msg))
+        yield reader
     finally:
         reader.close()
-        if spill is not None:
-            spill.flush()
 
-    streams: dict[str, TopicStream] = {}
-    for name, items in pairs.items():
-        if clock == "header" and any(stamp == 0 for stamp, _ in items):
+
+def _resolve(reader: AnyReader, bag_dir: Path, topics: Mapping[str, str | None], optional: set[str]) -> dict[str, str]:
+    """topic -> type of each requested topic the bag has; an error naming what it has instead
+    when a required topic is missing, has another type, or a type without a definition."""
+    present = {c.topic: c.msgtype for c in reader.connections}
+    topics = {t: ty for t, ty in topics.items() if t in present or t not in optional}
+    missing = sorted(set(topics) - set(present))
+    if missing:
+        listing = ", ".join(f"{t} ({present[t]})" for t in sorted(present)) or "none"
+        raise BagReadError(f"bag {bag_dir} has no topic(s) {missing}; topics present: {listing}")
+    for name, msgtype in topics.items():
+        if msgtype is not None and present[name] != msgtype:
+            raise BagReadError(f"bag {bag_dir}: topic {name} has type {present[name]}, expected {msgtype}")
+        if present[name] not in reader.typestore.types:
             raise BagReadError(
-                f"bag {bag_dir}: {name} has messages with an unset header.stamp; "
+                f"bag {bag_dir}: topic {name} has type {present[name]}, whose definition is neither in the "
+                "bag nor in the ROS 2 typestore; record with MCAP (it stores definitions) or unmap the topic"
+            )
+    return {name: present[name] for name in topics}
+
+
+def _messages(
+    reader: AnyReader, bag_dir: Path, topics: Mapping[str, str], clock: str, lazy: set[str],
+    spill: ImageSpill | None,
+) -> Iterator[tuple[str, int, Any]]:
+    if clock not in CLOCKS:
+        raise BagReadError(f"clock {clock!r} is unknown; use one of {CLOCKS}")
+    wanted = [c for c in reader.connections if c.topic in topics]
+    deserialize = reader.typestore.deserialize_cdr
+    for connection, receive_ns, raw in reader.messages(connections=wanted):
+        topic = connection.topic
+        if topic in lazy and connection.msgtype in HEADER_FIRST_TYPES:
+            stamp = cdr_header_stamp_ns(raw) if clock == "header" else receive_ns
+            msg: Any = (LazyMessage(raw, connection.msgtype, deserialize) if spill is None
+                        else spill.keep(raw, connection.msgtype, deserialize))
+        else:
+            msg = reader.deserialize(raw, connection.msgtype)
+            stamp = header_stamp_ns(msg) if clock == "header" and has_header(msg) else receive_ns
+        if stamp == 0:
+            raise BagReadError(
+                f"bag {bag_dir}: {topic} has messages with an unset header.stamp; "
                 "fix the publisher or set `clock: receive` in the mapping"
             )
-        # Header stamps may arrive out of order across publishers; offline we can sort them.
-        items.sort(key=lambda pair: pair[0])
-        streams[name] = TopicStream(
-            topic=name,
-            msgtype=present[name],
-            stamps_ns=[stamp for stamp, _ in items],
-            messages=[msg for _, msg in items],
-        )
-    for name in absent_optional:
-        streams[name] = TopicStream(topic=name, msgtype="")
-    return streams
+        yield topic, stamp, msg

@@ -28,7 +28,14 @@ from tqdm import tqdm
 from koch_common.feature_mapping import Mapping
 from koch_common.resample import ResampleReport, StreamReport
 from koch_convert.bag_reader import ImageSpill
-from koch_convert.episodes import ConversionError, Episode, resample_bag, resample_episodes
+from koch_convert.episodes import (
+    ConversionError,
+    Episode,
+    OutOfOrderStamps,
+    resample_bag,
+    resample_episodes,
+    stream_episode,
+)
 
 __all__ = [
     "ConversionError",
@@ -101,49 +108,103 @@ def convert_one_bag(
 ) -> list[dict[str, Any]]:
     """Convert one bag into a LeRobot dataset at `root` (created only if an episode passes).
     Image messages beyond `image_memory_gb` wait for their frames in a spill file beside `root`.
-    Returns the quality report of each of its episodes (refused ones included)."""
-    episodes = resample_episodes(bag, mapping, ImageSpill(root.parent, int(image_memory_gb * 2**30)))
+    Returns the quality report of each of its episodes (refused ones included).
+
+    A bag that is one episode with the mapping's task text (no marker or task topic) is streamed:
+    each frame is encoded as soon as no later message can change it, while the bag is still read,
+    and the episode is discarded if its verdict at the end refuses it. Otherwise, or when a stream's
+    stamps go backwards (only sorting the whole bag puts them in order), the bag is read first."""
+    budget = int(image_memory_gb * 2**30)
+    if not mapping.extra_topics:
+        try:
+            return [_stream_one_bag(bag, mapping, root, repo_id, vcodec, ImageSpill(root.parent, budget), progress)]
+        except OutOfOrderStamps:
+            shutil.rmtree(root, ignore_errors=True)  # the frames streamed so far; convert from the sorted bag
+    episodes = resample_episodes(bag, mapping, ImageSpill(root.parent, budget))
     accepted = [e for e in episodes if e.refused is None]
     if accepted:
-        _write_episodes(accepted, mapping, root, repo_id, vcodec, progress)
+        with _DatasetWriter(mapping, root, repo_id, vcodec) as writer:
+            for episode in accepted:
+                for i in tqdm(range(len(episode)), desc=episode.bag.name, leave=False, disable=not progress):
+                    writer.add_frame(episode, i)
+                writer.save_episode()
     return [e.quality() for e in episodes]
 
 
-def _write_episodes(
-    episodes: list[Episode], mapping: Mapping, root: Path, repo_id: str, vcodec: str, progress: bool
-) -> None:
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy import, only when converting
+def _stream_one_bag(
+    bag: Path, mapping: Mapping, root: Path, repo_id: str, vcodec: str, spill: ImageSpill, progress: bool
+) -> dict[str, Any]:
+    with (
+        _DatasetWriter(mapping, root, repo_id, vcodec) as writer,
+        tqdm(desc=Path(bag).name, unit="frame", leave=False, disable=not progress) as bar,
+    ):
+        def on_frame(episode: Episode, index: int) -> None:
+            if episode.refused is None:  # after a gap the episode is refused: stop encoding it
+                writer.add_frame(episode, index)
+                bar.update()
 
-    with _embedding_only_for_image_columns():
-        features = dataset_features(mapping, episodes[0])
-        dataset = LeRobotDataset.create(
-            repo_id=repo_id,
-            fps=mapping.fps,
-            features=features,
-            root=root,
+        episode = stream_episode(bag, mapping, spill, on_frame)
+        if episode.refused is None:
+            writer.save_episode()
+    if episode.refused is not None:
+        shutil.rmtree(root, ignore_errors=True)  # its frames were encoded before the verdict
+    return episode.quality()
+
+
+class _DatasetWriter:
+    """A new LeRobot dataset at `root`, created with the first frame written (its features come
+    from that frame's shapes); frames go straight into one video encoder per camera."""
+
+    def __init__(self, mapping: Mapping, root: Path, repo_id: str, vcodec: str) -> None:
+        self.mapping, self.root, self.repo_id, self.vcodec = mapping, root, repo_id, vcodec
+        self.dataset: Any = None
+        self.features: dict[str, dict[str, Any]] = {}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _DatasetWriter:
+        self._stack.enter_context(_embedding_only_for_image_columns())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            # Always close lerobot's parquet writers and encoders: left to the garbage collector they
+            # would write their footers into the work folder after it was removed.
+            if self.dataset is not None:
+                self.dataset.finalize()
+        finally:
+            self._stack.close()
+
+    def add_frame(self, episode: Episode, index: int) -> None:
+        if self.dataset is None:
+            self._create(episode)
+        frame = episode.frame(index)
+        _check_shapes(episode, frame, self.features)
+        for feature in self.mapping.features:
+            if feature.is_depth:
+                frame[feature.key] = frame[feature.key].reshape(-1)
+        self.dataset.add_frame({**frame, "task": episode.task})
+
+    def save_episode(self) -> None:
+        self.dataset.save_episode()
+
+    def _create(self, first: Episode) -> None:
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy import, only when converting
+
+        self.features = dataset_features(self.mapping, first)
+        self.dataset = LeRobotDataset.create(
+            repo_id=self.repo_id,
+            fps=self.mapping.fps,
+            features=self.features,
+            root=self.root,
             robot_type="koch",
-            use_videos=any(f.is_color for f in mapping.features),
-            vcodec=vcodec,
+            use_videos=any(f.is_color for f in self.mapping.features),
+            vcodec=self.vcodec,
             # Frames go straight into one encoder per camera (LeRobot's streaming encoder, which also
             # computes the image statistics) instead of PNG files that save_episode reads back.
             streaming_encoding=True,
         )
-        if dataset._streaming_encoder is not None:
-            dataset._streaming_encoder = lossless_encoder(dataset._streaming_encoder)
-        try:
-            for episode in episodes:
-                for i in tqdm(range(len(episode)), desc=episode.bag.name, leave=False, disable=not progress):
-                    frame = episode.frame(i)
-                    _check_shapes(episode, frame, features)
-                    for feature in mapping.features:
-                        if feature.is_depth:
-                            frame[feature.key] = frame[feature.key].reshape(-1)
-                    dataset.add_frame({**frame, "task": episode.task})
-                dataset.save_episode()
-        finally:
-            # Always close lerobot's parquet writers: left to the garbage collector they would
-            # write their footers into the work folder after it was removed.
-            dataset.finalize()
+        if self.dataset._streaming_encoder is not None:
+            self.dataset._streaming_encoder = lossless_encoder(self.dataset._streaming_encoder)
 
 
 @contextlib.contextmanager

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from koch_common.feature_mapping import Mapping
-from koch_common.resample import ResampleReport, Sample, StreamBuffer, common_window, grid, resample_streams
-from koch_convert.bag_reader import ImageSpill, TopicStream, read_topics
+from koch_common.resample import FrameAssembler, ResampleReport, Sample, StreamBuffer
+from koch_convert.bag_reader import ImageSpill, TopicStream, iter_messages, read_topics
 from koch_convert.extract import ExtractError, JointVector, decoder_for
 
 
@@ -28,27 +28,38 @@ class ConversionError(ValueError):
     pass
 
 
+class OutOfOrderStamps(ConversionError):
+    """A stream's stamps went backwards while the bag was streamed; reading it whole sorts them."""
+
+
 @dataclass
 class Episode:
-    """One episode, resampled: the sample each feature takes at each kept frame time."""
+    """One episode, resampled: the sample each feature takes at each kept frame time. Built frame by
+    frame (`EpisodeBuilder`); the report, skipped head and verdict are set when it is finished."""
 
     bag: Path
     segment: int  # index of the episode within its bag (marker splits)
     mapping: Mapping
     task: str
-    frame_times_s: np.ndarray  # kept frames only, seconds from the bag's earliest stamp
-    samples: dict[str, list[Sample]]
-    skipped_head_s: float  # episode data before the first frame (streams not all fresh yet)
-    report: ResampleReport
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    times_s: list[float] = field(default_factory=list)  # kept frames, seconds from the bag's reference stamp
+    skipped_head_s: float = 0.0  # episode data before the first frame (streams not all fresh yet)
+    report: ResampleReport = field(default_factory=lambda: ResampleReport(frames=0))
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> frames left out
     refused: str | None = None  # why the episode violates the mapping's limits, None if it passes
 
     def __post_init__(self) -> None:
+        for feature in self.mapping.features:
+            self.samples.setdefault(feature.key, [])
         self._decoded: dict[str, tuple[float, np.ndarray]] = {}
         self._decoders = {f.key: decoder_for(f) for f in self.mapping.features}
 
     def __len__(self) -> int:
-        return len(self.frame_times_s)
+        return len(self.times_s)
+
+    @property
+    def frame_times_s(self) -> np.ndarray:
+        return np.asarray(self.times_s, dtype=np.float64)
 
     def value(self, key: str, index: int) -> np.ndarray:
         """A feature's value at frame `index`; images are decoded here, once per held image, so an
@@ -146,52 +157,54 @@ def _check_limits(mapping: Mapping, episode: Episode) -> str | None:
     return None
 
 
-def _resample_segment(
-    bag: Path, mapping: Mapping, buffers: dict[str, StreamBuffer], segment: int, task: str
-) -> Episode:
-    window = common_window(buffers)
-    if window is None:
-        spans = {k: (b.first_stamp, b.last_stamp) for k, b in buffers.items()}
-        raise ConversionError(
-            f"bag {bag} (episode {segment}): the streams never all have a fresh sample at once "
-            f"(first/last stamps in s from the bag start: {spans}); check the mapping's clock "
-            f"({mapping.clock!r}) and max_staleness_s"
-        )
-    frame_times = grid(window[0], window[1], mapping.fps)
-    frames, report = resample_streams(buffers, frame_times)
-    samples: dict[str, list[Sample]] = {f.key: [] for f in mapping.features}
-    kept: list[float] = []
-    dropped: dict[str, int] = {}
-    refused = None
-    for t, frame in zip(frame_times, frames, strict=True):
-        missing = [f for f in mapping.features if frame[f.key] is None]
-        gaps = [f for f in missing if f.stream.policy != "drop"]
-        if gaps and refused is None:
-            f = gaps[0]
-            refused = (
-                f"{f.key} ({f.topic}, policy {f.stream.policy}) has no sample within "
-                f"{f.stream.usable_age_s} s before t={t:.4f} s; raise its tolerance_s or use policy hold/drop"
+class EpisodeBuilder:
+    """An episode taking the frames the shared `FrameAssembler` finalises: a frame where a stream
+    under policy `drop` has no usable sample is left out (counted); any other missing stream is a
+    gap that refuses the episode. `ready()` while messages are still being pushed, `finish()` once
+    all are in, the same code whether the bag was read first or is streamed."""
+
+    def __init__(self, bag: Path, mapping: Mapping, buffers: dict[str, StreamBuffer], segment: int, task: str):
+        self.buffers = buffers
+        self.assembler = FrameAssembler(buffers, mapping.fps)
+        self.episode = Episode(bag=bag, segment=segment, mapping=mapping, task=task)
+
+    def ready(self) -> None:
+        self._take(self.assembler.ready())
+
+    def finish(self) -> Episode:
+        self._take(self.assembler.finish())
+        episode, mapping = self.episode, self.episode.mapping
+        window = self.assembler.window
+        if window is None:
+            spans = {k: (b.first_stamp, b.last_stamp) for k, b in self.buffers.items()}
+            raise ConversionError(
+                f"bag {episode.bag} (episode {episode.segment}): the streams never all have a fresh sample at "
+                f"once (first/last stamps in s from the bag start: {spans}); check the mapping's clock "
+                f"({mapping.clock!r}) and max_staleness_s"
             )
-        if missing:
-            reason = f"{missing[0].key}: no sample within {missing[0].stream.usable_age_s} s"
-            dropped[reason] = dropped.get(reason, 0) + 1
-            continue
-        kept.append(float(t))
-        for feature in mapping.features:
-            samples[feature.key].append(frame[feature.key])  # type: ignore[arg-type]
-    episode = Episode(
-        bag=bag,
-        segment=segment,
-        mapping=mapping,
-        task=task,
-        frame_times_s=np.asarray(kept, dtype=np.float64),
-        samples=samples,
-        skipped_head_s=window[0] - min(b.first_stamp for b in buffers.values()),  # type: ignore[type-var]
-        report=report,
-        dropped=dropped,
-    )
-    episode.refused = refused or _check_limits(mapping, episode)
-    return episode
+        episode.report = self.assembler.report()
+        episode.skipped_head_s = window[0] - min(b.first_stamp for b in self.buffers.values())  # type: ignore[type-var]
+        episode.refused = episode.refused or _check_limits(mapping, episode)
+        return episode
+
+    def _take(self, frames: list[tuple[float, dict[str, Sample | None]]]) -> None:
+        episode, features = self.episode, self.episode.mapping.features
+        for t, frame in frames:
+            missing = [f for f in features if frame[f.key] is None]
+            gaps = [f for f in missing if f.stream.policy != "drop"]
+            if gaps and episode.refused is None:
+                f = gaps[0]
+                episode.refused = (
+                    f"{f.key} ({f.topic}, policy {f.stream.policy}) has no sample within "
+                    f"{f.stream.usable_age_s} s before t={t:.4f} s; raise its tolerance_s or use policy hold/drop"
+                )
+            if missing:
+                reason = f"{missing[0].key}: no sample within {missing[0].stream.usable_age_s} s"
+                episode.dropped[reason] = episode.dropped.get(reason, 0) + 1
+                continue
+            episode.times_s.append(float(t))
+            for feature in features:
+                episode.samples[feature.key].append(frame[feature.key])  # type: ignore[arg-type]
 
 
 def resample_episodes(bag: Path, mapping: Mapping, spill: ImageSpill | None = None) -> list[Episode]:
@@ -237,7 +250,7 @@ def resample_episodes(bag: Path, mapping: Mapping, spill: ImageSpill | None = No
             raise ConversionError(f"bag {bag}: episode {segment} has no messages for {empty}")
         last = min(b.last_stamp for b in buffers.values())  # type: ignore[type-var]
         task = _task(mapping, streams, t_ref_ns, last, bag)
-        episodes.append(_resample_segment(bag, mapping, buffers, len(episodes), task))
+        episodes.append(EpisodeBuilder(bag, mapping, buffers, len(episodes), task).finish())
     if not episodes:
         raise ConversionError(f"bag {bag}: no episode has messages on every mapped topic")
     return episodes
@@ -251,3 +264,54 @@ def resample_bag(bag: Path, mapping: Mapping) -> Episode:
     if episodes[0].refused and not len(episodes[0]):
         raise ConversionError(f"bag {bag}: {episodes[0].refused}")
     return episodes[0]
+
+
+def stream_episode(
+    bag: Path, mapping: Mapping, spill: ImageSpill | None, on_frame: Callable[[Episode, int], None]
+) -> Episode:
+    """The one episode of a bag whose mapping has no marker or task topic, resampled while the bag is
+    read: `on_frame(episode, index)` gets each kept frame as soon as no later message can change it
+    (the converter encodes it then). The same buffers, assembler and builder as `resample_episodes`,
+    and so the same frames; the verdict comes at the end, after its frames were passed on. Raises
+    OutOfOrderStamps when a stream's stamps go backwards (header stamps of several publishers on
+    one topic), which only `resample_episodes` (the whole bag read, then sorted) handles."""
+    if mapping.extra_topics:
+        raise ValueError(f"the mapping reads {mapping.extra_topics} too; convert with resample_episodes")
+    bag = Path(bag)
+    task = _task(mapping, {}, 0, np.inf, bag)
+    consumers: dict[str, list[tuple[str, Callable[[Any], Any]]]] = {}
+    for feature in mapping.features:
+        consumers.setdefault(feature.topic, []).append((feature.key, _extractor(feature, bag)))
+    buffers = {f.key: StreamBuffer(f.stream) for f in mapping.features}
+    builder = EpisodeBuilder(bag, mapping, buffers, 0, task)
+    images = [f.topic for f in mapping.features if f.is_image]
+    passed = 0
+
+    def pass_on() -> None:
+        nonlocal passed
+        while passed < len(builder.episode):
+            on_frame(builder.episode, passed)
+            passed += 1
+
+    t_ref_ns: int | None = None  # float seconds from the first stamp read keep sub-microsecond resolution
+    for topic, stamp_ns, msg in iter_messages(bag, mapping.topics, mapping.clock, lazy=images, spill=spill):
+        t_ref_ns = stamp_ns if t_ref_ns is None else t_ref_ns
+        stamp_s = (stamp_ns - t_ref_ns) / 1e9
+        for key, extract in consumers[topic]:
+            try:
+                value = extract(msg)
+            except ExtractError as err:
+                raise ConversionError(str(err)) from err
+            if not buffers[key].push(stamp_s, value):
+                raise OutOfOrderStamps(
+                    f"bag {bag}: {topic} is stamped {stamp_s:.6f} s after a message stamped "
+                    f"{buffers[key].last_stamp:.6f} s"
+                )
+        builder.ready()
+        pass_on()
+    for feature in mapping.features:
+        if len(buffers[feature.key]) == 0:
+            raise ConversionError(f"bag {bag}: topic {feature.topic} ({feature.key}) has no messages")
+    episode = builder.finish()
+    pass_on()
+    return episode

@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,11 @@ class StreamBuffer:
         with self._lock:
             return list(self._stamps)
 
+    def stamps_from(self, index: int) -> list[float]:
+        """The stamps from position `index` on (an offline reader's cursor; no maxlen)."""
+        with self._lock:
+            return self._stamps[index:]
+
     def push(self, stamp_s: float, value: Any) -> bool:
         stamp_s = float(stamp_s)
         if not math.isfinite(stamp_s):
@@ -170,42 +175,66 @@ class ResampleReport:
         return all(s.missing == 0 and s.stale == 0 for s in self.streams.values())
 
 
+def _input_report(name: str, buffer: StreamBuffer, frames: int) -> StreamReport:
+    """What the stream's input looked like: rate, longest gap, gaps longer than max_staleness_s."""
+    stamps = buffer.stamps
+    span = stamps[-1] - stamps[0] if stamps else 0.0
+    steps = np.diff(np.asarray(stamps, dtype=np.float64))
+    return StreamReport(
+        name=name,
+        samples_in=len(stamps),
+        frames=frames,
+        input_rate_hz=(len(stamps) - 1) / span if len(stamps) > 1 and span > 0 else None,
+        max_gap_s=float(steps.max()) if steps.size else 0.0,
+        gaps=int((steps > buffer.spec.max_staleness_s).sum()),
+    )
+
+
+class _FrameTally:
+    """Per stream, what the frames took from it: missing, stale, oldest sample, distinct samples."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.frames = 0
+        self.missing = dict.fromkeys(names, 0)
+        self.stale = dict.fromkeys(names, 0)
+        self.max_age_s = dict.fromkeys(names, 0.0)
+        self.used: dict[str, set[float]] = {name: set() for name in names}
+
+    def add(self, frame: Mapping[str, Sample | None]) -> None:
+        self.frames += 1
+        for name, sample in frame.items():
+            if sample is None:
+                self.missing[name] += 1
+                continue
+            self.stale[name] += int(sample.stale)
+            self.max_age_s[name] = max(self.max_age_s[name], sample.age_s)
+            self.used[name].add(sample.stamp_s)
+
+    def report(self, buffers: Mapping[str, StreamBuffer]) -> ResampleReport:
+        report = ResampleReport(frames=self.frames)
+        for name, buffer in buffers.items():
+            stream = _input_report(name, buffer, self.frames)
+            stream.missing, stream.stale = self.missing[name], self.stale[name]
+            stream.max_age_s, stream.distinct_samples_used = self.max_age_s[name], len(self.used[name])
+            report.streams[name] = stream
+        return report
+
+
 def resample_streams(
     buffers: Mapping[str, StreamBuffer], grid_times: Sequence[float] | np.ndarray
 ) -> tuple[list[dict[str, Sample | None]], ResampleReport]:
     """Sample every buffer at every grid time: one dict per frame, stream name -> Sample or None."""
-    report = ResampleReport(frames=len(grid_times))
-    used: dict[str, set[float]] = {}
-    for name, buffer in buffers.items():
-        span = (buffer.last_stamp or 0.0) - (buffer.first_stamp or 0.0)
-        rate = (len(buffer) - 1) / span if len(buffer) > 1 and span > 0 else None
-        steps = np.diff(np.asarray(buffer.stamps, dtype=np.float64))
-        report.streams[name] = StreamReport(
-            name=name,
-            samples_in=len(buffer),
-            frames=len(grid_times),
-            input_rate_hz=rate,
-            max_gap_s=float(steps.max()) if steps.size else 0.0,
-            gaps=int((steps > buffer.spec.max_staleness_s).sum()),
-        )
-        used[name] = set()
+    tally = _FrameTally(buffers)
     frames: list[dict[str, Sample | None]] = []
     for t in grid_times:
-        frame: dict[str, Sample | None] = {}
-        for name, buffer in buffers.items():
-            sample = buffer.sample(float(t))
-            frame[name] = sample
-            stream_report = report.streams[name]
-            if sample is None:
-                stream_report.missing += 1
-                continue
-            stream_report.stale += int(sample.stale)
-            stream_report.max_age_s = max(stream_report.max_age_s, sample.age_s)
-            used[name].add(sample.stamp_s)
+        frame = {name: buffer.sample(float(t)) for name, buffer in buffers.items()}
+        tally.add(frame)
         frames.append(frame)
-    for name, stamps in used.items():
-        report.streams[name].distinct_samples_used = len(stamps)
-    return frames, report
+    return frames, tally.report(buffers)
+
+
+def _fresh_everywhere(buffers: Mapping[str, StreamBuffer], t: float) -> bool:
+    return all((s := b.sample(t)) is not None and not s.stale for b in buffers.values())
 
 
 def first_all_fresh_time(buffers: Mapping[str, StreamBuffer]) -> float | None:
@@ -217,11 +246,7 @@ def first_all_fresh_time(buffers: Mapping[str, StreamBuffer]) -> float | None:
         return None
     earliest = max(b.first_stamp for b in buffers.values())  # type: ignore[type-var]
     candidates = sorted({s for b in buffers.values() for s in b.stamps if s >= earliest})
-    for t in candidates:
-        samples = [b.sample(t) for b in buffers.values()]
-        if all(s is not None and not s.stale for s in samples):
-            return t
-    return None
+    return next((t for t in candidates if _fresh_everywhere(buffers, t)), None)
 
 
 def common_window(buffers: Mapping[str, StreamBuffer]) -> tuple[float, float] | None:
@@ -232,3 +257,92 @@ def common_window(buffers: Mapping[str, StreamBuffer]) -> tuple[float, float] | 
         return None
     end = min(b.last_stamp for b in buffers.values())  # type: ignore[type-var]
     return (start, end) if end >= start else None
+
+
+class FrameAssembler:
+    """`common_window` + `grid` + `resample_streams`, frame by frame while the buffers fill.
+
+    A frame at t is final once every stream holds a sample stamped after t: streams are pushed in
+    stamp order (a buffer refuses an older stamp), so nothing pushed later can change what any
+    stream gives at t. `ready()` returns the frames (and the window's start) that became final
+    since the last call; `finish()`, once every message is in, the rest up to the end of the
+    shortest stream. Fed everything and finished, it gives exactly the batch functions' frames and
+    report; fed message by message, the converter encodes video while it still reads the bag.
+    Offline only: the buffers must keep every sample (no maxlen).
+    """
+
+    def __init__(self, buffers: Mapping[str, StreamBuffer], fps: float) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if any(b.maxlen is not None for b in buffers.values()):
+            raise ValueError("FrameAssembler needs buffers that keep every sample (maxlen=None)")
+        self.buffers = buffers
+        self.fps = fps
+        self.start: float | None = None
+        self.end: float | None = None  # the shortest stream's last stamp, known at finish()
+        self.finished = False
+        self._tally = _FrameTally(buffers)
+        self._scanned = dict.fromkeys(buffers, 0)  # per stream, stamps already tried as the start
+
+    def ready(self) -> list[tuple[float, dict[str, Sample | None]]]:
+        """Frames that nothing pushed later can change, not returned before."""
+        if self.finished or any(len(b) == 0 for b in self.buffers.values()):
+            return []
+        horizon = min(b.last_stamp for b in self.buffers.values())  # type: ignore[type-var]
+        # `sample(t)` looks at stamps <= t + SAME_INSTANT_S: final when a later stamp exists
+        return self._frames(lambda t: t + SAME_INSTANT_S < horizon)
+
+    def finish(self) -> list[tuple[float, dict[str, Sample | None]]]:
+        """Every message is in: the remaining frames, up to the end of the shortest stream."""
+        if self.finished:
+            return []
+        self.finished = True
+        if any(len(b) == 0 for b in self.buffers.values()):
+            return []
+        end = self.end = min(b.last_stamp for b in self.buffers.values())  # type: ignore[type-var]
+        if self.start is None:
+            self.start = self._find_start(lambda t: True)
+        if self.start is None or self.start > end:
+            self.start = None  # as common_window: the streams never all have data at once
+            return []
+        return self._frames(lambda t: t <= end + 1e-9)  # grid()'s float tolerance
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """(start, end) once finished, as `common_window`; None when the streams never overlap."""
+        if self.start is None or self.end is None:
+            return None
+        return self.start, self.end
+
+    def report(self) -> ResampleReport:
+        return self._tally.report(self.buffers)
+
+    def _frames(self, final: Callable[[float], bool]) -> list[tuple[float, dict[str, Sample | None]]]:
+        if self.start is None:
+            self.start = self._find_start(final)
+            if self.start is None:
+                return []
+        frames = []
+        while True:
+            t = self.start + self._tally.frames / self.fps  # computed like grid(), never accumulated
+            if not final(t):
+                return frames
+            frame = {name: buffer.sample(t) for name, buffer in self.buffers.items()}
+            self._tally.add(frame)
+            frames.append((t, frame))
+
+    def _find_start(self, final: Callable[[float], bool]) -> float | None:
+        """`first_all_fresh_time` over the stamps that became final since the last call."""
+        earliest = max(b.first_stamp for b in self.buffers.values())  # type: ignore[type-var]
+        candidates: set[float] = set()
+        for name, buffer in self.buffers.items():
+            stamps = buffer.stamps_from(self._scanned[name])
+            taken = 0
+            for stamp in stamps:
+                if not final(stamp):
+                    break
+                taken += 1
+                if stamp >= earliest:
+                    candidates.add(stamp)
+            self._scanned[name] += taken
+        return next((t for t in sorted(candidates) if _fresh_everywhere(self.buffers, t)), None)
