@@ -308,10 +308,11 @@ def test_real_jazzy_mcap_joint_states_resample_on_header_clock(tmp_path: Path) -
         expected = [held.position[list(held.name).index(j)] for j in joints]
         np.testing.assert_allclose(episode.value("observation.state", k), expected, rtol=1e-6)
         assert episode.samples["observation.state"][k].stamp_s <= t
-    streamed = stream_episode(bag, mapping, None, lambda episode, k: None)  # as convert_bags reads this bag
-    assert len(streamed) == len(episode) and streamed.refused is None
+    passed: list[np.ndarray] = []  # as convert_bags reads this bag: each frame passed on, then released
+    streamed = stream_episode(bag, mapping, None, lambda e, k: passed.append(e.value("observation.state", k)))
+    assert len(streamed) == len(passed) == len(episode) and streamed.refused is None
     for k in (0, 5, 333, len(episode) - 1):
-        np.testing.assert_array_equal(streamed.value("observation.state", k), episode.value("observation.state", k))
+        np.testing.assert_array_equal(passed[k], episode.value("observation.state", k))
 
     with pytest.raises(
         BagReadError, match=r"no topic\(s\) \['/camera/image_raw'\].*/imu/data.*/joint_states"

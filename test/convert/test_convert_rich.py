@@ -300,13 +300,15 @@ def test_depth_decoding_is_exact_for_both_encodings() -> None:
     np.testing.assert_array_equal(out.ravel()[1:], metres.ravel()[1:])
 
 
-def same_episode(streamed: Episode, whole: Episode) -> None:
-    """Frame for frame the same data and quality report (stamps differ only by the reference stamp)."""
+def same_episode(streamed: Episode, frames: list[dict[str, np.ndarray]], whole: Episode) -> None:
+    """Frame for frame the same data and quality report (stamps differ only by the reference stamp).
+    `frames`: the streamed episode's frames as they were passed on (released after that)."""
     assert (len(streamed), streamed.refused, streamed.dropped) == (len(whole), whole.refused, whole.dropped)
     np.testing.assert_allclose(np.diff(streamed.frame_times_s), np.diff(whole.frame_times_s), atol=1e-9)
-    for k in range(len(whole)):
+    assert len(frames) == len(whole)
+    for k, frame in enumerate(frames):
         expected = whole.frame(k)
-        for key, value in streamed.frame(k).items():
+        for key, value in frame.items():
             np.testing.assert_array_equal(value, expected[key])
     assert streamed.skipped_head_s == pytest.approx(whole.skipped_head_s, abs=1e-9)
     assert streamed.report.frames == whole.report.frames
@@ -337,13 +339,21 @@ def test_streamed_bags_give_the_same_episodes_while_still_reading(
         m = mapping(topics=False, **limits)
         read[0] = 0
         passed: list[tuple[int, int]] = []  # (frame index, messages read by then)
-        streamed = stream_episode(bags[name], m, None, lambda episode, k, out=passed: out.append((k, read[0])))
+        frames: list[dict[str, np.ndarray]] = []
+
+        def on_frame(episode: Episode, k: int, passed=passed, frames=frames) -> None:
+            passed.append((k, read[0]))
+            frames.append({key: value.copy() for key, value in episode.frame(k).items()})
+
+        streamed = stream_episode(bags[name], m, None, on_frame)
         (whole,) = resample_episodes(bags[name], m)
-        same_episode(streamed, whole)
+        same_episode(streamed, frames, whole)
         assert [k for k, _ in passed] == list(range(len(whole)))
         assert passed[0][1] < read[0] / 4, "the first frame went out while most of the bag was unread"
         assert streamed.refused is None if refused is None else refused in (streamed.refused or "")
     assert sum(streamed.dropped.values()) > 0, "the drop policy left frames out of the streamed episode too"
+    with pytest.raises(ConversionError, match="frame 0 was streamed to the dataset and released"):
+        streamed.frame(0)  # written frames are not kept: memory holds a few images, not the bag's
 
     # through convert_bags: the refused (gap) episode leaves nothing, the other is written
     output = tmp_path / "ds"

@@ -11,6 +11,7 @@ refused with the reason instead of being written.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ class Episode:
         """A feature's value at frame `index`; images are decoded here, once per held image, so an
         episode never holds all its decoded frames in memory."""
         sample = self.samples[key][index]
+        if sample.value is None:
+            raise ConversionError(f"bag {self.bag}: frame {index} was streamed to the dataset and released")
         decoder = self._decoders[key]
         if decoder is None:
             return sample.value
@@ -79,6 +82,11 @@ class Episode:
 
     def frame(self, index: int) -> dict[str, np.ndarray]:
         return {key: self.value(key, index) for key in self.samples}
+
+    def release(self, index: int) -> None:
+        """Forget frame `index`'s values (a streamed frame, once written), keeping its stamps."""
+        for samples in self.samples.values():
+            samples[index] = dataclasses.replace(samples[index], value=None)
 
     def quality(self) -> dict[str, Any]:
         """The JSON-able quality report of this episode."""
@@ -272,9 +280,11 @@ def stream_episode(
     """The one episode of a bag whose mapping has no marker or task topic, resampled while the bag is
     read: `on_frame(episode, index)` gets each kept frame as soon as no later message can change it
     (the converter encodes it then). The same buffers, assembler and builder as `resample_episodes`,
-    and so the same frames; the verdict comes at the end, after its frames were passed on. Raises
-    OutOfOrderStamps when a stream's stamps go backwards (header stamps of several publishers on
-    one topic), which only `resample_episodes` (the whole bag read, then sorted) handles."""
+    and so the same frames; the verdict comes at the end, after its frames were passed on. A frame's
+    values are released once `on_frame` returns, with every message older than it, so memory holds a
+    few images per stream rather than the bag's. Raises OutOfOrderStamps when a stream's stamps go
+    backwards (header stamps of several publishers on one topic), which only `resample_episodes`
+    (the whole bag read, then sorted) handles."""
     if mapping.extra_topics:
         raise ValueError(f"the mapping reads {mapping.extra_topics} too; convert with resample_episodes")
     bag = Path(bag)
@@ -289,9 +299,16 @@ def stream_episode(
 
     def pass_on() -> None:
         nonlocal passed
-        while passed < len(builder.episode):
-            on_frame(builder.episode, passed)
+        episode = builder.episode
+        if passed == len(episode):
+            return
+        while passed < len(episode):
+            on_frame(episode, passed)
+            episode.release(passed)
             passed += 1
+        # Nothing behind the newest frame is sampled again: memory holds a few images per stream, not the bag's.
+        for key, buffer in buffers.items():
+            buffer.release_before(episode.samples[key][-1].stamp_s)
 
     t_ref_ns: int | None = None  # float seconds from the first stamp read keep sub-microsecond resolution
     for topic, stamp_ns, msg in iter_messages(bag, mapping.topics, mapping.clock, lazy=images, spill=spill):

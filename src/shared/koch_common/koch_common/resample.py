@@ -85,6 +85,7 @@ class StreamBuffer:
         self.pushed = 0
         self._stamps: list[float] = []
         self._values: list[Any] = []
+        self._released = 0  # values before this index were released (offline streaming, no maxlen)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -107,6 +108,16 @@ class StreamBuffer:
         """The stamps from position `index` on (an offline reader's cursor; no maxlen)."""
         with self._lock:
             return self._stamps[index:]
+
+    def release_before(self, stamp_s: float) -> None:
+        """Drop the values stamped before `stamp_s`, keeping their stamps (for the quality report):
+        a streamed conversion never samples behind its latest frame, and a long bag's images
+        would otherwise all stay in memory. A later `sample` there returns the value None."""
+        with self._lock:
+            end = bisect.bisect_left(self._stamps, stamp_s)
+            for i in range(self._released, end):
+                self._values[i] = None
+            self._released = max(self._released, end)
 
     def push(self, stamp_s: float, value: Any) -> bool:
         stamp_s = float(stamp_s)
