@@ -6,6 +6,7 @@ about scheduling and safety whatever a model outputs; the node test runs a real 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -46,11 +47,18 @@ def test_chunk_queue_serves_due_actions_and_asks_to_replan_in_time() -> None:
 
 def test_runner_publishes_the_models_chunk_from_the_observation_time() -> None:
     target = np.array([0.1, 0.05, 0.0, 0.0, 0.0, 0.0])
-    runner = _runner(lambda obs: np.linspace(obs["observation.state"], target, 20))
+    model_may_finish = threading.Event()
+
+    def slow_model(obs: dict[str, np.ndarray]) -> np.ndarray:
+        model_may_finish.wait(5.0)
+        return np.linspace(obs["observation.state"], target, 20)
+
+    runner = _runner(slow_model)
     try:
         now = time.time()
         _feed(runner, now)
-        assert runner.tick(now).kind == "hold"  # first tick requests inference
+        assert runner.tick(now).kind == "hold"  # requests inference, and never waits for the model
+        model_may_finish.set()
         wait_for(lambda: runner.latencies_s, 5.0, "inference")
         output = runner.tick(now + 0.001)
         assert output.kind == "chunk" and output.positions.shape == (10, 6)

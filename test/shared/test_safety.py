@@ -157,6 +157,12 @@ def test_chunk_velocities_are_central_differences() -> None:
     np.testing.assert_allclose(chunk.velocities(), np.gradient(positions, DT, axis=0), rtol=0, atol=1e-12)
     assert chunk.velocities() is chunk.velocities()
     np.testing.assert_array_equal(SafeChunk(positions[:1], 0.0).velocities(), np.zeros((1, 6)))
+    # the runner asks each tick for one point's velocity (the acceleration limit across chunks)
+    fresh = SafeChunk(positions, DT)
+    for k in range(-1, 13):
+        want = chunk.velocities()[k] if 0 <= k < 12 else np.zeros(6)
+        np.testing.assert_allclose(fresh.velocity_at(k), want, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(SafeChunk(positions[:1], 0.0).velocity_at(0), np.zeros(6))
 
 
 def test_interventions_are_counted_by_kind() -> None:

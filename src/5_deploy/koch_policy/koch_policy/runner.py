@@ -70,6 +70,7 @@ class PolicyRunner:
         self.gate = gate or SafetyGate()
         self.clock = clock
         self.latencies_s: deque[float] = deque(maxlen=1000)
+        self._recent_latencies_s: deque[float] = deque(maxlen=30)  # what lead_ticks plans with
         self.ticks = 0
         self.inferences = 0
         self.history: deque[tuple[int, float, str]] = deque(maxlen=5000)  # (tick, now, kind) for tests/diag
@@ -80,6 +81,7 @@ class PolicyRunner:
         self._request: tuple[dict[str, np.ndarray], float] | None = None
         self._busy = False
         self._wake = threading.Condition(self._lock)
+        self._started = threading.Event()  # the worker took the request
         self._stop = False
         self.last_error = ""
         self._worker = threading.Thread(target=self._work, name="policy-inference", daemon=True)
@@ -111,8 +113,7 @@ class PolicyRunner:
     # -- control tick ---------------------------------------------------------------
     def lead_ticks(self) -> int:
         # the worst of the recent latencies: old spikes (start-up, a busy host) age out
-        recent = list(self.latencies_s)[-30:]
-        latency = max(recent) if recent else 0.1
+        latency = max(self._recent_latencies_s, default=0.1)
         return math.ceil(latency * self.fps) + 1
 
     def set_chunk_policy(self, name: str) -> None:
@@ -126,8 +127,7 @@ class PolicyRunner:
             return None
         t0, command = self._last_command
         k = int(round((now - t0) * self.fps))
-        velocities = command.velocities()
-        return velocities[k] if 0 <= k < len(velocities) else np.zeros(velocities.shape[1])
+        return command.velocity_at(k)
 
     def _out(self, now: float, kind: str, command: SafeChunk | None, reason: str = "",
              prediction: np.ndarray | None = None) -> TickOutput:
@@ -157,17 +157,14 @@ class PolicyRunner:
             return self._hold(now, "stale", measured, f"stale observation: {', '.join(bad)}")
         with self._lock:
             queue = self.queue
-        wants_chunk = queue.needs_inference(now, self.lead_ticks())
+        if queue.needs_inference(now, self.lead_ticks()):
+            self._request_inference(observation, now)  # first: the model runs while this tick goes on
         with self._lock:
             due = queue.due(now)
         if due is None:
-            output = self._out(now, "hold", self.limits.hold(measured), "waiting for a chunk")
-        else:
-            command = self.limits.safe_chunk(due, measured, 1.0 / self.fps, self._commanded_velocity(now))
-            output = self._out(now, "chunk", command, prediction=due)
-        if wants_chunk:  # last: a worker woken earlier would only wait for this thread's GIL
-            self._request_inference(observation, now)
-        return output
+            return self._out(now, "hold", self.limits.hold(measured), "waiting for a chunk")
+        command = self.limits.safe_chunk(due, measured, 1.0 / self.fps, self._commanded_velocity(now))
+        return self._out(now, "chunk", command, prediction=due)
 
     def reset(self) -> None:
         with self._lock:
@@ -178,9 +175,14 @@ class PolicyRunner:
     # -- inference worker -------------------------------------------------------------
     def _request_inference(self, observation: dict[str, np.ndarray], t_obs: float) -> None:
         with self._wake:
-            if not self._busy:
-                self._request = (observation, t_obs)
-                self._wake.notify()
+            if self._busy:
+                return
+            self._request = (observation, t_obs)
+            self._started.clear()
+            self._wake.notify()
+        # Wait until the worker took it: waiting hands it the GIL, so the model starts now instead of
+        # after the rest of this tick (whose command is not on the latency path; it runs alongside).
+        self._started.wait(0.005)
 
     def _work(self) -> None:
         while True:
@@ -192,10 +194,13 @@ class PolicyRunner:
                 observation, t_obs = self._request
                 self._request = None
                 self._busy = True
+            self._started.set()
             try:
                 started = time.perf_counter()
                 chunk = self.predict(observation)
-                self.latencies_s.append(time.perf_counter() - started)
+                latency = time.perf_counter() - started
+                self.latencies_s.append(latency)
+                self._recent_latencies_s.append(latency)
                 self.inferences += 1
                 with self._lock:
                     self.queue.accept(chunk, t_obs, self.clock())

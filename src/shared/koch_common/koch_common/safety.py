@@ -53,6 +53,20 @@ class SafeChunk:
             object.__setattr__(self, "_velocities", v)  # frozen: computed once, on first use
         return self._velocities
 
+    def velocity_at(self, k: int) -> np.ndarray:
+        """`velocities()[k]`, zero outside the chunk, computing only that point (every tick asks for one)."""
+        if self._velocities is not None:
+            v = self._velocities
+            return v[k] if 0 <= k < len(v) else np.zeros(v.shape[1])
+        p, last = self.positions, len(self.positions) - 1
+        if not 0 <= k <= last or last == 0 or not self.dt > 0:
+            return np.zeros(p.shape[1])
+        if k == 0:
+            return (p[1] - p[0]) / self.dt
+        if k == last:
+            return (p[k] - p[k - 1]) / self.dt
+        return (p[k + 1] - p[k - 1]) / (2.0 * self.dt)
+
 
 @dataclass
 class SafetyLimits:
