@@ -209,6 +209,22 @@ def test_images_over_the_memory_budget_wait_in_a_spill_file_with_the_same_frames
             torch.testing.assert_close(written[k][key], reference[k][key])
 
 
+def test_a_streamed_bag_holds_a_few_images_not_the_whole_bag(episode_bags: list[Path], tmp_path: Path) -> None:
+    """convert_bags streams this bag: each frame's images are released once written, so a memory
+    budget of six images (of the bag's 45) is never exceeded and nothing goes to the spill file."""
+    mapping = load_mapping("mapping/koch_sim.yaml")
+    spill = ImageSpill(tmp_path / "spill", budget_bytes=6 * (HEIGHT * WIDTH * 3 + 100))
+    held: list[int] = []
+
+    def write(episode, k: int) -> None:
+        episode.frame(k)
+        held.append(spill.held_bytes)
+
+    episode = stream_episode(episode_bags[0], mapping, spill, write)
+    assert len(episode) == len(held) == 45 and episode.refused is None
+    assert spill.spilled_bytes == 0 and max(held) <= spill.budget_bytes
+
+
 def test_existing_dataset_is_not_overwritten(dataset_root: Path, episode_bags: list[Path]) -> None:
     mapping = load_mapping("mapping/koch_sim.yaml")
     with pytest.raises(ConversionError, match="already exists"):

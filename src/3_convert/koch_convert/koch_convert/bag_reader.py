@@ -14,6 +14,7 @@ import contextlib
 import os
 import struct
 import tempfile
+import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,12 @@ class SpilledMessage:
 class ImageSpill:
     """Keeps a bag's image messages in memory up to `budget_bytes`, the rest in a spill file.
 
-    A bag's images are read before its first frame is written (the frame grid and the quality
-    verdict need every message), about 0.9 MB per 640x480 RGB image: a 10-minute bag with three
-    cameras would need 50 GB. Past the budget the bytes go to an unlinked temporary file in
-    `directory` (the converter's work folder beside the output), read back when a frame uses
-    them; the file vanishes when the messages are dropped or the process dies.
+    A bag read whole (marker splits, task topics) has all its images read before its first frame
+    is written, about 0.9 MB per 640x480 RGB image: a 10-minute bag with three cameras would need
+    50 GB. Past the budget the bytes go to an unlinked temporary file in `directory` (the
+    converter's work folder beside the output), read back when a frame uses them; the file
+    vanishes when the messages are dropped or the process dies. A streamed bag releases images as
+    their frames are written, and their bytes leave the budget with them.
     """
 
     def __init__(self, directory: Path, budget_bytes: int) -> None:
@@ -88,10 +90,16 @@ class ImageSpill:
         self.spilled_bytes = 0
         self._file: BinaryIO | None = None
 
+    def _released(self, size: int) -> None:
+        self.held_bytes -= size
+
     def keep(self, raw: bytes, msgtype: str, deserialize: Callable[[bytes, str], Any]) -> LazyMessage | SpilledMessage:
         if self.held_bytes + len(raw) <= self.budget_bytes:
             self.held_bytes += len(raw)
-            return LazyMessage(raw, msgtype, deserialize)
+            message = LazyMessage(raw, msgtype, deserialize)
+            # A streamed conversion releases images once written: their bytes leave the budget with them.
+            weakref.finalize(message, self._released, len(raw))
+            return message
         try:
             if self._file is None:
                 self.directory.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """rosbag2 episodes -> a LeRobot v3.0 dataset, safely.
 
-Each bag is converted on its own (in worker processes when `jobs > 1`) into a small LeRobot
-dataset in a work folder beside the output; LeRobot's `aggregate_datasets` then joins them,
-after the existing dataset when appending, into a staging dataset that is moved into place
+Each bag is converted on its own (in worker processes when `jobs > 1`; a one-episode bag is
+streamed, its frames encoded while it is read) into a small LeRobot dataset in a work folder
+beside the output; LeRobot's `aggregate_datasets` then joins them, after the existing dataset
+when appending, into a staging dataset that is moved into place
 only when everything succeeded. A bag that cannot be read, or any crash, leaves the existing
 dataset untouched (the work folder is removed); an episode that violates the mapping's
 quality limits is refused, reported and not written. `quality_report.json` beside the data

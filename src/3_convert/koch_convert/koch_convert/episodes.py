@@ -7,6 +7,10 @@ the end of the shortest stream, and each frame takes each stream's value under i
 (never a sample from after the frame time). The quality report says per stream how regular
 the input was and what the resampler had to do; an episode over the mapping's limits is
 refused with the reason instead of being written.
+
+`resample_episodes` reads the whole bag first (marker splits and task topics need it);
+`stream_episode` builds a one-episode bag's frames while it is read, through the same
+`FrameAssembler` and `EpisodeBuilder`, so the converter can encode them at once.
 """
 
 from __future__ import annotations
