@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,32 +41,34 @@ class SafeChunk:
     _velocities: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def velocities(self) -> np.ndarray:
-        """Per-point velocities consistent with the limited positions: central differences inside,
-        one-sided at the ends (np.gradient's, without its per-call overhead on the 30 Hz tick)."""
+        """Per-point velocities consistent with the limited positions: each point's neighbours' difference
+        over their time span (central inside, one-sided at the ends: np.gradient's, without its
+        per-call overhead on the 30 Hz tick)."""
         if self._velocities is None:
             p = self.positions
-            v = np.zeros_like(p)
             if len(p) >= 2 and self.dt > 0:
-                v[1:-1] = (p[2:] - p[:-2]) / (2.0 * self.dt)
-                v[0] = (p[1] - p[0]) / self.dt
-                v[-1] = (p[-1] - p[-2]) / self.dt
+                lo, hi = _neighbours(np.arange(len(p)), len(p) - 1)
+                v = (p[hi] - p[lo]) / ((hi - lo)[:, None] * self.dt)
+            else:
+                v = np.zeros_like(p)
             v.flags.writeable = False  # one cached array for every caller: none may change it for the others
             object.__setattr__(self, "_velocities", v)  # frozen: computed once, on first use
         return self._velocities
 
     def velocity_at(self, k: int) -> np.ndarray:
         """`velocities()[k]`, zero outside the chunk, computing only that point (every tick asks for one)."""
-        if self._velocities is not None:
-            v = self._velocities
-            return v[k] if 0 <= k < len(v) else np.zeros(v.shape[1])
         p, last = self.positions, len(self.positions) - 1
         if not 0 <= k <= last or last == 0 or not self.dt > 0:
             return np.zeros(p.shape[1])
-        if k == 0:
-            return (p[1] - p[0]) / self.dt
-        if k == last:
-            return (p[k] - p[k - 1]) / self.dt
-        return (p[k + 1] - p[k - 1]) / (2.0 * self.dt)
+        if self._velocities is not None:
+            return self._velocities[k]
+        lo, hi = _neighbours(k, last)
+        return (p[hi] - p[lo]) / ((hi - lo) * self.dt)
+
+
+def _neighbours(k: Any, last: int) -> tuple[Any, Any]:
+    """The points a velocity at k differences: k-1 and k+1, clipped to the chunk (int or index array)."""
+    return np.maximum(k - 1, 0), np.minimum(k + 1, last)
 
 
 @dataclass
