@@ -31,11 +31,11 @@ def test_calibrate_records_zero_and_range_and_the_mapping_uses_them(tmp_path: Pa
             for servo_id, zero in ZERO.items():
                 for raw in (zero - 600, zero + 700, zero):
                     emulator.set_present_position(servo_id, raw)
-                    time.sleep(0.05)
+                    time.sleep(0.15)  # several sampling periods, also on a loaded CI host
 
         mover = threading.Thread(target=sweep)
         mover.start()
-        code = calibrate(["--arm", "follower", "--port", str(link), "--yes", "--duration", "1.5",
+        code = calibrate(["--arm", "follower", "--port", str(link), "--yes", "--duration", "4.0",
                           "--output", str(output)])
         mover.join()
         assert emulator.read_field(1, "Torque_Enable") == 0

@@ -128,7 +128,7 @@ def test_disabled_node_publishes_nothing_and_enabled_chunks_stay_inside_limits(c
         time.sleep(1.0)
         assert chunks == [], "a disabled policy must not command the arm"
         _enable(ros, True)
-        wait_for(lambda: len(chunks) > 60, 20.0, "action chunks")
+        wait_for(lambda: len(chunks) > 60, 60.0, "action chunks")
         full = [m for _, m in chunks if len(m.points) > 1]
         assert full, "the model's chunks were published"
         for _, msg in chunks:
@@ -145,7 +145,7 @@ def test_dry_run_publishes_only_the_preview(checkpoint: Path) -> None:
         node, world, chunks = _start(ros, checkpoint, dry_run=True, enabled=True)
         previews: list[JointTrajectory] = []
         ros.nodes[-1].create_subscription(JointTrajectory, "/policy/policy/preview_chunk", previews.append, 100)
-        wait_for(lambda: sum(len(m.points) > 1 for m in previews) > 5, 20.0, "preview chunks")
+        wait_for(lambda: sum(len(m.points) > 1 for m in previews) > 5, 60.0, "preview chunks")
         assert chunks == [], "dry run must never reach the command topic"
         for msg in previews:
             _check_limits(msg, world.position)
@@ -155,12 +155,17 @@ def test_stale_observation_holds_the_measured_position_within_two_ticks(checkpoi
     with ros_session() as ros:
         node, world, chunks = _start(ros, checkpoint)
         _enable(ros, True)
-        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks), 20.0, "a model chunk")
+        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks), 60.0, "a model chunk")
         world.publishing = False
-        wait_for(lambda: sum(kind == "stale" for _, _, kind in node.runner.history) > 10, 10.0, "stale holds")
-        # the instant the first stream went stale, on the node's clock (stamps are the world's header stamps)
-        deadline = min(buf.last_stamp + buf.spec.max_staleness_s for buf in node.runner.buffers.values())
-        after = [(k, kind) for k, now, kind in list(node.runner.history) if now > deadline]
+
+        def ticks_after_first_stale() -> list[tuple[int, str]]:
+            # the instant the first stream went stale, on the node's clock (stamps are the world's header
+            # stamps); recomputed, as a message delayed on a loaded host may still arrive
+            deadline = min(buf.last_stamp + buf.spec.max_staleness_s for buf in node.runner.buffers.values())
+            return [(k, kind) for k, now, kind in list(node.runner.history) if now > deadline]
+
+        wait_for(lambda: len(ticks_after_first_stale()) > 10, 30.0, "ticks after the streams went stale")
+        after = ticks_after_first_stale()
         first_tick = after[0][0]
         assert all(kind == "stale" for k, kind in after if k >= first_tick + 1), after[:5]
         holds = [m for _, m in chunks if len(m.points) == 1]
@@ -173,7 +178,7 @@ def test_estop_latches_within_one_tick_and_holds_until_reset(checkpoint: Path) -
         node, world, chunks = _start(ros, checkpoint, enabled=True)
         probe = ros.nodes[-1]
         estop_pub = probe.create_publisher(Bool, "/policy/policy/estop", 10)
-        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks), 20.0, "a model chunk")
+        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks), 60.0, "a model chunk")
         wait_for(lambda: estop_pub.get_subscription_count() > 0, 5.0, "e-stop subscriber")
         estop_pub.publish(Bool(data=True))
         wait_for(lambda: node.estop_tick is not None, 5.0, "e-stop latch")
@@ -191,7 +196,7 @@ def test_estop_latches_within_one_tick_and_holds_until_reset(checkpoint: Path) -
         assert node.gate.estop_latched
         assert ros.call(probe, Trigger, "/policy/policy/reset_estop", Trigger.Request()).success
         n = len(chunks)
-        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks[n:]), 20.0, "chunks after the reset")
+        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks[n:]), 60.0, "chunks after the reset")
         # the service latches too
         assert ros.call(probe, Trigger, "/policy/policy/estop", Trigger.Request()).success
         latched_at = node.estop_tick
@@ -203,11 +208,11 @@ def test_deadman_holds_without_heartbeats(checkpoint: Path) -> None:
     with ros_session() as ros:
         node, world, chunks = _start(ros, checkpoint, enabled=True, deadman_timeout_s=0.5)
         probe = ros.nodes[-1]
-        wait_for(lambda: sum(k == "deadman" for _, _, k in node.runner.history) > 5, 20.0, "deadman holds")
+        wait_for(lambda: sum(k == "deadman" for _, _, k in node.runner.history) > 5, 60.0, "deadman holds")
         assert not any(len(m.points) > 1 for _, m in chunks), "no heartbeat, no motion"
         heart = probe.create_publisher(Bool, "/policy/policy/deadman", 10)
         probe.create_timer(0.05, lambda: heart.publish(Bool(data=True)))
-        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks), 20.0, "chunks while the deadman is held")
+        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks), 60.0, "chunks while the deadman is held")
 
 
 def test_switching_chunk_policy_changes_behaviour(checkpoint: Path) -> None:
@@ -215,13 +220,13 @@ def test_switching_chunk_policy_changes_behaviour(checkpoint: Path) -> None:
         node, world, chunks = _start(ros, checkpoint, enabled=True, n_action_steps=5)
         diagnostics: list[DiagnosticArray] = []
         ros.nodes[-1].create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-        wait_for(lambda: sum(len(m.points) > 1 for _, m in chunks) > 10, 20.0, "execute_k chunks")
+        wait_for(lambda: sum(len(m.points) > 1 for _, m in chunks) > 10, 60.0, "execute_k chunks")
         # execute-k-then-replan never sends more than n_action_steps points
         assert max(len(m.points) for _, m in chunks) <= 5
         node.set_parameters([Parameter("chunk_policy", value="latest_only")])
         n = len(chunks)
         # latest-only executes the whole 20-step chunk: longer trajectories appear
-        wait_for(lambda: any(len(m.points) > 5 for _, m in chunks[n:]), 20.0, "latest_only chunks")
+        wait_for(lambda: any(len(m.points) > 5 for _, m in chunks[n:]), 60.0, "latest_only chunks")
         node.set_parameters([Parameter("chunk_policy", value="temporal_ensembling")])
 
         def ensembling() -> bool:
