@@ -12,8 +12,6 @@ from koch_common.resample import (
     FrameAssembler,
     StreamBuffer,
     StreamSpec,
-    common_window,
-    first_all_fresh_time,
     grid,
     resample_streams,
 )
@@ -86,9 +84,12 @@ def test_common_window_starts_when_every_stream_is_fresh() -> None:
     fast = buffer("hold", [0.0, 0.5, 1.0, 1.02, 1.04, 1.06, 1.5], staleness=0.1)
     slow = buffer("hold", [0.9, 1.05, 1.3], staleness=0.3)
     # At 0.9 the fast stream's newest sample (0.5) is stale; it is fresh again at 1.0.
-    assert first_all_fresh_time({"fast": fast, "slow": slow}) == 1.0
-    assert common_window({"fast": fast, "slow": slow}) == (1.0, 1.3)
-    assert common_window({"fast": fast, "empty": buffer("hold", [])}) is None
+    assembler = FrameAssembler({"fast": fast, "slow": slow}, 30)
+    assembler.finish()
+    assert assembler.start == 1.0
+    assert assembler.window == (1.0, 1.3)
+    no_data = FrameAssembler({"fast": fast, "empty": buffer("hold", [])}, 30)
+    assert no_data.finish() == [] and no_data.window is None
 
 
 @settings(max_examples=200, deadline=None)
@@ -185,7 +186,8 @@ def test_frame_assembler_fed_message_by_message_equals_the_batch_resampler(
     streams: list[tuple[str, list[float], float]], fps: float, seed: int
 ) -> None:
     """The converter streams a bag through FrameAssembler (frames final while it still reads) and the
-    batch path finishes it with everything pushed: both equal common_window + grid + resample_streams."""
+    batch path finishes it with everything pushed: both equal the window defined below + grid +
+    resample_streams."""
     specs = {f"s{i}": StreamSpec(f"s{i}", policy, staleness) for i, (policy, _, staleness) in enumerate(streams)}
     stamps = {f"s{i}": sorted(s) for i, (_, s, _) in enumerate(streams)}
 
@@ -195,6 +197,17 @@ def test_frame_assembler_fed_message_by_message_equals_the_batch_resampler(
             for stamp in values:
                 buffers[name].push(stamp, (name, stamp))
         return buffers
+
+    def common_window(buffers: dict[str, StreamBuffer]) -> tuple[float, float] | None:
+        """The definition: from the first stamp at which every stream is fresh to the shortest's end."""
+        if any(len(b) == 0 for b in buffers.values()):
+            return None
+        earliest = max(b.first_stamp for b in buffers.values())
+        candidates = sorted({t for b in buffers.values() for t in b.stamps if t >= earliest})
+        fresh = [t for t in candidates
+                 if all((x := b.sample(t)) is not None and not x.stale for b in buffers.values())]
+        end = min(b.last_stamp for b in buffers.values())
+        return (fresh[0], end) if fresh and end >= fresh[0] else None
 
     batch_buffers = filled()
     window = common_window(batch_buffers)

@@ -248,37 +248,17 @@ def _fresh_everywhere(buffers: Mapping[str, StreamBuffer], t: float) -> bool:
     return all((s := b.sample(t)) is not None and not s.stale for b in buffers.values())
 
 
-def first_all_fresh_time(buffers: Mapping[str, StreamBuffer]) -> float | None:
-    """Earliest stamp at which every stream has a non-stale sample (None if there is none).
-
-    Only stamps are candidates: freshness of a stream can only start at one of its own samples.
-    """
-    if not buffers or any(len(b) == 0 for b in buffers.values()):
-        return None
-    earliest = max(b.first_stamp for b in buffers.values())  # type: ignore[type-var]
-    candidates = sorted({s for b in buffers.values() for s in b.stamps if s >= earliest})
-    return next((t for t in candidates if _fresh_everywhere(buffers, t)), None)
-
-
-def common_window(buffers: Mapping[str, StreamBuffer]) -> tuple[float, float] | None:
-    """(start, end) over which all streams have data: start as in `first_all_fresh_time`, end
-    at the earliest last sample of any stream, so no frame extends a stream past its end."""
-    start = first_all_fresh_time(buffers)
-    if start is None:
-        return None
-    end = min(b.last_stamp for b in buffers.values())  # type: ignore[type-var]
-    return (start, end) if end >= start else None
-
-
 class FrameAssembler:
-    """`common_window` + `grid` + `resample_streams`, frame by frame while the buffers fill.
+    """The converter's frames, one per `grid` time from the first stamp at which every stream has a
+    fresh sample to the shortest stream's last stamp, each sampled as `resample_streams` does,
+    emitted while the buffers fill.
 
     A frame at t is final once every stream holds a sample stamped after t: streams are pushed in
     stamp order (a buffer refuses an older stamp), so nothing pushed later can change what any
     stream gives at t. `ready()` returns the frames (and the window's start) that became final
     since the last call; `finish()`, once every message is in, the rest up to the end of the
-    shortest stream. Fed everything and finished, it gives exactly the batch functions' frames and
-    report; fed message by message, the converter encodes video while it still reads the bag.
+    shortest stream. Fed everything and finished, or fed message by message (the converter then
+    encodes video while it still reads the bag), it gives the same frames and report.
     Offline only: the buffers must keep every sample (no maxlen).
     """
 
@@ -314,13 +294,13 @@ class FrameAssembler:
         if self.start is None:
             self.start = self._find_start(lambda t: True)
         if self.start is None or self.start > end:
-            self.start = None  # as common_window: the streams never all have data at once
+            self.start = None  # the streams never all have data at once
             return []
         return self._frames(lambda t: t <= end + 1e-9)  # grid()'s float tolerance
 
     @property
     def window(self) -> tuple[float, float] | None:
-        """(start, end) once finished, as `common_window`; None when the streams never overlap."""
+        """(start, end) once finished; None when the streams never all have fresh data at once."""
         if self.start is None or self.end is None:
             return None
         return self.start, self.end
@@ -343,7 +323,8 @@ class FrameAssembler:
             frames.append((t, frame))
 
     def _find_start(self, final: Callable[[float], bool]) -> float | None:
-        """`first_all_fresh_time` over the stamps that became final since the last call."""
+        """The earliest stamp at which every stream has a non-stale sample, among the stamps that became
+        final since the last call. Only stamps are candidates: a stream turns fresh at one of its own."""
         earliest = max(b.first_stamp for b in self.buffers.values())  # type: ignore[type-var]
         candidates: set[float] = set()
         for name, buffer in self.buffers.items():
