@@ -137,12 +137,12 @@ class SafetyLimits:
         chunks = np.asarray(chunks, dtype=np.float64)
         measured = np.asarray(measured, dtype=np.float64)
         self._check(chunks, measured, dt)
-        steps = chunks.shape[1]
-        if steps == 0:
-            return chunks.copy()
         if len(chunks) == 1 and scalar_single:
             return self._filter_one(chunks[0], measured[0], dt,
                                     None if initial_velocity is None else initial_velocity[0])[None]
+        steps = chunks.shape[1]
+        if steps == 0:
+            return chunks.copy()
         # np.minimum/np.maximum rather than np.clip, whose Python wrapper costs more than the arithmetic
         # here; interventions are counted only when there are any (this runs on every 30 Hz tick).
         lower, upper = self.lower, self.upper
@@ -184,6 +184,8 @@ class SafetyLimits:
         """`filter_chunks`' steps for one checked (T, J) chunk, the node's every tick, without the
         batch axis: fewer numpy calls, each of which costs more than its arithmetic on 20x6 floats
         (the more so with caches cold after an inference). Same operations on the same floats."""
+        if len(chunk) == 0:
+            return chunk.copy()
         lower, upper = self.lower, self.upper
         start = np.minimum(np.maximum(measured, lower), upper)
         if not np.isfinite(chunk).all():
