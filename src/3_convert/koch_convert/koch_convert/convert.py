@@ -65,11 +65,12 @@ class EpisodeSummary:
     quality: dict[str, Any] | None = None
 
 
-def dataset_features(mapping: Mapping, first: Episode) -> dict[str, dict[str, Any]]:
+def dataset_features(mapping: Mapping, first: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """The LeRobot features of a dataset whose first frame (feature key -> decoded value) is `first`."""
     features: dict[str, dict[str, Any]] = {}
     for feature in mapping.features:
         if feature.is_color:
-            height, width, channels = first.value(feature.key, 0).shape
+            height, width, channels = first[feature.key].shape
             features[feature.key] = {
                 "dtype": "video",
                 "shape": (height, width, channels),
@@ -79,7 +80,7 @@ def dataset_features(mapping: Mapping, first: Episode) -> dict[str, dict[str, An
             # Lossless: float32 metres as a plain array column (video codecs quantise depth),
             # flattened because LeRobot 0.4.4's aggregate_datasets cannot write multi-dimensional
             # array columns; `info.image_shape` says how to reshape it.
-            height, width, _ = first.value(feature.key, 0).shape
+            height, width, _ = first[feature.key].shape
             features[feature.key] = {
                 "dtype": "float32",
                 "shape": (height * width,),
@@ -176,9 +177,9 @@ class _DatasetWriter:
             self._stack.close()
 
     def add_frame(self, episode: Episode, index: int) -> None:
-        if self.dataset is None:
-            self._create(episode)
         frame = episode.frame(index)
+        if self.dataset is None:
+            self._create(frame)
         _check_shapes(episode, frame, self.features)
         for feature in self.mapping.features:
             if feature.is_depth:
@@ -188,7 +189,7 @@ class _DatasetWriter:
     def save_episode(self) -> None:
         self.dataset.save_episode()
 
-    def _create(self, first: Episode) -> None:
+    def _create(self, first: dict[str, np.ndarray]) -> None:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy import, only when converting
 
         self.features = dataset_features(self.mapping, first)
