@@ -10,16 +10,21 @@ the PyTorch runtime of the same checkpoint is measured next to it. Prints:
    post-processing, numpy out). The deployed ONNX graph carries the pre/post-processing inside
    (kuavo_export); its run is timed too, and the difference to the model alone is printed;
 2. node latency from observation arrival to a safe chunk published, through the ROS-free
-   `PolicyRunner` the node runs: push -> tick requests inference -> worker -> the worker
-   publishes the chunk through the safety layer as it lands (`publish_on_arrival`, the node's
-   default, via the runner's `on_chunk`); the overhead over the same sample's model run (the
-   runtime's `last_forward_s`; for the deployed graph plus its in-graph pre/post-processing); and, for
-   publish_on_arrival:=false, the arrival -> publish time when the next 30 Hz tick publishes.
+   `PolicyRunner` the node runs, configured as the node configures it: a tick that wants a chunk
+   arms the inference trigger; the observation's messages arrive (push: joint state, then the
+   camera frame, whose arrival starts inference at once, the node's `inference_trigger:=auto`)
+   -> worker -> as the chunk lands, the worker does what the node's tick does
+   (`publish_on_arrival`, the node's default): the runner's tick (safety layer), the ROS stamp, the
+   JointTrajectory serialized by the node's `safe_chunk_cdr`, published by a real rclpy publisher
+   on DDS (`NodePublisher`). The node's overhead: that time less the same sample's model run (the
+   runtime's `last_forward_s`; for the deployed graph plus its in-graph pre/post-processing). Also
+   the arrival -> publish time with publish_on_arrival:=false (the next 30 Hz tick publishes).
    Measured with the arm where the previous chunk led it (the policy running: the target's figure),
    and again with the arm at a random state (as at enable; the safety filter's interventions printed);
-3. 30 Hz deadline misses over 10,000 ticks of the runner (with real inference on its worker)
-   ticked on a real-time 30 Hz schedule (333 s); a miss is a tick whose own work exceeds the
-   33.3 ms period; late wake-ups (the OS woke the loop a period late) are counted apart;
+3. 30 Hz deadline misses over 10,000 ticks of the runner (with real inference on its worker and
+   each tick's JointTrajectory published as above) on a real-time 30 Hz schedule (333 s); a miss
+   is a tick whose own work exceeds the 33.3 ms period; late wake-ups (the OS woke the loop a
+   period late) are counted apart. The node's RViz markers are not drawn here;
 4. LeRobot's async inference on the same checkpoint: `PolicyServer` served over gRPC on
    localhost, driven by the same gRPC calls `RobotClient` makes (SendObservations with a pickled
    TimedObservation, then GetActions), observation sent -> action chunk received, sampled
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
 import pickle  # noqa: S403 - LeRobot's async inference protocol is pickled payloads
 import socket
 import sys
@@ -55,7 +61,8 @@ from koch_common.realtime import make_current_thread_realtime
 from koch_common.resample import StreamSpec
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
-from koch_policy.runner import PolicyRunner
+from koch_policy.runner import PolicyRunner, resolve_trigger
+from koch_policy.trajectory_cdr import safe_chunk_cdr
 
 FPS = 30.0
 HEIGHT, WIDTH = 96, 128
@@ -173,10 +180,36 @@ def _runner(runtime, clock, on_chunk=None) -> PolicyRunner:
     streams = {"observation.state": StreamSpec("observation.state", "hold", 0.5),
                "observation.images.head": StreamSpec("observation.images.head", "hold", 0.5)}
     return PolicyRunner(runtime.predict_chunk, streams, SafetyLimits.for_arm(koch.follower, koch.safety), FPS,
-                        runtime.n_action_steps, clock=clock, on_chunk=on_chunk)
+                        runtime.n_action_steps, clock=clock, on_chunk=on_chunk,
+                        trigger=resolve_trigger("auto", streams))  # the node's default
 
 
-def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | None = None,
+class NodePublisher:
+    """What the policy node's tick does with a runner output: stamp it on the ROS clock, serialize the
+    JointTrajectory (`safe_chunk_cdr`, the node's) and publish it on DDS (a real rclpy publisher)."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from trajectory_msgs.msg import JointTrajectory
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("bench_policy", context=self.context)
+        self.publisher = self.node.create_publisher(JointTrajectory, "bench_policy/action_chunk", 10)
+        self.names = load_koch().follower.names
+
+    def publish(self, command) -> None:
+        stamp = self.node.get_clock().now().seconds_nanoseconds()
+        self.publisher.publish(safe_chunk_cdr(command, self.names, stamp, FPS))
+
+    def close(self) -> None:
+        import rclpy
+
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def bench_node_latency(runtime, dds: NodePublisher, n: int, interleave=None, model_graph: Path | None = None,
                        steady: bool = True) -> dict[str, list[float]]:
     """Per sample: arrival -> chunk published, its inference, the paired bare forward, and the
     arrival -> publish time when the node's 30 Hz timer (random phase) does the publishing.
@@ -192,8 +225,9 @@ def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | Non
     was_published = threading.Event()
     holder: list[PolicyRunner] = []
 
-    def publish_on_arrival() -> None:  # what the node's on_chunk does: tick (safety filter) and publish now
+    def publish_on_arrival() -> None:  # the node's on_chunk: tick (safety filter), JointTrajectory on DDS
         out = holder[0].tick(time.perf_counter())
+        dds.publish(out.command)
         published.append(time.perf_counter())
         forward.append(runtime.last_forward_s)  # this sample's model time (predict_chunk just returned)
         arm_at[0] = out.command.positions[-1]
@@ -203,6 +237,8 @@ def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | Non
     runner = _runner(runtime, time.perf_counter, publish_on_arrival)
     holder.append(runner)
     end_to_end, inference, model, on_timer, bare, other = [], [], [], [], [], []
+    for key, value in observation(rng).items():  # what the arming tick checks for staleness
+        runner.push(key, time.perf_counter(), value)
     try:
         for _ in range(n):
             if interleave is not None:  # the reference, sampled alternately so both see the same host load
@@ -217,10 +253,12 @@ def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | Non
             bare.append(time.perf_counter() - t)
             was_published.clear()
             published.clear()
+            # the plan has run out: this tick holds and arms the trigger (ticks and arrivals are not
+            # in phase, so the node's tick is not on the latency path)
+            assert runner.tick(time.perf_counter()).kind == "hold"
             arrival = time.perf_counter()
-            for key, value in obs.items():
+            for key, value in obs.items():  # the camera frame, pushed last, starts inference
                 runner.push(key, arrival, value)
-            runner.tick(time.perf_counter())  # requests inference on the worker
             if not was_published.wait(30.0):
                 raise RuntimeError(f"no chunk published within 30 s ({runner.last_error or 'no error'})")
             end_to_end.append(published[0] - arrival)
@@ -237,7 +275,8 @@ def bench_node_latency(runtime, n: int, interleave=None, model_graph: Path | Non
             "reference": other, "interventions": interventions}
 
 
-def bench_deadlines(runtime, ticks: int, time_scale: float, realtime_priority: int = 0) -> dict[str, float]:
+def bench_deadlines(runtime, dds: NodePublisher, ticks: int, time_scale: float,
+                    realtime_priority: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(2)
     period = 1.0 / FPS
     virtual = [0.0]
@@ -263,6 +302,7 @@ def bench_deadlines(runtime, ticks: int, time_scale: float, realtime_priority: i
             for key, value in obs.items():
                 runner.push(key, virtual[0], value)
             out = runner.tick(virtual[0])
+            dds.publish(out.command)
             duration = time.perf_counter() - t
             durations.append(duration)
             misses += duration > period
@@ -298,6 +338,9 @@ def lerobot_async(checkpoint: Path):
         free_port = probe.getsockname()[1]
     server_config = PolicyServerConfig(host="127.0.0.1", port=free_port, fps=int(FPS), inference_latency=0.0)
     policy_server = PolicyServer(server_config)
+    # its INFO lines per observation (console and file) would bury the figures; without them it is, if
+    # anything, faster
+    policy_server.logger.setLevel(logging.WARNING)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     services_pb2_grpc.add_AsyncInferenceServicer_to_server(policy_server, server)
     port = server.add_insecure_port(f"127.0.0.1:{free_port}")
@@ -380,6 +423,8 @@ def main() -> None:
     args = parser.parse_args()
     sys.setswitchinterval(args.gil_switch_ms / 1e3)
     n = 30 if args.quick else 200
+    # the node's latency against LeRobot's: more samples, so the p99 is the 5th slowest, not the 2nd
+    n_latency = 30 if args.quick else 500
     ticks = args.ticks or (1000 if args.quick else 10_000)
 
     import torch
@@ -421,21 +466,24 @@ def main() -> None:
               f"p99 {g99:7.2f} ms; its pre/post-processing (median of paired differences to the model alone): "
               f"{in_graph_s * 1e3:.3f} ms")
 
-        with contextlib.ExitStack() as stack:
-            try:
-                reference = stack.enter_context(lerobot_async(checkpoint))
-            except ImportError as err:
-                reference = None
-                print(f"(LeRobot async unavailable: {err}; install lerobot[async] for grpcio)")
-            onnx_lat = bench_node_latency(onnx_runtime, n, reference, model_graph)
-            away_lat = bench_node_latency(onnx_runtime, n, None, model_graph, steady=False)
-            torch_lat = bench_node_latency(torch_runtime, max(n // 2, 10))
-        e50, e99 = print_latency("onnxruntime, the deployed export; arm where the last chunk led it", onnx_lat,
-                                 in_graph_s)
-        print_latency("onnxruntime; arm at a random state, as when the policy is enabled", away_lat, in_graph_s)
-        print_latency("PyTorch eager, same checkpoint; arm where the last chunk led it", torch_lat)
-
-        d = bench_deadlines(onnx_runtime, ticks, args.time_scale, args.realtime_priority)
+        dds = NodePublisher()
+        try:
+            with contextlib.ExitStack() as stack:
+                try:
+                    reference = stack.enter_context(lerobot_async(checkpoint))
+                except ImportError as err:
+                    reference = None
+                    print(f"(LeRobot async unavailable: {err}; install lerobot[async] for grpcio)")
+                onnx_lat = bench_node_latency(onnx_runtime, dds, n_latency, reference, model_graph)
+                away_lat = bench_node_latency(onnx_runtime, dds, n, None, model_graph, steady=False)
+                torch_lat = bench_node_latency(torch_runtime, dds, max(n // 2, 10))
+            e50, e99 = print_latency("onnxruntime, the deployed export; arm where the last chunk led it", onnx_lat,
+                                     in_graph_s)
+            print_latency("onnxruntime; arm at a random state, as when the policy is enabled", away_lat, in_graph_s)
+            print_latency("PyTorch eager, same checkpoint; arm where the last chunk led it", torch_lat)
+            d = bench_deadlines(onnx_runtime, dds, ticks, args.time_scale, args.realtime_priority)
+        finally:
+            dds.close()
         print(f"3. 30 Hz schedule (onnxruntime), {d['ticks']} ticks (time scale {args.time_scale}): deadline misses "
               f"{d['misses']} (tick > 33.3 ms wall; {d['cpu_misses']} by the tick's own CPU time); "
               f"late wake-ups {d['late_wakeups']}; tick p50 {d['tick_p50_ms']:.3f} ms, "

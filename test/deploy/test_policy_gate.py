@@ -14,6 +14,7 @@ from koch_common.safety import SafeChunk, SafetyLimits
 from koch_policy.gate import SafetyGate
 from koch_policy.policy_node import decode_image, trajectory_msg
 from koch_policy.runner import PolicyRunner
+from koch_policy.trajectory_cdr import safe_chunk_cdr
 
 KOCH = load_koch()
 FPS = 30.0
@@ -80,6 +81,24 @@ def test_only_safe_chunks_become_trajectories_with_increasing_times() -> None:
     assert all(len(p.velocities) == 6 for p in msg.points)
 
 
+def test_the_published_bytes_are_the_trajectory_message() -> None:
+    from builtin_interfaces.msg import Time
+    from rclpy.serialization import deserialize_message
+    from trajectory_msgs.msg import JointTrajectory
+
+    limits = SafetyLimits.for_arm(KOCH.follower, KOCH.safety)
+    rng = np.random.default_rng(0)
+    # the points' CDR alignment depends on the names' lengths: both cases
+    for names, steps in zip([KOCH.follower.names, ["j"] * 6, ["joint"] * 6] * 2, (10, 7, 1, 20, 3, 2)):
+        chunk = limits.safe_chunk(np.cumsum(rng.normal(0, 0.01, (steps, 6)), axis=0), np.zeros(6), 1 / FPS)
+        stamp = (int(rng.integers(0, 2**31)), int(rng.integers(0, 10**9)))
+        published = safe_chunk_cdr(chunk, names, stamp, FPS)  # what the node publishes
+        msg = trajectory_msg(chunk, names, Time(sec=stamp[0], nanosec=stamp[1]), FPS)
+        assert deserialize_message(published, JointTrajectory) == msg  # what a subscriber receives
+    with pytest.raises(TypeError, match="SafeChunk"):
+        safe_chunk_cdr(np.zeros((3, 6)), KOCH.follower.names, (0, 0), FPS)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("encoding", "raw", "metres"), [("16UC1", np.uint16(1500), 1.5),
                                                          ("32FC1", np.float32(0.75), 0.75)])
 def test_depth_images_decode_to_metres(encoding: str, raw, metres: float) -> None:
@@ -88,3 +107,27 @@ def test_depth_images_decode_to_metres(encoding: str, raw, metres: float) -> Non
     depth = decode_image(msg)
     assert depth.shape == (4, 5, 1) and depth.dtype == np.float32
     np.testing.assert_allclose(depth, metres)
+
+
+@pytest.mark.parametrize("joints", [1, 5, 6, 7])
+def test_serialized_trajectories_of_any_arm_deserialize_to_the_same_message(joints: int) -> None:
+    from array import array
+
+    from builtin_interfaces.msg import Duration, Time
+    from rclpy.serialization import deserialize_message
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from koch_policy.trajectory_cdr import joint_trajectory_cdr
+
+    rng = np.random.default_rng(joints)
+    for name_length in range(1, 9):  # the names' lengths move the points' 8-byte alignment
+        names = [f"{k}" * name_length for k in range(joints)]
+        positions, velocities = rng.normal(size=(2, 4, joints))
+        times = [0, 33_333_333, 1_066_666_667, 2_000_000_000]
+        published = joint_trajectory_cdr((7, 9), names, positions, velocities, times)
+        msg = JointTrajectory(joint_names=names, points=[
+            JointTrajectoryPoint(positions=array("d", p), velocities=array("d", v),
+                                 time_from_start=Duration(sec=t // 10**9, nanosec=t % 10**9))
+            for p, v, t in zip(positions, velocities, times)])
+        msg.header.stamp = Time(sec=7, nanosec=9)
+        assert deserialize_message(published, JointTrajectory) == msg

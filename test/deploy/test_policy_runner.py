@@ -10,13 +10,14 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from koch_bringup.ros_session import wait_for
 from koch_common.resample import StreamSpec
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
 from koch_policy.chunk_policies import ExecuteKThenReplan
-from koch_policy.runner import PolicyRunner
+from koch_policy.runner import PolicyRunner, resolve_trigger
 
 KOCH = load_koch()
 FPS = 30.0
@@ -133,3 +134,82 @@ def test_a_failing_model_is_reported_and_holds() -> None:
         assert runner.tick(now + 0.01).kind == "hold"
     finally:
         runner.close()
+
+
+def test_the_camera_frame_after_a_wanting_tick_starts_inference_on_itself() -> None:
+    seen: list[dict[str, np.ndarray]] = []
+
+    def model(obs: dict[str, np.ndarray]) -> np.ndarray:
+        seen.append(obs)
+        return np.tile(obs["observation.state"], (20, 1))
+
+    runner = PolicyRunner(model, STREAMS, SafetyLimits.for_arm(KOCH.follower, KOCH.safety), FPS, 10,
+                          trigger=resolve_trigger("auto", STREAMS))
+    assert runner.trigger == "observation.images.head"
+    try:
+        now = time.time()
+        _feed(runner, now)
+        assert runner.tick(now).kind == "hold"  # wants a chunk: armed, nothing started yet
+        time.sleep(0.05)
+        assert runner.inferences == 0
+        runner.push("observation.state", now + 0.01, np.full(6, 0.1))  # not the trigger
+        time.sleep(0.05)
+        assert runner.inferences == 0
+        frame = np.full((4, 4, 3), 7, np.uint8)
+        runner.push("observation.images.head", now + 0.03, frame)  # the trigger: starts it at once
+        wait_for(lambda: runner.inferences == 1, 5.0, "inference started by the frame")
+        assert seen[0]["observation.images.head"] is frame  # the frame that arrived, not the tick's
+        np.testing.assert_array_equal(seen[0]["observation.state"], np.full(6, 0.1))
+        output = runner.tick(now + 0.03 + 1.5 / FPS)
+        # the plan starts at the frame's stamp (1.5 periods ago: one point is past), not at the tick's
+        assert output.kind == "chunk" and len(output.positions) == 9
+    finally:
+        runner.close()
+
+
+def test_without_a_trigger_frame_the_next_tick_starts_inference() -> None:
+    runner = PolicyRunner(lambda obs: np.zeros((20, 6)), STREAMS, SafetyLimits.for_arm(KOCH.follower, KOCH.safety),
+                          FPS, 10, trigger="observation.images.head")
+    try:
+        now = time.time()
+        _feed(runner, now)
+        runner.tick(now)  # armed
+        runner.push("observation.state", now + 0.02, np.zeros(6))  # the camera dropped a frame
+        time.sleep(0.05)
+        assert runner.inferences == 0
+        runner.tick(now + 1 / FPS)  # a period later: the tick starts it with what it has
+        wait_for(lambda: runner.inferences == 1, 5.0, "inference started by the tick")
+    finally:
+        runner.close()
+
+
+def test_a_chunk_inferred_across_a_reset_is_never_executed() -> None:
+    may_finish = threading.Event()
+
+    def slow(obs: dict[str, np.ndarray]) -> np.ndarray:
+        may_finish.wait(5.0)
+        return np.zeros((20, 6))
+
+    runner = _runner(slow)
+    try:
+        now = time.time()
+        _feed(runner, now)
+        runner.tick(now)  # starts inference (no trigger)
+        wait_for(lambda: runner._busy and runner._request is None, 5.0, "the worker took the request")
+        runner.reset()  # e.g. the e-stop was released while the model ran
+        may_finish.set()
+        wait_for(lambda: runner.latencies_s, 5.0, "inference")
+        time.sleep(0.05)
+        assert runner.tick(now + 0.01).kind == "hold"  # the old chunk was dropped; a new one is requested
+    finally:
+        runner.close()
+
+
+def test_inference_trigger_parameter() -> None:
+    assert resolve_trigger("auto", ["observation.state", "observation.images.wrist", "observation.images.head"]) \
+        == "observation.images.wrist"
+    assert resolve_trigger("auto", ["observation.state"]) is None  # no camera: the tick starts inference
+    assert resolve_trigger("tick", STREAMS) is None
+    assert resolve_trigger("observation.state", STREAMS) == "observation.state"
+    with pytest.raises(ValueError, match="inference_trigger='camera'.*auto, tick"):
+        resolve_trigger("camera", STREAMS)

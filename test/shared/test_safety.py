@@ -88,11 +88,11 @@ def test_generated_chunks_never_leave_position_velocity_acceleration_and_step_li
     safe = limits.filter_chunks(chunks, measured, DT, velocity)
     assert safe.shape == chunks.shape
     _assert_safe(limits, safe, measured, velocity)
-    # the node filters one chunk at a time (the Python-float loop): the same points, to rounding
+    # the node filters one chunk at a time (the compiled loop, safety_kernel): the same points exactly
     node = _limits()
     velocities = [None] * len(chunks) if velocity is None else velocity
     one_by_one = np.stack([node.filter_chunk(c, m, DT, v) for c, m, v in zip(chunks, measured, velocities)])
-    np.testing.assert_allclose(one_by_one, safe, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(one_by_one, safe)
     assert node.interventions == limits.interventions
     # a chunk with a non-finite value holds the measured position (from rest: exactly; when the arm
     # is moving, it brakes towards it within the acceleration limit, checked above)
@@ -138,8 +138,8 @@ def smooth_chunk_batches(draw):
 
 @settings(max_examples=100, deadline=None)
 @given(batch=chunk_batches(), smooth=smooth_chunk_batches())
-def test_one_chunk_in_python_floats_equals_the_numpy_loop(batch, smooth) -> None:
-    # the node filters one chunk per tick with the Python-float loop; the batch above ran the numpy one
+def test_one_chunk_compiled_equals_the_numpy_loop(batch, smooth) -> None:
+    # the node filters one chunk per tick with the compiled loop; the batch above ran the numpy one
     for chunks, measured, velocity in (batch, smooth):
         for b in range(8):
             v0 = None if velocity is None else velocity[b]
@@ -147,7 +147,7 @@ def test_one_chunk_in_python_floats_equals_the_numpy_loop(batch, smooth) -> None
             args = (chunks[b][None], measured[b][None], DT, None if v0 is None else v0[None])
             got = scalar.filter_chunks(*args)[0]
             want = vector.filter_chunks(*args, scalar_single=False)[0]
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+            np.testing.assert_array_equal(got, want)
             assert scalar.interventions == vector.interventions
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from collections import deque
 
 import numpy as np
@@ -29,7 +30,6 @@ from builtin_interfaces.msg import Duration as DurationMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -47,7 +47,8 @@ from koch_common.robot import load_koch
 from koch_common.safety import SafeChunk, SafetyLimits
 from koch_policy.chunk_policies import CHUNK_POLICIES
 from koch_policy.gate import SafetyGate
-from koch_policy.runner import PolicyRunner
+from koch_policy.runner import PolicyRunner, resolve_trigger
+from koch_policy.trajectory_cdr import point_times_ns, safe_chunk_cdr
 
 
 def decode_image(msg: Image) -> np.ndarray:
@@ -58,22 +59,18 @@ def decode_image(msg: Image) -> np.ndarray:
     return to_rgb(array, msg.encoding)
 
 
-def _duration(seconds: float) -> DurationMsg:
-    return Duration(nanoseconds=int(round(seconds * 1e9))).to_msg()
-
-
 def trajectory_msg(command: SafeChunk, names: list[str], stamp, fps: float) -> JointTrajectory:
+    """The JointTrajectory message for `command`; the node publishes the same message serialized
+    (`trajectory_cdr.safe_chunk_cdr`; the tests deserialize it with rclpy and compare with this)."""
     if not isinstance(command, SafeChunk):
         raise TypeError("only SafeChunk commands (built by the safety layer) may be published")
-    msg = JointTrajectory()
+    msg = JointTrajectory(joint_names=list(names))
     msg.header.stamp = stamp
-    msg.joint_names = list(names)
-    dt = 1.0 / fps
-    offset = dt if len(command.positions) == 1 else 0.0  # a hold must not end at the stamp
-    for k, (position, velocity) in enumerate(zip(command.positions, command.velocities())):
-        msg.points.append(JointTrajectoryPoint(
-            positions=[float(v) for v in position], velocities=[float(v) for v in velocity],
-            time_from_start=_duration(offset + k * dt)))
+    times = point_times_ns(len(command.positions), fps)
+    msg.points = [JointTrajectoryPoint(positions=array("d", p.tobytes()), velocities=array("d", v.tobytes()),
+                                       time_from_start=DurationMsg(sec=t // 1_000_000_000, nanosec=t % 1_000_000_000))
+                  for p, v, t in zip(np.ascontiguousarray(command.positions, np.float64),
+                                     np.ascontiguousarray(command.velocities(), np.float64), times)]
     return msg
 
 
@@ -93,6 +90,9 @@ class PolicyNode(Node):
         self.publish_markers = bool(self.declare_parameter("publish_markers", True).value)
         # Publish as soon as a chunk lands instead of at the next 30 Hz tick (saves up to one period).
         publish_on_arrival = bool(self.declare_parameter("publish_on_arrival", True).value)
+        # Whose message starts a wanted inference: auto = the first camera (the freshest frame, no wait
+        # for a tick), tick = the 30 Hz tick, or an input feature key (see koch_policy.runner).
+        trigger = self.declare_parameter("inference_trigger", "auto").value
         # SCHED_FIFO priority of the callback threads (the 30 Hz timer among them), so inference on
         # the same cores yields to them; 0 = normal scheduling. Applied by koch_common.node_runner.
         self.declare_parameter("realtime_priority", 0)
@@ -116,6 +116,7 @@ class PolicyNode(Node):
             SafetyLimits.for_arm(self.arm, koch.safety), self.fps, n_steps, clock=self.now,
             chunk_policy=chunk_policy, gate=self.gate, replan_threshold=threshold,
             on_chunk=self.on_tick if publish_on_arrival else None,
+            trigger=resolve_trigger(trigger, [f.key for f in inputs]),
         )
         for feature in inputs:
             self._subscribe(feature)
@@ -217,7 +218,7 @@ class PolicyNode(Node):
                 self.runner.set_chunk_policy(param.value)
             elif param.name == "dry_run":
                 self.dry_run = bool(param.value)
-            elif param.name in ("checkpoint", "device", "mapping", "rate_hz", "n_action_steps"):
+            elif param.name in ("checkpoint", "device", "mapping", "rate_hz", "n_action_steps", "inference_trigger"):
                 return SetParametersResult(successful=False, reason=f"{param.name} is read at start-up only")
         return SetParametersResult(successful=True)
 
@@ -234,14 +235,13 @@ class PolicyNode(Node):
         output = self.runner.tick(clock_now.nanoseconds * 1e-9)
         if output.command is None:
             return
-        stamp = clock_now.to_msg()  # the tick time: point 0 is due now
-        self._publish_command(output.command, stamp)
+        self._publish_command(output.command, clock_now.seconds_nanoseconds())  # the tick time: point 0 is due now
         self.tick_overhead_s.append(time.perf_counter() - started)
         if self.publish_markers and output.kind == "chunk":
-            self._publish_visuals(output.command, stamp)
+            self._publish_visuals(output.command, clock_now.to_msg())
 
-    def _publish_command(self, command: SafeChunk, stamp) -> None:
-        msg = trajectory_msg(command, self.arm.names, stamp, self.fps)
+    def _publish_command(self, command: SafeChunk, stamp: tuple[int, int]) -> None:
+        msg = safe_chunk_cdr(command, self.arm.names, stamp, self.fps)  # serialized: rclpy's conversion is slow
         if self.dry_run:
             self.preview_pub.publish(msg)
             self.previews += 1

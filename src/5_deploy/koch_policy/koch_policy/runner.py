@@ -4,7 +4,13 @@ Messages arrive through `push` into the shared resampler's StreamBuffers (the co
 builds dataset frames with the same buffers). Each 30 Hz `tick` samples every stream at
 "now": a stale or missing stream holds the measured position; otherwise the due part of
 the current chunk is passed through the shared safety limits. Inference runs on a worker
-thread, so a slow model never blocks a tick; it is requested early by the measured latency.
+thread, so a slow model never blocks a tick; it is wanted early by the measured latency.
+
+When a tick wants a chunk, inference starts on the next message of the `trigger` stream (a
+camera: the message that completes an observation), sampled at that message's stamp, so the
+model sees the freshest frame and does not wait for the next tick (on average half a period);
+if none arrives before the next tick (a late or dropped frame), that tick starts it with what it
+has. Without a trigger the tick starts inference itself.
 
 Every command a tick returns is a `SafeChunk` built by the safety layer, in this order of
 precedence: latched e-stop (hold the position measured when it latched) > deadman lapsed >
@@ -18,17 +24,31 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from koch_common.feature_mapping import IMAGE_PREFIX
 from koch_common.resample import StreamBuffer, StreamSpec
 from koch_common.safety import SafeChunk, SafetyLimits
 from koch_policy.chunk_policies import ChunkPolicy, make_chunk_policy
 from koch_policy.gate import SafetyGate
 
 STATE_FEATURE = "observation.state"
+
+
+def resolve_trigger(choice: str, streams: Iterable[str]) -> str | None:
+    """The `inference_trigger` parameter: "auto" -> the first camera stream (none without cameras),
+    "tick" -> none (the 30 Hz tick starts inference), or an input stream's feature key."""
+    streams = list(streams)
+    if choice == "auto":
+        return next((name for name in streams if name.startswith(IMAGE_PREFIX)), None)
+    if choice == "tick":
+        return None
+    if choice not in streams:
+        raise ValueError(f"inference_trigger={choice!r}: choose auto, tick or one of the inputs {streams}")
+    return choice
 
 
 @dataclass
@@ -57,9 +77,12 @@ class PolicyRunner:
         gate: SafetyGate | None = None,
         replan_threshold: float = 0.5,
         on_chunk: Callable[[], None] | None = None,
+        trigger: str | None = None,
     ) -> None:
         if STATE_FEATURE not in streams:
             raise ValueError(f"the feature mapping must provide {STATE_FEATURE!r} for the measured position")
+        if trigger is not None and trigger not in streams:
+            raise ValueError(f"inference trigger {trigger!r} is not an input stream; choose one of {list(streams)}")
         self.predict = predict
         self.buffers = {name: StreamBuffer(spec, maxlen=64) for name, spec in streams.items()}
         self.limits = limits
@@ -78,8 +101,11 @@ class PolicyRunner:
         self.chunk_ready = threading.Event()  # set when a chunk lands (benchmarks wait on it)
         self.on_chunk = on_chunk  # called on the worker thread when a chunk lands (publish without waiting)
         self._lock = threading.Lock()
-        self._request: tuple[dict[str, np.ndarray], float] | None = None
+        self._request: tuple[dict[str, np.ndarray], float, int] | None = None
+        self._generation = 0  # bumped by reset: a chunk inferred before it is dropped
         self._busy = False
+        self.trigger = trigger
+        self._armed_since: float | None = None  # tick time since which a chunk waits for the trigger
         self._wake = threading.Condition(self._lock)
         self._stop = False
         self.last_error = ""
@@ -89,31 +115,38 @@ class PolicyRunner:
     # -- observations ---------------------------------------------------------------
     def push(self, feature: str, stamp_s: float, value: np.ndarray) -> None:
         with self._lock:
-            self.buffers[feature].push(stamp_s, value)
+            fresh = self.buffers[feature].push(stamp_s, value)
+            if fresh and feature == self.trigger and self._armed_since is not None and not self._busy:
+                observation, _ = self._observe(stamp_s)
+                if observation is not None:  # else the tick holds for the stale stream
+                    self._start_inference(observation, stamp_s)
 
     def observe(self, t: float) -> tuple[dict[str, np.ndarray] | None, list[str]]:
         """Every feature's value at t, or None and the names of missing/stale streams."""
+        with self._lock:
+            return self._observe(t)
+
+    def _observe(self, t: float) -> tuple[dict[str, np.ndarray] | None, list[str]]:
         observation: dict[str, np.ndarray] = {}
         bad: list[str] = []
-        with self._lock:
-            for name, buffer in self.buffers.items():
-                sample = buffer.sample(t)
-                if sample is None or sample.stale:
-                    bad.append(name)
-                else:
-                    observation[name] = sample.value
+        for name, buffer in self.buffers.items():
+            sample = buffer.sample(t)
+            if sample is None or sample.stale:
+                bad.append(name)
+            else:
+                observation[name] = sample.value
         return (None if bad else observation), bad
 
     def measured_position(self) -> np.ndarray | None:
-        with self._lock:
-            buffer = self.buffers[STATE_FEATURE]
-            return None if buffer.last_stamp is None else buffer.sample(buffer.last_stamp).value
+        latest = self.buffers[STATE_FEATURE].latest()
+        return None if latest is None else latest[1]
 
     # -- control tick ---------------------------------------------------------------
     def lead_ticks(self) -> int:
         # the worst of the recent latencies: old spikes (start-up, a busy host) age out
         latency = max(self._recent_latencies_s, default=0.1)
-        return math.ceil(latency * self.fps) + 1
+        # with a trigger, inference starts at its next message: up to a period after the tick
+        return math.ceil(latency * self.fps) + 1 + (self.trigger is not None)
 
     def set_chunk_policy(self, name: str) -> None:
         policy = make_chunk_policy(name, self.fps, self.n_action_steps, self.replan_threshold)
@@ -138,6 +171,7 @@ class PolicyRunner:
     def _hold(self, now: float, kind: str, measured: np.ndarray, reason: str) -> TickOutput:
         with self._lock:
             self.queue.clear()
+            self._armed_since = None
         self.limits.interventions[reason.split(":")[0].replace(" ", "_")] += 1
         return self._out(now, kind, self.limits.hold(measured), reason)
 
@@ -168,22 +202,35 @@ class PolicyRunner:
         # GIL, and a tick that waited on the (normal-priority) worker would inherit its scheduling
         # delays (tried: tick p99 20 ms and 60 deadline misses in 10,000 ticks).
         if wants_chunk:
-            self._request_inference(observation, now)
+            self._want_inference(observation, now)
         return output
 
     def reset(self) -> None:
         with self._lock:
             self.queue.clear()
-            self._request = None
+            if self._request is not None:  # not taken by the worker yet: it never will be
+                self._request = None
+                self._busy = False
+            self._armed_since = None
             self._last_command = None
+            self._generation += 1
 
     # -- inference worker -------------------------------------------------------------
-    def _request_inference(self, observation: dict[str, np.ndarray], t_obs: float) -> None:
+    def _want_inference(self, observation: dict[str, np.ndarray], now: float) -> None:
         with self._wake:
-            if self._busy:
+            if self._busy:  # the inference under way answers this want
                 return
-            self._request = (observation, t_obs)
-            self._wake.notify()
+            if self.trigger is not None and (self._armed_since is None or self._armed_since >= now):
+                self._armed_since = now if self._armed_since is None else self._armed_since
+                return  # the trigger's next message starts it
+            self._start_inference(observation, now)  # no trigger, or none came since the last tick
+
+    def _start_inference(self, observation: dict[str, np.ndarray], t_obs: float) -> None:
+        """With the lock held and the worker idle."""
+        self._request = (observation, t_obs, self._generation)
+        self._armed_since = None
+        self._busy = True  # from now: a second request would only overwrite this one
+        self._wake.notify()
 
     def _work(self) -> None:
         while True:
@@ -192,9 +239,8 @@ class PolicyRunner:
                     self._wake.wait()
                 if self._stop:
                     return
-                observation, t_obs = self._request
+                observation, t_obs, generation = self._request
                 self._request = None
-                self._busy = True
             try:
                 started = time.perf_counter()
                 chunk = self.predict(observation)
@@ -203,6 +249,8 @@ class PolicyRunner:
                 self._recent_latencies_s.append(latency)
                 self.inferences += 1
                 with self._lock:
+                    if generation != self._generation:
+                        continue  # reset while inferring (enable, e-stop release): never resume that chunk
                     self.queue.accept(chunk, t_obs, self.clock())
                 self.chunk_ready.set()
                 if self.on_chunk is not None:

@@ -135,6 +135,11 @@ class StreamBuffer:
                 del self._values[0]
             return True
 
+    def latest(self) -> tuple[float, Any] | None:
+        """The newest (stamp, value), or None when empty."""
+        with self._lock:
+            return (self._stamps[-1], self._values[-1]) if self._stamps else None
+
     def sample(self, t_s: float) -> Sample | None:
         """The stream's value at time t under its policy, or None when it has none."""
         with self._lock:

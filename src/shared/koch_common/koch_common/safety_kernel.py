@@ -1,0 +1,105 @@
+"""The one-chunk safety filter compiled with numba: the policy node runs it on every chunk it publishes.
+
+`SafetyLimits.filter_chunks` (numpy, vectorised over a batch) defines the filter; this loop applies
+the same operations to the same floats for one (T, J) chunk, joint by joint and step by step, in
+the same order (`a if a >= b else b` is np.maximum(a, b) and `a if a <= b else b` np.minimum for
+finite floats). Interpreted, one 10x6 chunk costs ~0.1-0.2 ms of numpy call overhead (more with the
+caches cold after an inference); compiled, a few microseconds. The property tests run every
+generated chunk through both and require identical points and interventions.
+
+`params` rows (per joint): lower, upper, max_velocity, a*dt, 8/(a*dt^2), a*dt/2, and the distance
+from a limit beyond which the braking cap exceeds max_velocity (see `safety._Braking`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+LOWER, UPPER, V_MAX, A_DT, EIGHT_OVER_UNIT, HALF_A_DT, FREE = range(7)
+# intervention flags, in safety.INTERVENTION_KINDS order
+NON_FINITE, POSITION_LIMIT, MAX_STEP, VELOCITY_LIMIT, ACCELERATION_LIMIT = range(5)
+
+
+@njit(cache=True, nogil=True)
+def brake_cap(distance: float, a_dt: float, eight_over_unit: float, half_a_dt: float, dt: float) -> float:
+    """`safety._Braking.__call__` for one joint: the fastest velocity towards a limit `distance` away
+    that can still stop before it."""
+    distance = max(distance, 0.0)
+    n = math.floor((math.sqrt(1.0 + eight_over_unit * distance) - 1.0) * 0.5)
+    n1 = n + 1.0
+    v = (distance / dt + half_a_dt * n * n1) / n1
+    return min(max(v, n * a_dt), n1 * a_dt)
+
+
+@njit(cache=True, nogil=True)
+def filter_one(chunk: np.ndarray, measured: np.ndarray, params: np.ndarray, max_step: float, dt: float,
+               initial_velocity: np.ndarray, has_initial_velocity: bool, hits: np.ndarray) -> np.ndarray:
+    """The safe (T, J) chunk for a checked chunk (T >= 1; dt > 0 when T > 1) and finite `measured`;
+    sets `hits[kind]` for each intervention kind that changed a point."""
+    steps, joints = chunk.shape
+    out = np.empty((steps, joints))
+    finite = True
+    for k in range(steps):
+        for j in range(joints):
+            finite = finite and math.isfinite(chunk[k, j])
+    if not finite:  # the whole chunk holds the measured position
+        hits[NON_FINITE] = True
+    for j in range(joints):
+        lo, up = params[LOWER, j], params[UPPER, j]
+        start = measured[j] if measured[j] >= lo else lo
+        start = start if start <= up else up
+        for k in range(steps):  # clamp inside the position limits
+            x = chunk[k, j] if finite else start
+            clamped = x if x >= lo else lo
+            clamped = clamped if clamped <= up else up
+            if clamped != x:
+                hits[POSITION_LIMIT] = True
+            out[k, j] = clamped
+        wanted_step = out[0, j] - start  # the first point leads the measured one by at most max_step
+        step = wanted_step if wanted_step >= -max_step else -max_step
+        step = step if step <= max_step else max_step
+        if step != wanted_step:
+            hits[MAX_STEP] = True
+        previous = out[0, j] = start + step
+        if steps == 1:
+            continue
+        v_max, dv, free = params[V_MAX, j], params[A_DT, j], params[FREE, j]
+        eight_over_unit, half_a_dt = params[EIGHT_OVER_UNIT, j], params[HALF_A_DT, j]
+        v_last, has_v_last = 0.0, has_initial_velocity
+        if has_initial_velocity:  # `SafetyLimits.feasible_initial_velocity`
+            v = initial_velocity[j] if math.isfinite(initial_velocity[j]) else 0.0
+            v = min(max(v, -v_max), v_max)
+            v = max(v, -brake_cap(previous - lo, dv, eight_over_unit, half_a_dt, dt) - dv)
+            v_last = min(v, brake_cap(up - previous, dv, eight_over_unit, half_a_dt, dt) + dv)
+        for k in range(1, steps):  # velocity, braking and acceleration limits
+            target = out[k, j]
+            wanted = (target - previous) / dt
+            room_up, room_down = up - previous, previous - lo
+            if room_up >= free and room_down >= free:  # the braking cap is above v_max: cannot bind
+                hi, low = v_max, -v_max
+            else:
+                hi = min(v_max, brake_cap(room_up, dv, eight_over_unit, half_a_dt, dt))
+                low = max(-v_max, -brake_cap(room_down, dv, eight_over_unit, half_a_dt, dt))
+            vel_only = wanted if wanted >= low else low
+            vel_only = vel_only if vel_only <= hi else hi
+            if vel_only != wanted:
+                hits[VELOCITY_LIMIT] = True
+            if has_v_last:
+                hi = hi if hi <= v_last + dv else v_last + dv
+                low = low if low >= v_last - dv else v_last - dv
+            velocity = wanted if wanted >= low else low
+            velocity = velocity if velocity <= hi else hi
+            if velocity != vel_only:
+                hits[ACCELERATION_LIMIT] = True
+            if velocity == wanted:
+                position = target  # no limit bound: the target itself, not a rounding of it
+            else:
+                position = previous + velocity * dt
+                position = position if position >= lo else lo
+                position = position if position <= up else up
+            v_last, has_v_last = (position - previous) / dt, True
+            out[k, j] = previous = position
+    return out
