@@ -12,7 +12,7 @@ from koch_common.resample import StreamSpec
 from koch_common.robot import load_koch
 from koch_common.safety import SafeChunk, SafetyLimits
 from koch_policy.gate import SafetyGate
-from koch_policy.policy_node import decode_image, trajectory_msg
+from koch_policy.policy_node import decode_image
 from koch_policy.runner import PolicyRunner
 from koch_policy.trajectory_cdr import safe_chunk_cdr
 
@@ -66,37 +66,54 @@ def test_deadman_holds_until_heartbeats_arrive() -> None:
         SafetyGate(-1.0)
 
 
+def _published(command: SafeChunk, names: list[str], stamp: tuple[int, int]):
+    """The JointTrajectory a subscriber receives from the node's serialized publication."""
+    from rclpy.serialization import deserialize_message
+    from trajectory_msgs.msg import JointTrajectory
+
+    return deserialize_message(safe_chunk_cdr(command, names, stamp, FPS), JointTrajectory)
+
+
+def _expected_trajectory(command: SafeChunk, names: list[str], stamp: tuple[int, int]):
+    """The JointTrajectory message for a chunk, built with rclpy's message classes: point k due at k/fps
+    after the stamp, a one-point hold a tick after it."""
+    from array import array
+
+    from builtin_interfaces.msg import Duration, Time
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    count = len(command.positions)
+    times = [round(1e9 / FPS)] if count == 1 else [round(k * 1e9 / FPS) for k in range(count)]
+    msg = JointTrajectory(joint_names=list(names), points=[
+        JointTrajectoryPoint(positions=array("d", p), velocities=array("d", v),
+                             time_from_start=Duration(sec=t // 10**9, nanosec=t % 10**9))
+        for p, v, t in zip(command.positions, command.velocities(), times)])
+    msg.header.stamp = Time(sec=stamp[0], nanosec=stamp[1])
+    return msg
+
+
 def test_only_safe_chunks_become_trajectories_with_increasing_times() -> None:
     with pytest.raises(TypeError, match="SafeChunk"):
-        trajectory_msg(np.zeros((3, 6)), KOCH.follower.names, None, FPS)  # type: ignore[arg-type]
+        safe_chunk_cdr(np.zeros((3, 6)), KOCH.follower.names, (0, 0), FPS)  # type: ignore[arg-type]
     limits = SafetyLimits.for_arm(KOCH.follower, KOCH.safety)
-    from builtin_interfaces.msg import Time
 
-    hold = trajectory_msg(limits.hold(np.zeros(6)), KOCH.follower.names, Time(sec=5), FPS)
+    hold = _published(limits.hold(np.zeros(6)), KOCH.follower.names, (5, 0))
     assert len(hold.points) == 1 and hold.points[0].time_from_start.nanosec > 0  # never ends at the stamp
     chunk = limits.safe_chunk(np.linspace(0, 0.1, 8)[:, None] * np.ones(6), np.zeros(6), 1 / FPS)
-    msg = trajectory_msg(chunk, KOCH.follower.names, Time(sec=5), FPS)
+    msg = _published(chunk, KOCH.follower.names, (5, 0))
     times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
     assert np.all(np.diff(times) > 0)
     assert all(len(p.velocities) == 6 for p in msg.points)
 
 
 def test_the_published_bytes_are_the_trajectory_message() -> None:
-    from builtin_interfaces.msg import Time
-    from rclpy.serialization import deserialize_message
-    from trajectory_msgs.msg import JointTrajectory
-
     limits = SafetyLimits.for_arm(KOCH.follower, KOCH.safety)
     rng = np.random.default_rng(0)
     # the points' CDR alignment depends on the names' lengths: both cases
     for names, steps in zip([KOCH.follower.names, ["j"] * 6, ["joint"] * 6] * 2, (10, 7, 1, 20, 3, 2)):
         chunk = limits.safe_chunk(np.cumsum(rng.normal(0, 0.01, (steps, 6)), axis=0), np.zeros(6), 1 / FPS)
         stamp = (int(rng.integers(0, 2**31)), int(rng.integers(0, 10**9)))
-        published = safe_chunk_cdr(chunk, names, stamp, FPS)  # what the node publishes
-        msg = trajectory_msg(chunk, names, Time(sec=stamp[0], nanosec=stamp[1]), FPS)
-        assert deserialize_message(published, JointTrajectory) == msg  # what a subscriber receives
-    with pytest.raises(TypeError, match="SafeChunk"):
-        safe_chunk_cdr(np.zeros((3, 6)), KOCH.follower.names, (0, 0), FPS)  # type: ignore[arg-type]
+        assert _published(chunk, names, stamp) == _expected_trajectory(chunk, names, stamp)
 
 
 @pytest.mark.parametrize(("encoding", "raw", "metres"), [("16UC1", np.uint16(1500), 1.5),

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import threading
 import time
-from array import array
 from collections import deque
 
 import numpy as np
-from builtin_interfaces.msg import Duration as DurationMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
@@ -35,7 +33,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
 from koch_common import policy_runtime
@@ -48,7 +46,7 @@ from koch_common.safety import SafeChunk, SafetyLimits
 from koch_policy.chunk_policies import CHUNK_POLICIES
 from koch_policy.gate import SafetyGate
 from koch_policy.runner import PolicyRunner, resolve_trigger
-from koch_policy.trajectory_cdr import point_times_ns, safe_chunk_cdr
+from koch_policy.trajectory_cdr import safe_chunk_cdr
 
 
 def decode_image(msg: Image) -> np.ndarray:
@@ -57,21 +55,6 @@ def decode_image(msg: Image) -> np.ndarray:
     if msg.encoding in DEPTH_SCALE_TO_M:
         return depth_to_metres(array, msg.encoding)
     return to_rgb(array, msg.encoding)
-
-
-def trajectory_msg(command: SafeChunk, names: list[str], stamp, fps: float) -> JointTrajectory:
-    """The JointTrajectory message for `command`; the node publishes the same message serialized
-    (`trajectory_cdr.safe_chunk_cdr`; the tests deserialize it with rclpy and compare with this)."""
-    if not isinstance(command, SafeChunk):
-        raise TypeError("only SafeChunk commands (built by the safety layer) may be published")
-    msg = JointTrajectory(joint_names=list(names))
-    msg.header.stamp = stamp
-    times = point_times_ns(len(command.positions), fps)
-    msg.points = [JointTrajectoryPoint(positions=array("d", p.tobytes()), velocities=array("d", v.tobytes()),
-                                       time_from_start=DurationMsg(sec=t // 1_000_000_000, nanosec=t % 1_000_000_000))
-                  for p, v, t in zip(np.ascontiguousarray(command.positions, np.float64),
-                                     np.ascontiguousarray(command.velocities(), np.float64), times)]
-    return msg
 
 
 class PolicyNode(Node):

@@ -3,8 +3,8 @@
 rclpy converts a message object to C field by field (~60 us for ten points warm, 0.3-0.5 ms with
 the caches cold after an inference): more than the rest of the node's path from a chunk's arrival
 to its publication. The node publishes these bytes instead (`Publisher.publish` takes serialized
-messages); the tests require rclpy to deserialize them to the very message `trajectory_msg` builds,
-and the node's DDS tests receive them with ordinary JointTrajectory subscriptions.
+messages); the tests require rclpy to deserialize them to the JointTrajectory message of the same
+chunk, and the node's DDS tests receive them with ordinary JointTrajectory subscriptions.
 """
 
 from __future__ import annotations
@@ -43,12 +43,6 @@ class CdrWriter:
         data = text.encode() + b"\0"
         self.u32(len(data))
         self.buffer += data
-
-    def float64s(self, values: np.ndarray) -> None:
-        self.u32(len(values))
-        if len(values):
-            self.align(8)
-            self.buffer += np.ascontiguousarray(values, "<f8").tobytes()
 
 
 @functools.lru_cache(maxsize=8)

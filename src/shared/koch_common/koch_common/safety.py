@@ -192,6 +192,7 @@ class SafetyLimits:
             params = self._kernel_params[dt] = self._pack_kernel_params(dt)
         hits = np.zeros(len(INTERVENTION_KINDS), np.bool_)
         has_velocity = initial_velocity is not None
+        # without one, `measured` stands in (unread): the compiled signature takes an array either way
         velocity = np.ascontiguousarray(initial_velocity if has_velocity else measured, dtype=np.float64)
         safe = safety_kernel.filter_one(np.ascontiguousarray(chunk), np.ascontiguousarray(measured), params,
                                         float(self.max_step), float(dt), velocity, has_velocity, hits)
