@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from sensor_msgs.msg import Image
@@ -148,3 +150,28 @@ def test_serialized_trajectories_of_any_arm_deserialize_to_the_same_message(join
             for p, v, t in zip(positions, velocities, times)])
         msg.header.stamp = Time(sec=7, nanosec=9)
         assert deserialize_message(published, JointTrajectory) == msg
+
+
+def test_chunk_stamps_follow_the_node_clock_simulated_time_included() -> None:
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock
+
+    from koch_bringup.ros_session import ros_session
+    from koch_policy.policy_node import clock_now_ns
+
+    with ros_session() as ros:
+        wall = ros.node("wall_clock")
+        before = time.time_ns()
+        assert before <= clock_now_ns(wall.get_clock()) <= time.time_ns()
+        sim = ros.add(Node("sim_clock", context=ros.context,
+                           parameter_overrides=[Parameter("use_sim_time", value=True)]))
+        clock_pub = ros.node("clock_source").create_publisher(Clock, "/clock", 10)
+        simulated = Clock()
+        simulated.clock.sec, simulated.clock.nanosec = 42, 7
+
+        def reads_simulated_time() -> bool:
+            clock_pub.publish(simulated)
+            return clock_now_ns(sim.get_clock()) == 42_000_000_007
+
+        wait_for(reads_simulated_time, 10.0, "the /clock time on a use_sim_time node")

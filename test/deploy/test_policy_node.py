@@ -10,6 +10,7 @@ never on wall-clock time: the shared CI host decides how fast ticks come, not th
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -202,6 +203,37 @@ def test_estop_latches_within_one_tick_and_holds_until_reset(checkpoint: Path) -
         latched_at = node.estop_tick
         wait_for(lambda: len(_kinds_after(node, latched_at)) > 3, 10.0, "ticks after the service e-stop")
         assert all(k == "estop" for k in _kinds_after(node, latched_at)[1:])
+
+
+def test_a_stuck_camera_callback_neither_delays_the_tick_nor_an_estop(checkpoint: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Observations, the tick and the gates are separate callback groups: with an image callback stuck
+    (a slow decode, a huge frame) the node keeps ticking (holding: the camera is stale) and latches an
+    e-stop. In one group the tick would wait for the image callback."""
+    import koch_policy.policy_node as policy_node
+
+    stuck, release = threading.Event(), threading.Event()
+    decode = policy_node.decode_image
+
+    def stuck_decode(msg: Image) -> np.ndarray:
+        if not release.is_set():
+            stuck.set()
+            release.wait(10.0)
+        return decode(msg)
+
+    with ros_session() as ros:
+        node, world, chunks = _start(ros, checkpoint, enabled=True)
+        probe = ros.nodes[-1]
+        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks), 60.0, "a model chunk")
+        monkeypatch.setattr(policy_node, "decode_image", stuck_decode)
+        try:
+            wait_for(stuck.is_set, 10.0, "an image callback")
+            ticks = node.runner.ticks
+            wait_for(lambda: node.runner.ticks >= ticks + 5, 5.0, "ticks while an image callback is stuck")
+            assert ros.call(probe, Trigger, "/policy/policy/estop", Trigger.Request(), timeout=5.0).success
+            assert node.gate.estop_latched and stuck.is_set() and not release.is_set()
+        finally:
+            release.set()
 
 
 def test_deadman_holds_without_heartbeats(checkpoint: Path) -> None:

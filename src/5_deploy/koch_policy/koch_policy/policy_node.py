@@ -25,9 +25,12 @@ import time
 from collections import deque
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -47,6 +50,13 @@ from koch_policy.chunk_policies import CHUNK_POLICIES
 from koch_policy.gate import SafetyGate
 from koch_policy.runner import PolicyRunner, resolve_trigger
 from koch_policy.trajectory_cdr import safe_chunk_cdr
+
+
+def clock_now_ns(clock: Clock) -> int:
+    """`clock.now().nanoseconds`: without simulated time a ROS clock reads the system clock, which
+    `time.time_ns` reads directly (rclpy builds a Time object through three Python layers: ~10 us
+    warm, ~0.1 ms with the caches cold after an inference, on the path of every published chunk)."""
+    return clock.now().nanoseconds if clock.ros_time_is_active else time.time_ns()
 
 
 def decode_image(msg: Image) -> np.ndarray:
@@ -101,6 +111,12 @@ class PolicyNode(Node):
             on_chunk=self.on_tick if publish_on_arrival else None,
             trigger=resolve_trigger(trigger, [f.key for f in inputs]),
         )
+        # Three groups, so the executor's threads run them side by side (in the node's one default group
+        # a callback runs only when no other does: an image decode would delay the tick, and an e-stop
+        # would wait behind both): observations in; the 30 Hz tick; gates, services and diagnostics.
+        self._inputs = MutuallyExclusiveCallbackGroup()
+        ticks = MutuallyExclusiveCallbackGroup()
+        control = MutuallyExclusiveCallbackGroup()
         for feature in inputs:
             self._subscribe(feature)
         self.chunk_pub = self.create_publisher(JointTrajectory, "action_chunk", 10)
@@ -108,24 +124,24 @@ class PolicyNode(Node):
         self.ghost_pub = self.create_publisher(JointState, "~/ghost_joint_states", 10)
         self.marker_pub = self.create_publisher(MarkerArray, "~/predicted_path", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(SetBool, "~/enable", self.on_enable)
-        self.create_service(Trigger, "~/estop", self.on_estop_service)
-        self.create_service(Trigger, "~/reset_estop", self.on_reset_estop)
+        self.create_service(SetBool, "~/enable", self.on_enable, callback_group=control)
+        self.create_service(Trigger, "~/estop", self.on_estop_service, callback_group=control)
+        self.create_service(Trigger, "~/reset_estop", self.on_reset_estop, callback_group=control)
         for name in ("~/estop", "/estop"):
-            self.create_subscription(Bool, name, self.on_estop_topic, 10)
-        self.create_subscription(Bool, "~/deadman", self.on_deadman, 10)
+            self.create_subscription(Bool, name, self.on_estop_topic, 10, callback_group=control)
+        self.create_subscription(Bool, "~/deadman", self.on_deadman, 10, callback_group=control)
         self.add_on_set_parameters_callback(self.on_parameters)
         self.estop_tick: int | None = None  # runner tick count when the e-stop latched
         self.published = 0
         self.previews = 0
         self.tick_overhead_s: deque[float] = deque(maxlen=1000)
         self._tick_lock = threading.Lock()  # the timer and a landing chunk never tick at once
-        self.create_timer(1.0 / self.fps, self.on_tick)
-        self.create_timer(1.0, self.publish_diagnostics)
+        self.create_timer(1.0 / self.fps, self.on_tick, callback_group=ticks)
+        self.create_timer(1.0, self.publish_diagnostics, callback_group=control)
         self._last_diag = (self.now(), 0)
 
     def now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        return clock_now_ns(self.get_clock()) * 1e-9
 
     def _stamp(self, msg_stamp, received: float) -> float:
         if self.mapping.clock == "header":
@@ -143,13 +159,14 @@ class PolicyNode(Node):
                     value = np.array([by_name[j] for j in joints], dtype=np.float32)
                     self.runner.push(name, self._stamp(msg.header.stamp, self.now()), value)
 
-            self.create_subscription(JointState, feature.topic, on_joint_state, 10)
+            self.create_subscription(JointState, feature.topic, on_joint_state, 10, callback_group=self._inputs)
         elif feature.is_image:
 
             def on_image(msg: Image) -> None:
                 self.runner.push(name, self._stamp(msg.header.stamp, self.now()), decode_image(msg))
 
-            self.create_subscription(Image, feature.topic, on_image, qos_profile_sensor_data)
+            self.create_subscription(Image, feature.topic, on_image, qos_profile_sensor_data,
+                                     callback_group=self._inputs)
         else:
             raise ValueError(f"feature {name!r}: message type {feature.msgtype!r} is not supported by the policy node")
 
@@ -214,14 +231,15 @@ class PolicyNode(Node):
 
     def _tick(self) -> None:
         started = time.perf_counter()
-        clock_now = self.get_clock().now()
-        output = self.runner.tick(clock_now.nanoseconds * 1e-9)
+        now_ns = clock_now_ns(self.get_clock())
+        output = self.runner.tick(now_ns * 1e-9)
         if output.command is None:
             return
-        self._publish_command(output.command, clock_now.seconds_nanoseconds())  # the tick time: point 0 is due now
+        stamp = divmod(now_ns, 1_000_000_000)  # the tick time: point 0 is due now
+        self._publish_command(output.command, stamp)
         self.tick_overhead_s.append(time.perf_counter() - started)
         if self.publish_markers and output.kind == "chunk":
-            self._publish_visuals(output.command, clock_now.to_msg())
+            self._publish_visuals(output.command, Time(sec=stamp[0], nanosec=stamp[1]))
 
     def _publish_command(self, command: SafeChunk, stamp: tuple[int, int]) -> None:
         msg = safe_chunk_cdr(command, self.arm.names, stamp, self.fps)  # serialized: rclpy's conversion is slow
@@ -301,6 +319,6 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    # Subscriptions, timer and services run on separate threads so a burst of images never
-    # delays a tick; inference has its own worker thread inside the runner.
+    # Observations, the tick and the gates run on separate threads (their callback groups) so a burst
+    # of images never delays a tick or an e-stop; inference has its own worker thread inside the runner.
     run_node(PolicyNode, args, threads=3)

@@ -98,7 +98,6 @@ class PolicyRunner:
         self.inferences = 0
         self.history: deque[tuple[int, float, str]] = deque(maxlen=5000)  # (tick, now, kind) for tests/diag
         self._last_command: tuple[float, SafeChunk] | None = None
-        self.chunk_ready = threading.Event()  # set when a chunk lands (benchmarks wait on it)
         self.on_chunk = on_chunk  # called on the worker thread when a chunk lands (publish without waiting)
         self._lock = threading.Lock()
         self._request: tuple[dict[str, np.ndarray], float, int] | None = None
@@ -252,7 +251,6 @@ class PolicyRunner:
                     if generation != self._generation:
                         continue  # reset while inferring (enable, e-stop release): never resume that chunk
                     self.queue.accept(chunk, t_obs, self.clock())
-                self.chunk_ready.set()
                 if self.on_chunk is not None:
                     self.on_chunk()
             except Exception as err:  # noqa: BLE001 - a failed inference holds, never crashes the loop

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -42,18 +41,18 @@ class SafeChunk:
 
     def velocities(self) -> np.ndarray:
         """Per-point velocities consistent with the limited positions: each point's neighbours' difference
-        over their time span (central inside, one-sided at the ends: np.gradient's, without its
-        per-call overhead on the 30 Hz tick)."""
+        over their time span (central inside, one-sided at the ends: np.gradient's), compiled: numpy's
+        ~10 calls on a 10x6 chunk cost more than the node's whole serialization of it."""
         if self._velocities is None:
-            p = self.positions
-            if len(p) >= 2 and self.dt > 0:
-                lo, hi = _neighbours(np.arange(len(p)), len(p) - 1)
-                v = (p[hi] - p[lo]) / ((hi - lo)[:, None] * self.dt)
-            else:
-                v = np.zeros_like(p)
-            v.flags.writeable = False  # one cached array for every caller: none may change it for the others
-            object.__setattr__(self, "_velocities", v)  # frozen: computed once, on first use
+            positions = np.ascontiguousarray(self.positions, np.float64)
+            velocities = np.empty_like(positions)
+            safety_kernel.central_velocities(positions, float(self.dt), velocities)
+            self._cache_velocities(velocities)
         return self._velocities
+
+    def _cache_velocities(self, velocities: np.ndarray) -> None:
+        velocities.flags.writeable = False  # one cached array for every caller: none may change it for the others
+        object.__setattr__(self, "_velocities", velocities)  # frozen: computed once
 
     def velocity_at(self, k: int) -> np.ndarray:
         """`velocities()[k]`, zero outside the chunk, computing only that point (every tick asks for one)."""
@@ -62,13 +61,8 @@ class SafeChunk:
             return np.zeros(p.shape[1])
         if self._velocities is not None:
             return self._velocities[k]
-        lo, hi = _neighbours(k, last)
+        lo, hi = max(k - 1, 0), min(k + 1, last)  # the neighbours `velocities` differences
         return (p[hi] - p[lo]) / ((hi - lo) * self.dt)
-
-
-def _neighbours(k: Any, last: int) -> tuple[Any, Any]:
-    """The points a velocity at k differences: k-1 and k+1, clipped to the chunk (int or index array)."""
-    return np.maximum(k - 1, 0), np.minimum(k + 1, last)
 
 
 @dataclass
@@ -95,6 +89,7 @@ class SafetyLimits:
             raise ValueError("max_velocity and max_acceleration must be > 0 and max_step >= 0")
         for kind in INTERVENTION_KINDS:  # every kind reported, zeros included
             self.interventions.setdefault(kind, 0)
+        safety_kernel.warm_up()  # at start-up, not on the first command
 
     @classmethod
     def for_arm(cls, arm: ArmConfig, safety: SafetyConfig) -> SafetyLimits:
@@ -114,18 +109,28 @@ class SafetyLimits:
         `initial_velocity` (J,), when given, is the velocity the arm is commanded at now (the
         previous command's), so the acceleration limit also holds across chunks.
         """
-        chunk = np.array(chunk, dtype=np.float64, ndmin=2)
-        measured = np.asarray(measured, np.float64)
-        self._check(chunk[None], measured[None], dt)
-        return self._filter_one(chunk, measured, dt, initial_velocity)
+        return self._filter_checked(chunk, measured, dt, initial_velocity)[0]
 
     def safe_chunk(self, chunk: np.ndarray, measured: np.ndarray, dt: float,
                    initial_velocity: np.ndarray | None = None) -> SafeChunk:
-        return SafeChunk(self.filter_chunk(chunk, measured, dt, initial_velocity), dt)
+        return self._safe(self._filter_checked(chunk, measured, dt, initial_velocity), dt)
+
+    def _filter_checked(self, chunk: np.ndarray, measured: np.ndarray, dt: float,
+                        initial_velocity: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        chunk = np.array(chunk, dtype=np.float64, ndmin=2, copy=None)
+        measured = np.asarray(measured, np.float64)
+        self._check_shapes((1, *chunk.shape), (1, *measured.shape), dt)
+        return self._filter_one(chunk, measured, dt, initial_velocity)  # it checks that measured is finite
 
     def hold(self, measured: np.ndarray) -> SafeChunk:
         """A one-point chunk holding the measured position (clamped inside the limits)."""
-        return SafeChunk(self.filter_point(measured, measured)[None], 0.0)
+        return self._safe(self._filter_checked(np.asarray(measured)[None], measured, 0.0, None), 0.0)
+
+    @staticmethod
+    def _safe(filtered: tuple[np.ndarray, np.ndarray], dt: float) -> SafeChunk:
+        command = SafeChunk(filtered[0], dt)
+        command._cache_velocities(filtered[1])  # the kernel computed them with the points
+        return command
 
     def filter_chunks(self, chunks: np.ndarray, measured: np.ndarray, dt: float,
                       initial_velocity: np.ndarray | None = None, scalar_single: bool = True) -> np.ndarray:
@@ -140,7 +145,7 @@ class SafetyLimits:
         self._check(chunks, measured, dt)
         if len(chunks) == 1 and scalar_single:
             return self._filter_one(chunks[0], measured[0], dt,
-                                    None if initial_velocity is None else initial_velocity[0])[None]
+                                    None if initial_velocity is None else initial_velocity[0])[0][None]
         steps = chunks.shape[1]
         if steps == 0:
             return chunks.copy()
@@ -169,37 +174,42 @@ class SafetyLimits:
         return self._rate_limited(safe[:, 0], clamped, v_prev, dt, brake)
 
     def _check(self, chunks: np.ndarray, measured: np.ndarray, dt: float) -> None:
-        joints = self.lower.size
-        if chunks.ndim != 3 or chunks.shape[2] != joints:
-            raise ValueError(f"chunks must be (batch, steps, {joints}) for this arm, got shape {chunks.shape}")
-        if measured.shape != (chunks.shape[0], joints):
-            raise ValueError(f"measured must be ({chunks.shape[0]}, {joints}), got {measured.shape}")
+        self._check_shapes(chunks.shape, measured.shape, dt)
         if not np.isfinite(measured).all():
-            raise ValueError(f"the measured position is not finite ({measured}): no safe command exists; "
-                             "check the joint state source")
-        if chunks.shape[1] > 1 and not dt > 0:
-            raise ValueError(f"a chunk of {chunks.shape[1]} points needs dt > 0, got {dt}")
+            raise _measured_not_finite(measured)
+
+    def _check_shapes(self, chunks: tuple[int, ...], measured: tuple[int, ...], dt: float) -> None:
+        joints = self.lower.size
+        if len(chunks) != 3 or chunks[2] != joints:
+            raise ValueError(f"chunks must be (batch, steps, {joints}) for this arm, got shape {chunks}")
+        if measured != (chunks[0], joints):
+            raise ValueError(f"measured must be ({chunks[0]}, {joints}), got {measured}")
+        if chunks[1] > 1 and not dt > 0:
+            raise ValueError(f"a chunk of {chunks[1]} points needs dt > 0, got {dt}")
 
     def _filter_one(self, chunk: np.ndarray, measured: np.ndarray, dt: float,
-                    initial_velocity: np.ndarray | None) -> np.ndarray:
+                    initial_velocity: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """`filter_chunks`' steps for one checked (T, J) chunk, the node's every tick: the compiled loop
         of `safety_kernel` (same operations on the same floats, a few microseconds instead of the
-        ~0.1-0.2 ms numpy spends on calls over 20x6 floats)."""
+        ~0.1-0.2 ms numpy spends on calls over 20x6 floats). Returns the safe points and their velocities."""
+        safe, velocities = np.empty_like(chunk), np.empty_like(chunk)
         if len(chunk) == 0:
-            return chunk.copy()
+            return safe, velocities
         params = self._kernel_params.get(dt)
         if params is None:
             params = self._kernel_params[dt] = self._pack_kernel_params(dt)
-        hits = np.zeros(len(INTERVENTION_KINDS), np.bool_)
+        hits = np.zeros(len(INTERVENTION_KINDS) + 1, np.bool_)
         has_velocity = initial_velocity is not None
         # without one, `measured` stands in (unread): the compiled signature takes an array either way
         velocity = np.ascontiguousarray(initial_velocity if has_velocity else measured, dtype=np.float64)
-        safe = safety_kernel.filter_one(np.ascontiguousarray(chunk), np.ascontiguousarray(measured), params,
-                                        float(self.max_step), float(dt), velocity, has_velocity, hits)
+        safety_kernel.filter_one(np.ascontiguousarray(chunk), np.ascontiguousarray(measured), params,
+                                 float(self.max_step), float(dt), velocity, has_velocity, hits, safe, velocities)
+        if hits[safety_kernel.MEASURED_NOT_FINITE]:
+            raise _measured_not_finite(measured)
         for kind, hit in zip(INTERVENTION_KINDS, hits.tolist()):
             if hit:
                 self.interventions[kind] += 1
-        return safe
+        return safe, velocities
 
     def _pack_kernel_params(self, dt: float) -> np.ndarray:
         """`safety_kernel`'s per-joint rows for `dt` (the braking rows stay NaN for dt = 0: one point only)."""
@@ -298,6 +308,11 @@ class SafetyLimits:
         if np.any(np.abs(delta) > step):
             self.interventions["velocity_limit"] += 1
         return previous_goal + np.clip(delta, -step, step)
+
+
+def _measured_not_finite(measured: np.ndarray) -> ValueError:
+    return ValueError(f"the measured position is not finite ({measured}): no safe command exists; "
+                      "check the joint state source")
 
 
 class _Braking:

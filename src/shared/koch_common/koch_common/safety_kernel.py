@@ -19,8 +19,8 @@ import numpy as np
 from numba import njit
 
 LOWER, UPPER, V_MAX, A_DT, EIGHT_OVER_UNIT, HALF_A_DT, FREE = range(7)
-# intervention flags, in safety.INTERVENTION_KINDS order
-NON_FINITE, POSITION_LIMIT, MAX_STEP, VELOCITY_LIMIT, ACCELERATION_LIMIT = range(5)
+# intervention flags, in safety.INTERVENTION_KINDS order, then the error: no safe command exists
+NON_FINITE, POSITION_LIMIT, MAX_STEP, VELOCITY_LIMIT, ACCELERATION_LIMIT, MEASURED_NOT_FINITE = range(6)
 
 
 @njit(cache=True, nogil=True)
@@ -36,11 +36,17 @@ def brake_cap(distance: float, a_dt: float, eight_over_unit: float, half_a_dt: f
 
 @njit(cache=True, nogil=True)
 def filter_one(chunk: np.ndarray, measured: np.ndarray, params: np.ndarray, max_step: float, dt: float,
-               initial_velocity: np.ndarray, has_initial_velocity: bool, hits: np.ndarray) -> np.ndarray:
-    """The safe (T, J) chunk for a checked chunk (T >= 1; dt > 0 when T > 1) and finite `measured`;
-    sets `hits[kind]` for each intervention kind that changed a point."""
+               initial_velocity: np.ndarray, has_initial_velocity: bool, hits: np.ndarray, out: np.ndarray,
+               velocities: np.ndarray) -> None:
+    """Writes the safe (T, J) chunk for a checked chunk (T >= 1; dt > 0 when T > 1) into `out` and its
+    `central_velocities` into `velocities`; sets `hits[kind]` for each intervention kind that changed a
+    point, or only `hits[MEASURED_NOT_FINITE]` (leaving the outputs unwritten). Outputs are passed in:
+    a returned array costs more to hand back to Python than the loop costs."""
     steps, joints = chunk.shape
-    out = np.empty((steps, joints))
+    for j in range(joints):
+        if not math.isfinite(measured[j]):
+            hits[MEASURED_NOT_FINITE] = True
+            return
     finite = True
     for k in range(steps):
         for j in range(joints):
@@ -102,4 +108,27 @@ def filter_one(chunk: np.ndarray, measured: np.ndarray, params: np.ndarray, max_
                 position = position if position <= up else up
             v_last, has_v_last = (position - previous) / dt, True
             out[k, j] = previous = position
-    return out
+    central_velocities(out, dt, velocities)
+
+
+@njit(cache=True, nogil=True)
+def central_velocities(positions: np.ndarray, dt: float, velocities: np.ndarray) -> None:
+    """`SafeChunk.velocities` into `velocities`: each point's neighbours' difference over their time span
+    (central inside, one-sided at the ends); zeros for one point or dt <= 0."""
+    steps, joints = positions.shape
+    if steps < 2 or not dt > 0:
+        velocities[:] = 0.0
+        return
+    for k in range(steps):
+        lo, hi = max(k - 1, 0), min(k + 1, steps - 1)
+        span = (hi - lo) * dt
+        for j in range(joints):
+            velocities[k, j] = (positions[hi, j] - positions[lo, j]) / span
+
+
+def warm_up() -> None:
+    """Compile both kernels (or load them from numba's cache) now, with the argument types the safety
+    layer passes: otherwise the first call does, ~0.1-1 s on a node's first command."""
+    chunk, out = np.zeros((2, 1)), np.empty((2, 1))
+    filter_one(chunk, chunk[0], np.ones((7, 1)), 0.0, 1.0, chunk[0], False, np.zeros(6, np.bool_), out, out.copy())
+    central_velocities(chunk, 1.0, out)
