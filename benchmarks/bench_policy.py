@@ -239,8 +239,7 @@ def bench_node_latency(runtime, dds: NodePublisher, n: int, interleave=None, mod
     runner = _runner(runtime, time.perf_counter, publish_on_arrival)
     holder.append(runner)
     end_to_end, inference, model, on_timer, bare, other = [], [], [], [], [], []
-    for key, value in observation(rng).items():  # what the arming tick checks for staleness
-        runner.push(key, time.perf_counter(), value)
+    previous = observation(rng)
     try:
         for _ in range(n):
             if interleave is not None:  # the reference, sampled alternately so both see the same host load
@@ -255,9 +254,13 @@ def bench_node_latency(runtime, dds: NodePublisher, n: int, interleave=None, mod
             bare.append(time.perf_counter() - t)
             was_published.clear()
             published.clear()
+            for key, value in previous.items():  # the streams are live: the last messages are recent
+                runner.push(key, time.perf_counter(), value)
             # the plan has run out: this tick holds and arms the trigger (ticks and arrivals are not
             # in phase, so the node's tick is not on the latency path)
-            assert runner.tick(time.perf_counter()).kind == "hold"
+            armed = runner.tick(time.perf_counter())
+            assert armed.kind == "hold", f"the arming tick: {armed.kind} {armed.reason}"
+            previous = obs
             arrival = time.perf_counter()
             for key, value in obs.items():  # the camera frame, pushed last, starts inference
                 runner.push(key, arrival, value)

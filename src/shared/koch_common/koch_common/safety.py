@@ -192,7 +192,7 @@ class SafetyLimits:
         """`filter_chunks`' steps for one checked (T, J) chunk, the node's every tick: the compiled loop
         of `safety_kernel` (same operations on the same floats, a few microseconds instead of the
         ~0.1-0.2 ms numpy spends on calls over 20x6 floats). Returns the safe points and their velocities."""
-        safe, velocities = np.empty_like(chunk), np.empty_like(chunk)
+        safe, velocities = np.empty(chunk.shape), np.empty(chunk.shape)  # C-contiguous, as compiled
         if len(chunk) == 0:
             return safe, velocities
         params = self._kernel_params.get(dt)
