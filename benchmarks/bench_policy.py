@@ -27,9 +27,10 @@ the PyTorch runtime of the same checkpoint is measured next to it. Prints:
    long in CPU time and how many overlapped hypervisor steal time (/proc/stat); late wake-ups (the
    OS woke the loop a period late) are counted apart. The node's RViz markers are not drawn here;
 4. LeRobot's async inference on the same checkpoint: `PolicyServer` served over gRPC on
-   localhost, driven by the same gRPC calls `RobotClient` makes (SendObservations with a pickled
-   TimedObservation, then GetActions), observation sent -> action chunk received, sampled
-   alternately with 2. so both see the same host load.
+   localhost from a process of its own (as LeRobot runs it), driven by the same gRPC calls
+   `RobotClient` makes (SendObservations with a pickled TimedObservation, then GetActions),
+   observation sent -> action chunk received, sampled alternately with 2. so both see the same
+   host load.
 
 Both sides get the same CPU threads (--threads, applied to torch and to onnxruntime; default: each
 library's own default, which is what the node runs with).
@@ -339,15 +340,41 @@ def bench_deadlines(runtime, dds: NodePublisher, ticks: int, time_scale: float,
             "tick_max_ms": max(durations) * 1e3, "inferences": runner.inferences, **kinds}
 
 
-@contextlib.contextmanager
-def lerobot_async(checkpoint: Path):
-    """LeRobot's PolicyServer served over gRPC on localhost, and a function timing one round trip:
-    observation sent (SendObservations, pickled TimedObservation, as RobotClient does) -> action
-    chunk received (GetActions)."""
+def serve_lerobot_policy(port: int, stop, threads: int) -> None:
+    """LeRobot's PolicyServer on 127.0.0.1:`port` until `stop` is set: run in a process of its own, as
+    LeRobot deploys it (`python -m lerobot.async_inference.policy_server`), so its threads (gRPC,
+    PyTorch's OpenMP pool) share neither this process's GIL nor its scheduling with the node's."""
     import grpc
     from lerobot.async_inference.configs import PolicyServerConfig
-    from lerobot.async_inference.helpers import RemotePolicyConfig, TimedObservation
     from lerobot.async_inference.policy_server import PolicyServer
+    from lerobot.transport import services_pb2_grpc
+
+    if threads > 0:  # as --threads sets this process's torch
+        import torch
+
+        torch.set_num_threads(threads)
+    policy_server = PolicyServer(PolicyServerConfig(host="127.0.0.1", port=port, fps=int(FPS), inference_latency=0.0))
+    # its INFO lines per observation (console and file) would bury the figures; without them it is, if
+    # anything, faster
+    policy_server.logger.setLevel(logging.WARNING)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    services_pb2_grpc.add_AsyncInferenceServicer_to_server(policy_server, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    stop.wait()
+    policy_server.stop()
+    server.stop(grace=None)
+
+
+@contextlib.contextmanager
+def lerobot_async(checkpoint: Path, threads: int):
+    """LeRobot's PolicyServer served over gRPC on localhost (its own process), and a function timing one
+    round trip: observation sent (SendObservations, pickled TimedObservation, as RobotClient does) ->
+    action chunk received (GetActions)."""
+    import multiprocessing
+
+    import grpc
+    from lerobot.async_inference.helpers import RemotePolicyConfig, TimedObservation
     from lerobot.datasets.utils import hw_to_dataset_features
     from lerobot.transport import services_pb2, services_pb2_grpc
     from lerobot.transport.utils import grpc_channel_options, send_bytes_in_chunks
@@ -357,18 +384,15 @@ def lerobot_async(checkpoint: Path):
     lerobot_features = hw_to_dataset_features(hw_features, "observation", use_video=False)
     with socket.socket() as probe:  # a free port (the config rejects 0)
         probe.bind(("127.0.0.1", 0))
-        free_port = probe.getsockname()[1]
-    server_config = PolicyServerConfig(host="127.0.0.1", port=free_port, fps=int(FPS), inference_latency=0.0)
-    policy_server = PolicyServer(server_config)
-    # its INFO lines per observation (console and file) would bury the figures; without them it is, if
-    # anything, faster
-    policy_server.logger.setLevel(logging.WARNING)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    services_pb2_grpc.add_AsyncInferenceServicer_to_server(policy_server, server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port}")
+        port = probe.getsockname()[1]
+    spawn = multiprocessing.get_context("spawn")
+    stop = spawn.Event()
+    server = spawn.Process(target=serve_lerobot_policy, args=(port, stop, threads), name="lerobot-policy-server",
+                           daemon=True)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", grpc_channel_options())
     try:
+        grpc.channel_ready_future(channel).result(timeout=300)
         stub = services_pb2_grpc.AsyncInferenceStub(channel)
         stub.Ready(services_pb2.Empty())
         spec = RemotePolicyConfig("act", str(checkpoint), lerobot_features, actions_per_chunk=ACT["chunk_size"],
@@ -397,8 +421,10 @@ def lerobot_async(checkpoint: Path):
         yield sample
     finally:
         channel.close()
-        policy_server.stop()
-        server.stop(grace=None)
+        stop.set()
+        server.join(timeout=30)
+        if server.is_alive():
+            server.terminate()
 
 
 def print_latency(label: str, lat: dict[str, list[float]], in_graph_s: float = 0.0) -> tuple[float, float]:
@@ -492,7 +518,7 @@ def main() -> None:
         try:
             with contextlib.ExitStack() as stack:
                 try:
-                    reference = stack.enter_context(lerobot_async(checkpoint))
+                    reference = stack.enter_context(lerobot_async(checkpoint, args.threads))
                 except ImportError as err:
                     reference = None
                     print(f"(LeRobot async unavailable: {err}; install lerobot[async] for grpcio)")
@@ -516,8 +542,8 @@ def main() -> None:
         if onnx_lat["reference"]:
             l50, l99 = pct(onnx_lat["reference"])
             t50, t99 = pct(onnx_lat["timer"])
-            print(f"4. LeRobot async (PolicyServer over gRPC, RobotClient's calls, PyTorch), sampled alternately "
-                  f"with 2.: p50 {l50:7.2f} ms  p99 {l99:7.2f} ms")
+            print(f"4. LeRobot async (PolicyServer in its own process over gRPC, RobotClient's calls, PyTorch), "
+                  f"sampled alternately with 2.: p50 {l50:7.2f} ms  p99 {l99:7.2f} ms")
             print(f"   ratio LeRobot async / this node (arrival -> published): p50 {l50 / e50:.2f}x  "
                   f"p99 {l99 / e99:.2f}x (target >= 3x)")
             print(f"   ratio LeRobot async / this node, publish_on_arrival:=false: p50 {l50 / t50:.2f}x  "

@@ -163,6 +163,11 @@ def test_chunk_velocities_are_central_differences() -> None:
         want = chunk.velocities()[k] if 0 <= k < 12 else np.zeros(6)
         np.testing.assert_allclose(fresh.velocity_at(k), want, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(SafeChunk(positions[:1], 0.0).velocity_at(0), np.zeros(6))
+    # the safety layer's chunks come with the velocities its kernel computed alongside the points
+    limited = _limits().safe_chunk(positions * 40, positions[0], DT)  # limited: the points differ
+    assert not np.allclose(limited.positions, positions * 40)
+    np.testing.assert_allclose(limited.velocities(), np.gradient(limited.positions, DT, axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(_limits().hold(positions[3]).velocities(), np.zeros((1, 6)))
 
 
 def test_interventions_are_counted_by_kind() -> None:
