@@ -55,14 +55,10 @@ class SafeChunk:
         object.__setattr__(self, "_velocities", velocities)  # frozen: computed once
 
     def velocity_at(self, k: int) -> np.ndarray:
-        """`velocities()[k]`, zero outside the chunk, computing only that point (every tick asks for one)."""
-        p, last = self.positions, len(self.positions) - 1
-        if not 0 <= k <= last or last == 0 or not self.dt > 0:
-            return np.zeros(p.shape[1])
-        if self._velocities is not None:
-            return self._velocities[k]
-        lo, hi = max(k - 1, 0), min(k + 1, last)  # the neighbours `velocities` differences
-        return (p[hi] - p[lo]) / ((hi - lo) * self.dt)
+        """`velocities()[k]`, zero outside the chunk (the runner asks each tick for the commanded velocity;
+        chunks from `SafetyLimits` carry their velocities, so this is a lookup)."""
+        velocities = self.velocities()
+        return velocities[k] if 0 <= k < len(velocities) else np.zeros(self.positions.shape[1])
 
 
 @dataclass
@@ -136,9 +132,8 @@ class SafetyLimits:
                       initial_velocity: np.ndarray | None = None, scalar_single: bool = True) -> np.ndarray:
         """Batched `filter_chunk`: chunks (B, T, J), measured (B, J) -> safe (B, T, J).
 
-        A single chunk (the node's every tick) goes through `_filter_one` (no batch axis; the rate loop
-        only where a limit may bind, in Python floats), unless `scalar_single=False`; the tests compare
-        the two.
+        A single chunk (the node's every tick) goes through `_filter_one` (no batch axis, the compiled
+        `safety_kernel`), unless `scalar_single=False`; the tests compare the two.
         """
         chunks = np.asarray(chunks, dtype=np.float64)
         measured = np.asarray(measured, dtype=np.float64)
