@@ -111,6 +111,24 @@ def test_never_uses_a_sample_from_the_future(stamps: list[float], t: float, poli
         assert sample.age_s >= 0.0
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    stamps=st.lists(st.floats(0, 2, allow_nan=False), min_size=0, max_size=20),
+    t=st.floats(-0.5, 3, allow_nan=False),
+    policy=st.sampled_from(["hold", "asof", "drop"]),
+    staleness=st.sampled_from([0.05, 0.5]),
+    tolerance=st.sampled_from([None, 0.02, 1.0]),
+)
+def test_fresh_at_agrees_with_sample(stamps: list[float], t: float, policy: str, staleness: float,
+                                     tolerance: float | None) -> None:
+    """The policy node's per-tick staleness check is `sample`'s verdict, without the Sample."""
+    buf = StreamBuffer(StreamSpec("s", policy, staleness, tolerance))
+    for stamp in sorted(stamps):
+        buf.push(stamp, stamp)
+    sample = buf.sample(t)
+    assert buf.fresh_at(t) == (sample is not None and not sample.stale)
+
+
 def test_live_path_equals_offline_resampling() -> None:
     """The policy node pushes messages as they arrive and samples at each control tick; the
     converter pushes everything then resamples. Same messages, same frames."""

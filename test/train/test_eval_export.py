@@ -54,6 +54,10 @@ def test_held_out_evaluation_and_act_onnx_export(reach_dataset: SyntheticDataset
     assert graph_inputs == {"observation.state": "tensor(float)", "observation.images.head": "tensor(uint8)"}
     with pytest.raises(PolicyInputError, match="observation.images.head: expected a uint8 image of shape"):
         onnx.predict_chunk({**observation, "observation.images.head": np.zeros((48, 64, 3), np.uint8)})
+    with pytest.raises(PolicyInputError, match=r"observation.state: contains non-finite values \[nan"):
+        onnx.predict_chunk({**observation, "observation.state": np.full(6, np.nan, np.float32)})
+    with pytest.raises(PolicyInputError, match=r"observation lacks \['observation.state'\]"):
+        onnx.predict_chunk({"observation.images.head": observation["observation.images.head"]})
 
     # An export in the older layout (normalised graph inputs) is refused with the command that fixes it.
     manifest_path = find_onnx_dir(checkpoint) / "manifest.json"

@@ -94,6 +94,7 @@ class PolicyRunner:
         self.clock = clock
         self.latencies_s: deque[float] = deque(maxlen=1000)
         self._recent_latencies_s: deque[float] = deque(maxlen=30)  # what lead_ticks plans with
+        self._worst_recent_latency_s = 0.1  # before the first inference
         self.ticks = 0
         self.inferences = 0
         self.history: deque[tuple[int, float, str]] = deque(maxlen=5000)  # (tick, now, kind) for tests/diag
@@ -121,7 +122,8 @@ class PolicyRunner:
                     self._start_inference(observation, stamp_s)
 
     def observe(self, t: float) -> tuple[dict[str, np.ndarray] | None, list[str]]:
-        """Every feature's value at t, or None and the names of missing/stale streams."""
+        """Every feature's value at t, or None and the names of missing/stale streams: what the model
+        is given when inference starts at t."""
         with self._lock:
             return self._observe(t)
 
@@ -136,16 +138,19 @@ class PolicyRunner:
                 observation[name] = sample.value
         return (None if bad else observation), bad
 
+    def stale_streams(self, t: float) -> list[str]:
+        """The streams with no fresh value at t (what `observe` names), without assembling one."""
+        return [name for name, buffer in self.buffers.items() if not buffer.fresh_at(t)]
+
     def measured_position(self) -> np.ndarray | None:
         latest = self.buffers[STATE_FEATURE].latest()
         return None if latest is None else latest[1]
 
     # -- control tick ---------------------------------------------------------------
     def lead_ticks(self) -> int:
-        # the worst of the recent latencies: old spikes (start-up, a busy host) age out
-        latency = max(self._recent_latencies_s, default=0.1)
-        # with a trigger, inference starts at its next message: up to a period after the tick
-        return math.ceil(latency * self.fps) + 1 + (self.trigger is not None)
+        # the worst of the recent latencies (`_worst_recent_latency_s`): old spikes (start-up, a busy host)
+        # age out; with a trigger, inference starts at its next message: up to a period after the tick
+        return math.ceil(self._worst_recent_latency_s * self.fps) + 1 + (self.trigger is not None)
 
     def set_chunk_policy(self, name: str) -> None:
         policy = make_chunk_policy(name, self.fps, self.n_action_steps, self.replan_threshold)
@@ -184,14 +189,12 @@ class PolicyRunner:
             return self._hold(now, "estop", self.gate.latched_hold(measured), "estop")
         if blocked:
             return self._hold(now, "deadman", measured, "deadman")
-        observation, bad = self.observe(now)
-        if observation is None:
+        bad = self.stale_streams(now)
+        if bad:
             return self._hold(now, "stale", measured, f"stale observation: {', '.join(bad)}")
         with self._lock:
-            queue = self.queue
-        wants_chunk = queue.needs_inference(now, self.lead_ticks())
-        with self._lock:
-            due = queue.due(now)
+            wants_chunk = self.queue.needs_inference(now, self.lead_ticks())
+            due = self.queue.due(now)
         if due is None:
             output = self._out(now, "hold", self.limits.hold(measured), "waiting for a chunk")
         else:
@@ -201,7 +204,7 @@ class PolicyRunner:
         # GIL, and a tick that waited on the (normal-priority) worker would inherit its scheduling
         # delays (tried: tick p99 20 ms and 60 deadline misses in 10,000 ticks).
         if wants_chunk:
-            self._want_inference(observation, now)
+            self._want_inference(now)
         return output
 
     def reset(self) -> None:
@@ -215,14 +218,17 @@ class PolicyRunner:
             self._generation += 1
 
     # -- inference worker -------------------------------------------------------------
-    def _want_inference(self, observation: dict[str, np.ndarray], now: float) -> None:
+    def _want_inference(self, now: float) -> None:
         with self._wake:
             if self._busy:  # the inference under way answers this want
                 return
             if self.trigger is not None and (self._armed_since is None or self._armed_since >= now):
                 self._armed_since = now if self._armed_since is None else self._armed_since
                 return  # the trigger's next message starts it
-            self._start_inference(observation, now)  # no trigger, or none came since the last tick
+            # no trigger, or none came since the last tick
+            observation, _ = self._observe(now)
+            if observation is not None:  # else a message went stale since the tick checked: it holds next
+                self._start_inference(observation, now)
 
     def _start_inference(self, observation: dict[str, np.ndarray], t_obs: float) -> None:
         """With the lock held and the worker idle."""
@@ -246,6 +252,7 @@ class PolicyRunner:
                 latency = time.perf_counter() - started
                 self.latencies_s.append(latency)
                 self._recent_latencies_s.append(latency)
+                self._worst_recent_latency_s = max(self._recent_latencies_s)
                 self.inferences += 1
                 with self._lock:
                     if generation != self._generation:

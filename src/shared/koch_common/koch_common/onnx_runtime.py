@@ -1,7 +1,7 @@
 """onnxruntime-backed policy runtime: same interface and same pre/post-processors as PolicyRuntime.
 
 `kuavo_export` (kuavo_train.export) writes `<pretrained_model>/onnx/` beside a checkpoint:
-- ACT: `policy.onnx`, one graph from the checked observation arrays (`observation_arrays`) to the
+- ACT: `policy.onnx`, one graph from the checked observation arrays (`ObservationChecker`) to the
   action chunk in robot units. PolicyRuntime's pre-processing, the checkpoint's LeRobot normaliser,
   the model and the unnormaliser are traced into it from the same code, so a tick pays no Python
   processor pipeline (about 1-2 ms on a small CPU, more than the rest of the node).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from koch_common.policy_runtime import CheckpointInfo, observation_arrays
+from koch_common.policy_runtime import CheckpointInfo, ObservationChecker
 
 ONNX_DIR = "onnx"
 ONNX_MANIFEST = "manifest.json"
@@ -71,6 +71,7 @@ class OnnxRuntime(CheckpointInfo):
             preprocessor_overrides={"device_processor": {"device": "cpu"}},
         )
         self.feature_specs = json.loads((pretrained / FEATURE_SPECS_FILE).read_text(encoding="utf-8"))
+        self.check_observation = ObservationChecker(self.config.input_features, self.feature_specs)
         self.providers = providers_for(device)
         options = ort.SessionOptions()
         # 0 = onnxruntime's default (one thread per physical core); a robot computer may keep a core free
@@ -122,7 +123,7 @@ class OnnxRuntime(CheckpointInfo):
     def predict_chunk(self, observation: Mapping[str, np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:
         """Actions (chunk, action_dim) float32 in robot units, like PolicyRuntime.predict_chunk."""
         if self.kind == "act":  # one graph: pre-processing and normalisation are inside it
-            arrays = observation_arrays(observation, self.config.input_features, self.feature_specs)
+            arrays = self.check_observation(observation)
             started = time.perf_counter()
             actions = self.sessions["policy"].run(None, arrays)[0]
             self.last_forward_s = time.perf_counter() - started

@@ -235,48 +235,69 @@ def _json_feature_spec(feature: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+class ObservationChecker:
+    """Checks robot observations against what the policy was trained on and batches them (one).
+
+    Images: uint8 (1, H, W, C) as recorded (with `feature_specs`, the checkpoint's dataset specs,
+    before the training resize / crop). Everything else: finite float32 (1, *shape).
+    This is the input of `arrays_to_batch` and of the exported ONNX graph alike. The expected
+    layouts are worked out once, here, not on every inference.
+    """
+
+    def __init__(self, input_features: Mapping[str, Any],
+                 feature_specs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self.features = tuple(input_features)
+        self._images: list[tuple[str, tuple[int, int, int]]] = []
+        self._vectors: list[tuple[str, tuple[int, ...]]] = []
+        for key, feature in input_features.items():
+            expected = tuple(feature.shape)
+            if key.startswith(IMAGE_PREFIX):
+                spec = (feature_specs or {}).get(key, {})
+                if spec.get("resize") or spec.get("crop"):
+                    height, width, channels = spec["shape"]
+                else:
+                    channels, height, width = expected
+                self._images.append((key, (height, width, channels)))
+            else:
+                self._vectors.append((key, expected))
+
+    def __call__(self, observation: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        try:
+            for key, shape in self._images:
+                value = np.asarray(observation[key])
+                if value.ndim == 2 and shape[2] == 1:
+                    value = value[:, :, None]
+                if value.dtype != np.uint8 or value.shape != shape:
+                    raise PolicyInputError(
+                        f"{key}: expected a uint8 image of shape {shape} (HxWxC, as "
+                        f"recorded), got {value.dtype} {value.shape}; fix the camera resolution"
+                    )
+                arrays[key] = np.ascontiguousarray(value)[None]
+            for key, shape in self._vectors:
+                value = np.asarray(observation[key])
+                if value.shape != shape:
+                    raise PolicyInputError(f"{key}: expected shape {shape}, got {value.shape}")
+                batch = value.astype(np.float32)[None]  # a copy: the caller may reuse its buffer
+                if not np.isfinite(batch).all():
+                    raise PolicyInputError(f"{key}: contains non-finite values {value}")
+                arrays[key] = batch
+        except KeyError:
+            missing = [key for key in self.features if key not in observation]
+            raise PolicyInputError(
+                f"observation lacks {missing}; the policy needs {sorted(self.features)}, "
+                f"got {sorted(observation)}"
+            ) from None
+        return arrays
+
+
 def observation_arrays(
     observation: Mapping[str, np.ndarray],
     input_features: Mapping[str, Any],
     feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The robot observation checked against what the policy was trained on, as a batch of one.
-
-    Images: uint8 (1, H, W, C) as recorded (with `feature_specs`, the checkpoint's dataset specs,
-    before the training resize / crop). Everything else: finite float32 (1, *shape).
-    This is the input of `arrays_to_batch` and of the exported ONNX graph alike.
-    """
-    missing = [key for key in input_features if key not in observation]
-    if missing:
-        raise PolicyInputError(
-            f"observation lacks {missing}; the policy needs {sorted(input_features)}, "
-            f"got {sorted(observation)}"
-        )
-    arrays: dict[str, np.ndarray] = {}
-    for key, feature in input_features.items():
-        value = np.asarray(observation[key])
-        expected = tuple(feature.shape)
-        if key.startswith(IMAGE_PREFIX):
-            spec = (feature_specs or {}).get(key, {})
-            if spec.get("resize") or spec.get("crop"):
-                height, width, channels = spec["shape"]
-            else:
-                channels, height, width = expected
-            if value.ndim == 2 and channels == 1:
-                value = value[:, :, None]
-            if value.dtype != np.uint8 or value.shape != (height, width, channels):
-                raise PolicyInputError(
-                    f"{key}: expected a uint8 image of shape {(height, width, channels)} (HxWxC, as "
-                    f"recorded), got {value.dtype} {value.shape}; fix the camera resolution"
-                )
-            arrays[key] = np.ascontiguousarray(value)[None]
-        else:
-            if value.shape != expected:
-                raise PolicyInputError(f"{key}: expected shape {expected}, got {value.shape}")
-            if not np.all(np.isfinite(value)):
-                raise PolicyInputError(f"{key}: contains non-finite values {value}")
-            arrays[key] = value.astype(np.float32)[None]  # a copy: the caller may reuse its buffer
-    return arrays
+    """`ObservationChecker` for a one-off call (a runtime keeps one)."""
+    return ObservationChecker(input_features, feature_specs)(observation)
 
 
 def arrays_to_batch(

@@ -87,6 +87,9 @@ class StreamBuffer:
         self._values: list[Any] = []
         self._released = 0  # values before this index were released (offline streaming, no maxlen)
         self._lock = threading.Lock()
+        # the oldest sample `sample` returns usable and not stale
+        self._fresh_age_s = spec.max_staleness_s if spec.policy == "hold" else min(spec.max_staleness_s,
+                                                                                   spec.usable_age_s)
 
     def __len__(self) -> int:
         return len(self._stamps)
@@ -139,6 +142,20 @@ class StreamBuffer:
         """The newest (stamp, value), or None when empty."""
         with self._lock:
             return (self._stamps[-1], self._values[-1]) if self._stamps else None
+
+    def fresh_at(self, t_s: float) -> bool:
+        """Whether `sample(t_s)` would return a value that is not stale (without building the Sample:
+        the policy node asks this of every stream on every tick)."""
+        with self._lock:
+            if not self._stamps:
+                return False
+            stamp = self._stamps[-1]
+            if stamp > t_s + SAME_INSTANT_S:  # a message stamped after t: sample() would look further back
+                index = bisect.bisect_right(self._stamps, t_s + SAME_INSTANT_S) - 1
+                if index < 0:
+                    return False
+                stamp = self._stamps[index]
+        return t_s - stamp <= self._fresh_age_s
 
     def sample(self, t_s: float) -> Sample | None:
         """The stream's value at time t under its policy, or None when it has none."""
