@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from koch_common.policy_runtime import CheckpointInfo, ObservationChecker
+from koch_common.policy_runtime import CheckpointInfo
 
 ONNX_DIR = "onnx"
 ONNX_MANIFEST = "manifest.json"
@@ -71,7 +71,6 @@ class OnnxRuntime(CheckpointInfo):
             preprocessor_overrides={"device_processor": {"device": "cpu"}},
         )
         self.feature_specs = json.loads((pretrained / FEATURE_SPECS_FILE).read_text(encoding="utf-8"))
-        self.check_observation = ObservationChecker(self.config.input_features, self.feature_specs)
         self.providers = providers_for(device)
         options = ort.SessionOptions()
         # 0 = onnxruntime's default (one thread per physical core); a robot computer may keep a core free
@@ -113,9 +112,7 @@ class OnnxRuntime(CheckpointInfo):
         """The preprocessed (normalised) observation, batch of one, as float32 numpy."""
         import torch
 
-        from koch_common.policy_runtime import observation_to_batch
-
-        batch = observation_to_batch(observation, self.config.input_features, self.feature_specs)
+        batch = self.check_observation.batch(observation)
         with torch.inference_mode():
             processed = self.preprocessor(batch)
         return {k: processed[k].numpy().astype(np.float32) for k in self.input_keys}

@@ -11,6 +11,7 @@ not pay seconds of start-up for them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -246,6 +247,8 @@ class ObservationChecker:
 
     def __init__(self, input_features: Mapping[str, Any],
                  feature_specs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self.input_features = input_features
+        self.feature_specs = feature_specs
         self.features = tuple(input_features)
         self._images: list[tuple[str, tuple[int, int, int]]] = []
         self._vectors: list[tuple[str, tuple[int, ...]]] = []
@@ -290,13 +293,25 @@ class ObservationChecker:
             ) from None
         return arrays
 
+    def batch(self, observation: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Numpy robot observation -> a batch of one, in the layout LeRobotDataset produces.
+
+        State: float32 (D,) -> (1, D). Images: uint8 HxWxC -> float32 (1, C, H, W) in [0, 1].
+        With `feature_specs` images arrive at the recorded size and get the training resize / centre crop.
+        """
+        import torch
+
+        arrays = self(observation)
+        return arrays_to_batch({k: torch.from_numpy(v) for k, v in arrays.items()}, self.input_features,
+                               self.feature_specs)
+
 
 def observation_arrays(
     observation: Mapping[str, np.ndarray],
     input_features: Mapping[str, Any],
     feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """`ObservationChecker` for a one-off call (a runtime keeps one)."""
+    """`ObservationChecker` for a one-off call (a runtime keeps one: `check_observation`)."""
     return ObservationChecker(input_features, feature_specs)(observation)
 
 
@@ -328,15 +343,8 @@ def observation_to_batch(
     input_features: Mapping[str, Any],
     feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Numpy robot observation -> a batch of one, in the layout LeRobotDataset produces.
-
-    State: float32 (D,) -> (1, D). Images: uint8 HxWxC -> float32 (1, C, H, W) in [0, 1].
-    With `feature_specs` images arrive at the recorded size and get the training resize / centre crop.
-    """
-    import torch
-
-    arrays = observation_arrays(observation, input_features, feature_specs)
-    return arrays_to_batch({k: torch.from_numpy(v) for k, v in arrays.items()}, input_features, feature_specs)
+    """`ObservationChecker.batch` for a one-off call (a runtime keeps one: `check_observation`)."""
+    return ObservationChecker(input_features, feature_specs).batch(observation)
 
 
 def with_stacked_cameras(batch: dict[str, Any], config: PreTrainedConfig) -> dict[str, Any]:
@@ -364,6 +372,11 @@ class CheckpointInfo:
     def input_features(self) -> dict[str, Any]:
         """Feature key -> PolicyFeature (type, shape; images channel-first)."""
         return dict(self.config.input_features)
+
+    @functools.cached_property
+    def check_observation(self) -> ObservationChecker:
+        """This checkpoint's `ObservationChecker` (its layouts worked out once, not per inference)."""
+        return ObservationChecker(self.config.input_features, self.feature_specs)
 
     @property
     def action_names(self) -> list[str]:
@@ -460,7 +473,7 @@ class PolicyRuntime(CheckpointInfo):
         """Actions (chunk_size, action_dim) float32 in robot units for one observation."""
         import torch
 
-        batch = observation_to_batch(observation, self.config.input_features, self.feature_specs)
+        batch = self.check_observation.batch(observation)
         with torch.inference_mode():
             # The processors' batch carries an empty 'action' entry; a queue-based policy would read it.
             batch = {k: v for k, v in self.preprocessor(batch).items() if k != ACTION_KEY}

@@ -143,24 +143,28 @@ class StreamBuffer:
         with self._lock:
             return (self._stamps[-1], self._values[-1]) if self._stamps else None
 
+    def _index_at(self, t_s: float) -> int:
+        """Index of the newest sample stamped at or before t (-1: none); with the lock held. The live
+        path's newest sample is usually that one, so the search runs only when it is not."""
+        last = len(self._stamps) - 1
+        if last >= 0 and self._stamps[last] <= t_s + SAME_INSTANT_S:
+            return last
+        return bisect.bisect_right(self._stamps, t_s + SAME_INSTANT_S) - 1
+
     def fresh_at(self, t_s: float) -> bool:
         """Whether `sample(t_s)` would return a value that is not stale (without building the Sample:
         the policy node asks this of every stream on every tick)."""
         with self._lock:
-            if not self._stamps:
+            index = self._index_at(t_s)
+            if index < 0:
                 return False
-            stamp = self._stamps[-1]
-            if stamp > t_s + SAME_INSTANT_S:  # a message stamped after t: sample() would look further back
-                index = bisect.bisect_right(self._stamps, t_s + SAME_INSTANT_S) - 1
-                if index < 0:
-                    return False
-                stamp = self._stamps[index]
+            stamp = self._stamps[index]
         return t_s - stamp <= self._fresh_age_s
 
     def sample(self, t_s: float) -> Sample | None:
         """The stream's value at time t under its policy, or None when it has none."""
         with self._lock:
-            index = bisect.bisect_right(self._stamps, t_s + SAME_INSTANT_S) - 1
+            index = self._index_at(t_s)
             if index < 0:
                 return None
             stamp, value = self._stamps[index], self._values[index]
