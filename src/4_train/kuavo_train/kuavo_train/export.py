@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from koch_common.onnx_runtime import ONNX_DIR, ONNX_FORMAT, ONNX_MANIFEST, providers_for
+from koch_common.onnx_runtime import BATCH_AXIS, ONNX_DIR, ONNX_FORMAT, ONNX_MANIFEST, providers_for
 from koch_common.policy_runtime import (
     IMAGE_PREFIX,
     PolicyRuntime,
@@ -110,7 +110,7 @@ def _write_graph(path: Path, module: Any, args: tuple[Any, ...], input_names: li
         expected = module(*args).numpy()
         torch.onnx.export(module, args, str(path), input_names=input_names, output_names=["output"],
                           opset_version=OPSET, dynamo=False,
-                          dynamic_axes={n: {0: "batch"} for n in [*input_names, "output"]})
+                          dynamic_axes={n: {0: BATCH_AXIS} for n in [*input_names, "output"]})
     module.eval()
     session = ort.InferenceSession(str(path), providers=providers_for("cpu"))
     got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args, strict=True)})[0]

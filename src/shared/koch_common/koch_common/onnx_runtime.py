@@ -26,6 +26,8 @@ ONNX_DIR = "onnx"
 ONNX_MANIFEST = "manifest.json"
 # Version of the export layout; 2: the ACT graph takes raw observation arrays and returns robot units.
 ONNX_FORMAT = 2
+# Every graph's leading axis is exported as this free dimension (other consumers may batch).
+BATCH_AXIS = "batch"
 
 
 def find_onnx_dir(path: Path) -> Path | None:
@@ -79,6 +81,10 @@ class OnnxRuntime(CheckpointInfo):
         # No busy-waiting between runs: onnxruntime's pool spins by default, which on a small robot
         # computer takes the core the 30 Hz loop and the DDS threads need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # This runtime infers one observation at a time. With the batch fixed, onnxruntime folds the
+        # traced shape arithmetic into constants and fuses the transformer: the benchmark's ACT graph
+        # drops from 238 to 116 nodes and its forward is ~4% faster.
+        options.add_free_dimension_override_by_name(BATCH_AXIS, 1)
         self.session_options = options
         self.sessions = {name: ort.InferenceSession(str(onnx_dir / file), options, providers=self.providers)
                          for name, file in self.manifest["graphs"].items()}
