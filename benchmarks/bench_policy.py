@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from koch_common import policy_runtime
-from koch_common.policy_runtime import PolicyRuntime, build_policy, observation_arrays
+from koch_common.policy_runtime import PolicyRuntime, build_policy
 from koch_common.realtime import make_current_thread_realtime
 from koch_common.resample import StreamSpec
 from koch_common.robot import load_koch
@@ -158,11 +158,9 @@ def bare_forward(runtime, model_graph: Path | None = None) -> callable:
     import onnxruntime as ort
     import torch
 
-    from koch_common.policy_runtime import observation_to_batch
-
     obs = observation(np.random.default_rng(0))
     if isinstance(runtime, PolicyRuntime):
-        batch = runtime.preprocessor(observation_to_batch(obs, runtime.config.input_features))
+        batch = runtime.preprocessor(runtime.check_observation.batch(obs))
 
         def forward() -> None:
             with torch.inference_mode():
@@ -176,8 +174,7 @@ def bare_forward(runtime, model_graph: Path | None = None) -> callable:
 
 def deployed_graph(runtime) -> callable:
     """The deployed ONNX graph alone (pre-processing, normaliser, model, unnormaliser) on checked arrays."""
-    arrays = observation_arrays(observation(np.random.default_rng(0)), runtime.config.input_features,
-                                runtime.feature_specs)
+    arrays = runtime.check_observation(observation(np.random.default_rng(0)))
     session = runtime.sessions["policy"]
     return lambda: session.run(None, arrays)
 

@@ -51,7 +51,7 @@ def _sample_inputs(runtime: PolicyRuntime, history: int | None, seed: int = 0) -
 
 
 def _sample_observation(runtime: PolicyRuntime, seed: int = 0) -> dict[str, Any]:
-    """A random observation in `observation_arrays`' layout: uint8 (1, H, W, C) images as recorded,
+    """A random observation in `ObservationChecker`'s layout: uint8 (1, H, W, C) images as recorded,
     float32 (1, *shape) for the rest."""
     import torch
 

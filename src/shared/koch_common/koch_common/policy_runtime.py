@@ -306,21 +306,12 @@ class ObservationChecker:
                                self.feature_specs)
 
 
-def observation_arrays(
-    observation: Mapping[str, np.ndarray],
-    input_features: Mapping[str, Any],
-    feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, np.ndarray]:
-    """`ObservationChecker` for a one-off call (a runtime keeps one: `check_observation`)."""
-    return ObservationChecker(input_features, feature_specs)(observation)
-
-
 def arrays_to_batch(
     arrays: Mapping[str, torch.Tensor],
     input_features: Mapping[str, Any],
     feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """`observation_arrays`' output as tensors -> the batch layout LeRobotDataset produces.
+    """`ObservationChecker`'s output as tensors -> the batch layout LeRobotDataset produces.
 
     Images: uint8 (B, H, W, C) -> float32 (B, C, h, w) in [0, 1] (the `/ 255` of the dataset's video
     decoder), then the training resize / centre crop. Pure torch, so the ONNX export traces this very
