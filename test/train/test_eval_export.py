@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from synthetic_reach import JOINTS, SyntheticDataset
 from test_policies import RGBD, TINY_RGBD, tiny
 from test_resume import TINY_ACT
 
-from koch_common.onnx_runtime import OnnxRuntime, find_onnx_dir
+from koch_common.onnx_runtime import OnnxRuntime, find_onnx_dir, pool_thread_affinities
 from koch_common.policy_runtime import PolicyInputError, PolicyRuntime, load_runtime
 from kuavo_train.evaluate import main as eval_main
 from kuavo_train.export import ATOL, RTOL, export
@@ -59,12 +61,32 @@ def test_held_out_evaluation_and_act_onnx_export(reach_dataset: SyntheticDataset
     with pytest.raises(PolicyInputError, match=r"observation lacks \['observation.state'\]"):
         onnx.predict_chunk({"observation.images.head": observation["observation.images.head"]})
 
+    # An explicit thread count keeps onnxruntime's pinning of its pool, one thread per core after the
+    # first (onnxruntime pins only the count it picks itself).
+    affinities = pool_thread_affinities(2)
+    if affinities is not None:  # at least two cores
+        threads_before = set(thread_cpus())
+        two_threads = load_runtime(checkpoint, threads=2)
+        np.testing.assert_allclose(two_threads.predict_chunk(observation), onnx.predict_chunk(observation), atol=1e-5)
+        pool_cpus = {int(cpu) - 1 for cpu in affinities.split(",")}
+        assert pool_cpus != os.sched_getaffinity(0)
+        assert pool_cpus in [cpus for tid, cpus in thread_cpus().items() if tid not in threads_before]
+
     # An export in the older layout (normalised graph inputs) is refused with the command that fixes it.
     manifest_path = find_onnx_dir(checkpoint) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
     with pytest.raises(ValueError, match="older kuavo_export.*kuavo_export --checkpoint"):
         load_runtime(checkpoint)
+
+
+def thread_cpus() -> dict[int, set[int]]:
+    """The CPUs each thread of this process may run on (Linux)."""
+    cpus = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            cpus[int(task.name)] = os.sched_getaffinity(int(task.name))
+    return cpus
 
 
 def test_diffusion_onnx_encoder_and_denoiser_match_pytorch(rgbd_dataset: SyntheticDataset, tmp_path: Path) -> None:

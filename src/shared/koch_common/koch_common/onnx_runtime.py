@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -47,6 +48,29 @@ def providers_for(device: str) -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
+def pool_thread_affinities(threads: int) -> str | None:
+    """onnxruntime's `session.intra_op_thread_affinities` for an explicit thread count: one pool thread
+    on each physical core this process may use after the first, the calling thread left free (as
+    onnxruntime leaves it). None for fewer than 2 threads, fewer cores than threads, or no CPU affinity API.
+
+    onnxruntime pins its pool this way only when it picks the count itself (intra_op_num_threads=0).
+    With an explicit count its pool floats, and a forward after an idle gap (as between a node's
+    inferences) often ran at one core's speed: on the 2-core development host the benchmark's ACT
+    forward after 20-300 ms idle took 15.4-17.0 ms at p50 with 2 floating threads, 9.3-9.7 ms pinned.
+    """
+    if threads < 2 or not hasattr(os, "sched_getaffinity"):
+        return None
+    cores: dict[str, list[int]] = {}  # hyperthreads of one core share it
+    for cpu in sorted(os.sched_getaffinity(0)):
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        core = siblings.read_text(encoding="utf-8").strip() if siblings.is_file() else str(cpu)
+        cores.setdefault(core, []).append(cpu)
+    if len(cores) < threads:
+        return None
+    # One entry per pool thread (threads - 1 of them); onnxruntime numbers processors from 1.
+    return ";".join(",".join(str(cpu + 1) for cpu in cpus) for cpus in list(cores.values())[1:threads])
+
+
 class OnnxRuntime(CheckpointInfo):
     """predict_chunk / reset / n_action_steps / chunk_size like PolicyRuntime, on onnxruntime."""
 
@@ -78,6 +102,9 @@ class OnnxRuntime(CheckpointInfo):
         # 0 = onnxruntime's default (one thread per physical core); a robot computer may keep a core free
         # for the control loop by asking for fewer.
         options.intra_op_num_threads = threads
+        affinities = pool_thread_affinities(threads)
+        if affinities is not None:
+            options.add_session_config_entry("session.intra_op_thread_affinities", affinities)
         # No busy-waiting between runs: onnxruntime's pool spins by default, which on a small robot
         # computer takes the core the 30 Hz loop and the DDS threads need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
