@@ -83,6 +83,8 @@ def pct(values: list[float]) -> tuple[float, float]:
 
 
 def build_checkpoint(directory: Path, fit_steps: int) -> Path:
+    import torch
+
     names = load_koch().follower.names
     vector = {"dtype": "float32", "shape": [6], "names": names}
     features = {"observation.state": vector, "action": vector,
@@ -92,6 +94,7 @@ def build_checkpoint(directory: Path, fit_steps: int) -> Path:
     image_stats = {"mean": np.full((3, 1, 1), 0.5), "std": np.full((3, 1, 1), 0.25),
                    "min": np.zeros((3, 1, 1)), "max": np.ones((3, 1, 1))}
     stats = {"observation.state": joint_stats, "action": joint_stats, "observation.images.head": image_stats}
+    torch.manual_seed(0)  # the same network in every run: its chunks, and so the interventions, compare
     runtime = build_policy("act", ACT, features, stats, ["observation.state", "observation.images.head"])
     fit_to_smooth_chunks(runtime, fit_steps)
     path = directory / "pretrained_model"
