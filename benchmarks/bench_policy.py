@@ -188,7 +188,8 @@ def _runner(runtime, clock, on_chunk=None) -> PolicyRunner:
                "observation.images.head": StreamSpec("observation.images.head", "hold", 0.5)}
     return PolicyRunner(runtime.predict_chunk, streams, SafetyLimits.for_arm(koch.follower, koch.safety), FPS,
                         runtime.n_action_steps, clock=clock, on_chunk=on_chunk,
-                        trigger=resolve_trigger("auto", streams))  # the node's default
+                        trigger=resolve_trigger("auto", streams),  # the node's default
+                        worker_cpus=runtime.caller_cpus)  # as the node pins its inference thread
 
 
 class NodePublisher:
@@ -358,9 +359,10 @@ def serve_lerobot_policy(port: int, stop, threads: int) -> None:
 
         torch.set_num_threads(threads)
     policy_server = PolicyServer(PolicyServerConfig(host="127.0.0.1", port=port, fps=int(FPS), inference_latency=0.0))
-    # its INFO lines per observation (console and file) would bury the figures; without them it is, if
-    # anything, faster
+    # its INFO lines per observation (its own logger's, and the root logger's "Starting receiver" from
+    # lerobot.transport) would bury the figures; without them it is, if anything, faster
     policy_server.logger.setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     services_pb2_grpc.add_AsyncInferenceServicer_to_server(policy_server, server)
     server.add_insecure_port(f"127.0.0.1:{port}")

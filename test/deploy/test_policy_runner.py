@@ -6,6 +6,7 @@ about scheduling and safety whatever a model outputs; the node test runs a real 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -66,6 +67,34 @@ def test_runner_publishes_the_models_chunk_from_the_observation_time() -> None:
         np.testing.assert_allclose(output.positions, np.linspace(np.zeros(6), target, 20)[:10], atol=1e-9)
     finally:
         runner.close()
+
+
+@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2, reason="needs two CPUs (Linux)")
+def test_inference_runs_on_the_cpus_the_runtime_asks_for() -> None:
+    """The node passes the runtime's `caller_cpus` (the core onnxruntime's pinned pool leaves free): the
+    model is called there only, while the process's other threads keep every CPU. CPUs the process may
+    not use leave the thread where it is, with the reason in last_error, and inference goes on."""
+    cpus = os.sched_getaffinity(0)
+    for wanted, expected in (({max(cpus)}, {max(cpus)}), ({max(cpus) + 4096}, cpus)):
+        called_on: list[set[int]] = []
+
+        def model(obs: dict[str, np.ndarray], called_on: list[set[int]] = called_on) -> np.ndarray:
+            called_on.append(os.sched_getaffinity(0))
+            return np.zeros((20, 6))
+
+        runner = PolicyRunner(model, STREAMS, SafetyLimits.for_arm(KOCH.follower, KOCH.safety), FPS, 10,
+                              worker_cpus=wanted)
+        try:
+            now = time.time()
+            _feed(runner, now)
+            runner.tick(now)
+            wait_for(lambda called_on=called_on: called_on, 5.0, "inference")
+            assert called_on == [expected] and os.sched_getaffinity(0) == cpus
+            assert runner.last_error == ("" if wanted == expected else
+                                         f"inference thread not pinned to CPUs {sorted(wanted)}: "
+                                         "[Errno 22] Invalid argument")
+        finally:
+            runner.close()
 
 
 def test_stale_observation_holds_the_measured_position() -> None:

@@ -14,7 +14,7 @@ from synthetic_reach import JOINTS, SyntheticDataset
 from test_policies import RGBD, TINY_RGBD, tiny
 from test_resume import TINY_ACT
 
-from koch_common.onnx_runtime import OnnxRuntime, find_onnx_dir, pool_thread_affinities
+from koch_common.onnx_runtime import OnnxRuntime, ThreadLayout, find_onnx_dir
 from koch_common.policy_runtime import PolicyInputError, PolicyRuntime, load_runtime
 from kuavo_train.evaluate import main as eval_main
 from kuavo_train.export import ATOL, RTOL, export
@@ -61,15 +61,18 @@ def test_held_out_evaluation_and_act_onnx_export(reach_dataset: SyntheticDataset
     with pytest.raises(PolicyInputError, match=r"observation lacks \['observation.state'\]"):
         onnx.predict_chunk({"observation.images.head": observation["observation.images.head"]})
 
-    # An explicit thread count keeps onnxruntime's pinning of its pool, one thread per core after the
-    # first (onnxruntime pins only the count it picks itself).
-    affinities = pool_thread_affinities(2)
-    if affinities is not None:  # at least two cores
+    # The pool is pinned, one thread per core after the first, for onnxruntime's default count and for an
+    # explicit one (onnxruntime pins only the count it picks itself); the first core is left to the
+    # thread that calls the runtime (`caller_cpus`, where the node's inference worker runs).
+    if ThreadLayout.for_threads(2).caller_cpus:  # at least two cores
+        assert onnx.caller_cpus == ThreadLayout.for_threads(0).caller_cpus
+        layout = ThreadLayout.for_threads(2)
         threads_before = set(thread_cpus())
         two_threads = load_runtime(checkpoint, threads=2)
+        assert two_threads.caller_cpus == layout.caller_cpus
         np.testing.assert_allclose(two_threads.predict_chunk(observation), onnx.predict_chunk(observation), atol=1e-5)
-        pool_cpus = {int(cpu) - 1 for cpu in affinities.split(",")}
-        assert pool_cpus != os.sched_getaffinity(0)
+        pool_cpus = {int(cpu) - 1 for cpu in layout.pool_affinities.split(",")}
+        assert pool_cpus.isdisjoint(layout.caller_cpus)
         assert pool_cpus in [cpus for tid, cpus in thread_cpus().items() if tid not in threads_before]
 
     # An export in the older layout (normalised graph inputs) is refused with the command that fixes it.

@@ -110,6 +110,7 @@ class PolicyNode(Node):
             chunk_policy=chunk_policy, gate=self.gate, replan_threshold=threshold,
             on_chunk=self.on_tick if publish_on_arrival else None,
             trigger=resolve_trigger(trigger, [f.key for f in inputs]),
+            worker_cpus=self.runtime.caller_cpus,
         )
         # Three groups, so the executor's threads run them side by side (in the node's one default group
         # a callback runs only when no other does: an image decode would delay the tick, and an e-stop

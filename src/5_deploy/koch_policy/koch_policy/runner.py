@@ -21,10 +21,11 @@ stale/missing observation (hold the measured position) > the chunk policy's due 
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,7 @@ class PolicyRunner:
         replan_threshold: float = 0.5,
         on_chunk: Callable[[], None] | None = None,
         trigger: str | None = None,
+        worker_cpus: Collection[int] | None = None,
     ) -> None:
         if STATE_FEATURE not in streams:
             raise ValueError(f"the feature mapping must provide {STATE_FEATURE!r} for the measured position")
@@ -100,6 +102,8 @@ class PolicyRunner:
         self.history: deque[tuple[int, float, str]] = deque(maxlen=5000)  # (tick, now, kind) for tests/diag
         self._last_command: tuple[float, SafeChunk] | None = None
         self.on_chunk = on_chunk  # called on the worker thread when a chunk lands (publish without waiting)
+        # The inference thread's CPUs (the runtime's `caller_cpus`); None: wherever the OS puts it.
+        self.worker_cpus = None if worker_cpus is None else frozenset(worker_cpus)
         self._lock = threading.Lock()
         self._request: tuple[dict[str, np.ndarray], float, int] | None = None
         self._generation = 0  # bumped by reset: a chunk inferred before it is dropped
@@ -238,6 +242,11 @@ class PolicyRunner:
         self._wake.notify()
 
     def _work(self) -> None:
+        if self.worker_cpus:
+            try:
+                os.sched_setaffinity(0, self.worker_cpus)  # 0: this thread (Linux)
+            except OSError as err:  # the process's CPU set changed since the runtime was loaded: run anywhere
+                self.last_error = f"inference thread not pinned to CPUs {sorted(self.worker_cpus)}: {err}"
         while True:
             with self._wake:
                 while self._request is None and not self._stop:

@@ -17,6 +17,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,27 +49,50 @@ def providers_for(device: str) -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
-def pool_thread_affinities(threads: int) -> str | None:
-    """onnxruntime's `session.intra_op_thread_affinities` for an explicit thread count: one pool thread
-    on each physical core this process may use after the first, the calling thread left free (as
-    onnxruntime leaves it). None for fewer than 2 threads, fewer cores than threads, or no CPU affinity API.
-
-    onnxruntime pins its pool this way only when it picks the count itself (intra_op_num_threads=0).
-    With an explicit count its pool floats, and a forward after an idle gap (as between a node's
-    inferences) often ran at one core's speed: on the 2-core development host the benchmark's ACT
-    forward after 20-300 ms idle took 15.4-17.0 ms at p50 with 2 floating threads, 9.3-9.7 ms pinned.
-    """
-    if threads < 2 or not hasattr(os, "sched_getaffinity"):
-        return None
-    cores: dict[str, list[int]] = {}  # hyperthreads of one core share it
+def physical_cores() -> list[list[int]]:
+    """The CPUs this process may run on, one list per physical core (a core's hyperthreads together);
+    empty where the OS has no CPU affinity API."""
+    if not hasattr(os, "sched_getaffinity"):
+        return []
+    cores: dict[str, list[int]] = {}
     for cpu in sorted(os.sched_getaffinity(0)):
         siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
         core = siblings.read_text(encoding="utf-8").strip() if siblings.is_file() else str(cpu)
         cores.setdefault(core, []).append(cpu)
-    if len(cores) < threads:
-        return None
-    # One entry per pool thread (threads - 1 of them); onnxruntime numbers processors from 1.
-    return ";".join(",".join(str(cpu + 1) for cpu in cpus) for cpus in list(cores.values())[1:threads])
+    return list(cores.values())
+
+
+@dataclass(frozen=True)
+class ThreadLayout:
+    """Where an onnxruntime session's intra-op threads run: the calling thread on the first physical
+    core, one pool thread on each core after it (onnxruntime's own layout for the count it picks).
+
+    onnxruntime pins its pool only for the count it picks itself (intra_op_num_threads=0) and never
+    pins the calling thread. Both matter on a small computer, measured on the 2-core development host
+    with the benchmark's ACT:
+    - with an explicit count the pool floats, and the forward after 20-300 ms idle (as between a
+      node's inferences) took 15.4-17.0 ms at p50 against 9.3-9.7 ms pinned;
+    - with the calling thread (the node's inference worker) floating, the scheduler now and then
+      puts it on the pool thread's core and the forward runs at one core's speed: over 600
+      inferences in the benchmark's node path, p99 12.5-17.7 ms floating, 10.5-12.3 ms pinned
+      (five alternating pairs; p50 6.8-9.6 ms both).
+    """
+
+    threads: int  # intra_op_num_threads; 0 leaves the count (and the pool's pinning) to onnxruntime
+    pool_affinities: str | None = None  # session.intra_op_thread_affinities
+    caller_cpus: frozenset[int] | None = None  # for the thread that calls run(); None: leave it floating
+
+    @classmethod
+    def for_threads(cls, threads: int) -> ThreadLayout:
+        """`threads` 0: one per physical core, as onnxruntime's default. Unpinned for fewer than 2
+        threads, fewer cores than threads, or no CPU affinity API."""
+        cores = physical_cores()
+        count = threads or len(cores)
+        if count < 2 or len(cores) < count:
+            return cls(threads)
+        # One entry per pool thread (count - 1 of them); onnxruntime numbers processors from 1.
+        pool = ";".join(",".join(str(cpu + 1) for cpu in cpus) for cpus in cores[1:count])
+        return cls(count, pool, frozenset(cores[0]))
 
 
 class OnnxRuntime(CheckpointInfo):
@@ -99,12 +123,15 @@ class OnnxRuntime(CheckpointInfo):
         self.feature_specs = json.loads((pretrained / FEATURE_SPECS_FILE).read_text(encoding="utf-8"))
         self.providers = providers_for(device)
         options = ort.SessionOptions()
-        # 0 = onnxruntime's default (one thread per physical core); a robot computer may keep a core free
-        # for the control loop by asking for fewer.
-        options.intra_op_num_threads = threads
-        affinities = pool_thread_affinities(threads)
-        if affinities is not None:
-            options.add_session_config_entry("session.intra_op_thread_affinities", affinities)
+        # 0 = one thread per physical core (onnxruntime's default); a robot computer may keep a core free
+        # for the control loop by asking for fewer. The pool is pinned, and whoever calls predict_chunk
+        # should run on `caller_cpus` (the policy runner's worker does).
+        layout = ThreadLayout.for_threads(threads)
+        options.intra_op_num_threads = layout.threads
+        if layout.pool_affinities is not None:
+            options.add_session_config_entry("session.intra_op_thread_affinities", layout.pool_affinities)
+        self.thread_layout = layout
+        self.caller_cpus = layout.caller_cpus
         # No busy-waiting between runs: onnxruntime's pool spins by default, which on a small robot
         # computer takes the core the 30 Hz loop and the DDS threads need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

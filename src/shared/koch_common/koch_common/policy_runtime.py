@@ -358,6 +358,9 @@ class CheckpointInfo:
     # run; the ACT graph's run includes its traced pre/post-processing); the rest of predict_chunk
     # is Python pre/post-processing. Latency figures split on it.
     last_forward_s: float = float("nan")
+    # The CPUs the thread calling predict_chunk should run on (OnnxRuntime: the core its pinned pool
+    # leaves free, see onnx_runtime.ThreadLayout); None: wherever the OS puts it.
+    caller_cpus: frozenset[int] | None = None
 
     @property
     def input_features(self) -> dict[str, Any]:
