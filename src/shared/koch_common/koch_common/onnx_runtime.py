@@ -74,8 +74,8 @@ class ThreadLayout:
       node's inferences) took 15.4-17.0 ms at p50 against 9.3-9.7 ms pinned;
     - with the calling thread (the node's inference worker) floating, the scheduler now and then
       puts it on the pool thread's core (both then wait 6-10 ms on the run queue) and the forward
-      runs at one core's speed: in 12 alternating pairs of 600-1,000 inferences in the benchmark's
-      node path, p99 12.7 ms on average pinned, 17.1 ms floating (p50 ~9 ms both).
+      runs at one core's speed: in 14 alternating pairs of 600-1,500 inferences in the benchmark's
+      node path, p99 lower pinned in 13, median 12.3 ms pinned against 17.3 ms floating (p50 ~9 ms).
     """
 
     threads: int  # intra_op_num_threads; 0 leaves the count (and the pool's pinning) to onnxruntime
