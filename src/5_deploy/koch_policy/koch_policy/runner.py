@@ -21,7 +21,6 @@ stale/missing observation (hold the measured position) > the chunk policy's due 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from koch_common.feature_mapping import IMAGE_PREFIX
+from koch_common.realtime import pin_current_thread
 from koch_common.resample import StreamBuffer, StreamSpec
 from koch_common.safety import SafeChunk, SafetyLimits
 from koch_policy.chunk_policies import ChunkPolicy, make_chunk_policy
@@ -242,11 +242,8 @@ class PolicyRunner:
         self._wake.notify()
 
     def _work(self) -> None:
-        if self.worker_cpus:
-            try:
-                os.sched_setaffinity(0, self.worker_cpus)  # 0: this thread (Linux)
-            except OSError as err:  # the process's CPU set changed since the runtime was loaded: run anywhere
-                self.last_error = f"inference thread not pinned to CPUs {sorted(self.worker_cpus)}: {err}"
+        if self.worker_cpus and (problem := pin_current_thread(self.worker_cpus)):
+            self.last_error = f"inference thread {problem}"  # it runs wherever the OS puts it
         while True:
             with self._wake:
                 while self._request is None and not self._stop:

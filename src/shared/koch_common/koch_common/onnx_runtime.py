@@ -130,7 +130,6 @@ class OnnxRuntime(CheckpointInfo):
         options.intra_op_num_threads = layout.threads
         if layout.pool_affinities is not None:
             options.add_session_config_entry("session.intra_op_thread_affinities", layout.pool_affinities)
-        self.thread_layout = layout
         self.caller_cpus = layout.caller_cpus
         # No busy-waiting between runs: onnxruntime's pool spins by default, which on a small robot
         # computer takes the core the 30 Hz loop and the DDS threads need.

@@ -1,4 +1,4 @@
-"""Real-time scheduling for the threads that must keep a control rate (ROS-free).
+"""Real-time scheduling and CPU placement for the threads that must keep a rate (ROS-free).
 
 On Linux, a thread under SCHED_FIFO runs before every normal (SCHED_OTHER) thread that wants
 its core, so model inference, video decoding or a DDS burst on the same cores cannot delay
@@ -24,4 +24,15 @@ def make_current_thread_realtime(priority: int) -> str | None:
                 "or an rtprio limit (limits.conf: '@robot - rtprio 99'); running with normal priority")
     except OSError as err:
         return f"cannot set SCHED_FIFO priority {priority} ({err}); running with normal priority"
+    return None
+
+
+def pin_current_thread(cpus: frozenset[int]) -> str | None:
+    """Run the calling thread on `cpus` only (other threads keep theirs); a message saying why not, or None."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "CPU pinning needs Linux (os.sched_setaffinity is missing)"
+    try:
+        os.sched_setaffinity(0, cpus)  # 0: the calling thread
+    except OSError as err:  # e.g. the process's CPU set no longer holds them
+        return f"not pinned to CPUs {sorted(cpus)}: {err}"
     return None
