@@ -170,6 +170,40 @@ def test_chunk_velocities_are_central_differences() -> None:
     np.testing.assert_array_equal(_limits().hold(positions[3]).velocities(), np.zeros((1, 6)))
 
 
+FIRST_COMMANDS = """
+import numpy as np
+from koch_common import safety_kernel
+from koch_common.robot import load_koch
+from koch_common.safety import SafetyLimits
+
+koch = load_koch()
+limits = SafetyLimits.for_arm(koch.follower, koch.safety)
+compiled = {kernel.__name__: len(kernel.signatures)
+            for kernel in (safety_kernel.filter_one, safety_kernel.central_velocities)}
+chunk = np.linspace(0.0, 0.2, 60).reshape(10, 6)
+first = limits.safe_chunk(chunk, chunk[0], 1 / 30)
+# the runner's next chunk starts from the last command's velocity: a row of its read-only cache
+limits.safe_chunk(chunk + 0.01, chunk[1], 1 / 30, first.velocity_at(1))
+first.velocities()
+limits.hold(chunk[0])
+print({name: len(kernel.signatures) - compiled[name]
+       for name, kernel in (("filter_one", safety_kernel.filter_one),
+                            ("central_velocities", safety_kernel.central_velocities))})
+"""
+
+
+def test_the_compiled_filter_is_ready_before_the_first_command() -> None:
+    """A command that compiles a kernel stalls its tick (~1 s on a fresh install, 7-10 ms from numba's cache):
+    the safety layer compiles every argument type a node passes when it is built. In a process of its own,
+    so no earlier test has compiled anything."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", FIRST_COMMANDS], capture_output=True, text=True, timeout=120,
+                            check=True)
+    assert result.stdout.strip() == "{'filter_one': 0, 'central_velocities': 0}", result.stdout + result.stderr
+
+
 def test_interventions_are_counted_by_kind() -> None:
     limits = _limits()
     limits.filter_chunk(np.array([[np.nan, 0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0, 0]]), np.zeros(6), DT)

@@ -20,6 +20,7 @@ stale/missing observation (hold the measured position) > the chunk policy's due 
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
@@ -266,6 +267,11 @@ class PolicyRunner:
                     self.queue.accept(chunk, t_obs, self.clock())
                 if self.on_chunk is not None:
                     self.on_chunk()
+                # The young generations, now that the chunk is out: ~10 us here. Left to Python, a
+                # collection starts in whichever thread allocates past gen0's threshold, often on this
+                # path (one in ~10 chunks in the benchmark, up to 2.4 ms), or in a tick. Survivors move
+                # to the old generation as they would; Python's own policy still decides its collections.
+                gc.collect(1)
             except Exception as err:  # noqa: BLE001 - a failed inference holds, never crashes the loop
                 self.last_error = f"{type(err).__name__}: {err}"
             finally:
