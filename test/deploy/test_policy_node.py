@@ -129,10 +129,10 @@ def test_disabled_node_publishes_nothing_and_enabled_chunks_stay_inside_limits(c
         time.sleep(1.0)
         assert chunks == [], "a disabled policy must not command the arm"
         _enable(ros, True)
-        wait_for(lambda: len(chunks) > 60, 60.0, "action chunks")
-        full = [m for _, m in chunks if len(m.points) > 1]
-        assert full, "the model's chunks were published"
-        for _, msg in chunks:
+        # Holds (one point) until the first chunk lands. How many depends on the host (in one fresh-clone CI
+        # run all of the first 61 messages were holds), so the test waits for the model's chunk itself.
+        wait_for(lambda: any(len(m.points) > 1 for _, m in list(chunks)), 60.0, "the model's chunks")
+        for _, msg in list(chunks):
             _check_limits(msg, world.position)
         # A hold tick (waiting for a chunk) draws a one-point path; a model chunk draws the whole path.
         wait_for(lambda: any(len(m.markers[0].points) > 1 for m in markers if m.markers), 10.0,
