@@ -249,7 +249,10 @@ def test_deadman_holds_without_heartbeats(checkpoint: Path) -> None:
 
 def test_switching_chunk_policy_changes_behaviour(checkpoint: Path) -> None:
     with ros_session() as ros:
-        node, world, chunks = _start(ros, checkpoint, enabled=True, n_action_steps=5)
+        # One torch thread: with two on two cores beside this process's executor and publishers, a forward
+        # of the test's ResNet-18 ACT took ~1 s at p50 (seen on /diagnostics), longer than a chunk's 0.67 s,
+        # so temporal ensembling never had two chunks to average.
+        node, world, chunks = _start(ros, checkpoint, enabled=True, n_action_steps=5, inference_threads=1)
         diagnostics: list[DiagnosticArray] = []
         ros.nodes[-1].create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
         wait_for(lambda: sum(len(m.points) > 1 for _, m in chunks) > 10, 60.0, "execute_k chunks")
