@@ -44,7 +44,7 @@ class SafeChunk:
         over their time span (central inside, one-sided at the ends: np.gradient's), compiled: numpy's
         ~10 calls on a 10x6 chunk cost more than the node's whole serialization of it."""
         if self._velocities is None:
-            positions = np.ascontiguousarray(self.positions, np.float64)
+            positions = safety_kernel.as_compiled(self.positions)
             velocities = np.empty_like(positions)
             safety_kernel.central_velocities(positions, float(self.dt), velocities)
             self._cache_velocities(velocities)
@@ -196,8 +196,8 @@ class SafetyLimits:
         hits = np.zeros(len(INTERVENTION_KINDS) + 1, np.bool_)
         has_velocity = initial_velocity is not None
         # without one, `measured` stands in (unread): the compiled signature takes an array either way
-        velocity = np.ascontiguousarray(initial_velocity if has_velocity else measured, dtype=np.float64)
-        safety_kernel.filter_one(np.ascontiguousarray(chunk), np.ascontiguousarray(measured), params,
+        velocity = safety_kernel.as_compiled(initial_velocity if has_velocity else measured)
+        safety_kernel.filter_one(safety_kernel.as_compiled(chunk), safety_kernel.as_compiled(measured), params,
                                  float(self.max_step), float(dt), velocity, has_velocity, hits, safe, velocities)
         if hits[safety_kernel.MEASURED_NOT_FINITE]:
             raise _measured_not_finite(measured)

@@ -126,15 +126,18 @@ def central_velocities(positions: np.ndarray, dt: float, velocities: np.ndarray)
             velocities[k, j] = (positions[hi, j] - positions[lo, j]) / span
 
 
+def as_compiled(array: np.ndarray) -> np.ndarray:
+    """`array` as the one array type the kernels are compiled for: C-contiguous, writable float64.
+    numba compiles a read-only array as another type, inside the call that first passes one (~1 s on a
+    fresh install, 7-10 ms from its cache: in a tick); the runner's initial velocity is one, a row of
+    the last command's cached read-only velocities, so a read-only array is copied (a few floats)."""
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    return array if array.flags.writeable else array.copy()
+
+
 def warm_up() -> None:
     """Compile both kernels (or load them from numba's cache) now, with the argument types the safety
-    layer passes: otherwise the first call does, ~1 s on a fresh install (7-10 ms from the cache) on a
-    node's first command. numba compiles read-only arrays apart, and the runner's initial velocity is
-    one: a row of the last command's cached (read-only) velocities."""
+    layer passes (`as_compiled`): otherwise the first call does, ~0.1-1 s on a node's first command."""
     chunk, out = np.zeros((2, 1)), np.empty((2, 1))
-    read_only = chunk[0].copy()
-    read_only.flags.writeable = False
-    for velocity in (chunk[0], read_only):
-        filter_one(chunk, chunk[0], np.ones((7, 1)), 0.0, 1.0, velocity, False, np.zeros(6, np.bool_), out,
-                   out.copy())
+    filter_one(chunk, chunk[0], np.ones((7, 1)), 0.0, 1.0, chunk[0], False, np.zeros(6, np.bool_), out, out.copy())
     central_velocities(chunk, 1.0, out)
