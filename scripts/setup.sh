@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One set-up step for a fresh machine, idempotent: Debian's ffmpeg libraries, a virtual
 # environment (with system site-packages, so a sourced ROS 2 Humble/Jazzy is used where
-# present), the Python dependencies, the ROS 2 wheels only when rclpy is missing, and a
-# colcon build of the workspace. Re-running reuses everything that is already there.
+# present), the Python dependencies at the versions pinned in constraints.txt (scripts/lock.sh
+# regenerates it), the ROS 2 wheels only when rclpy is missing, and a colcon build of the
+# workspace. Re-running reuses everything that is already there.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${KOCH_VENV:-$ROOT/.venv}"
@@ -25,14 +26,14 @@ fi
 source "$VENV/bin/activate"
 
 stamp="$VENV/.koch-requirements.sha256"
-want="$(cat requirements.txt requirements-ros.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.txt requirements-ros.txt constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     say "installing Python dependencies (first time: several GB, a few minutes)"
     python -m pip install -q --upgrade pip
-    python -m pip install -q -r requirements.txt
+    python -m pip install -q -r requirements.txt -c constraints.txt
     if ! python -c "import rclpy" 2>/dev/null; then
         say "rclpy not importable: installing the ROS 2 wheels from PyPI"
-        python -m pip install -q -r requirements-ros.txt
+        python -m pip install -q -r requirements-ros.txt -c constraints.txt
     fi
     echo "$want" > "$stamp"
 fi

@@ -1,7 +1,8 @@
 """Test set-up shared by every stage.
 
 Puts each workspace package on sys.path (so pytest works with or without a sourced
-install), points the config loader at config/, and gives every test session its own
+install; without one, their package metadata too, for entry points: workspace_metadata.py),
+points the config loader at config/, and gives every test session its own
 ROS domain on localhost so parallel runs on one machine never see each other's topics.
 """
 
@@ -25,6 +26,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 from synthetic_reach import SyntheticDataset, build_reach_dataset  # noqa: E402
+from workspace_metadata import provide_package_metadata  # noqa: E402
+
+provide_package_metadata([package_xml.parent for package_xml in sorted(ROOT.glob("src/*/*/package.xml"))])
+
+
+SLOW_MARKERS = ("dds", "video", "training")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts no DDS node, codes no video and trains nothing is a `unit` test."""
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")

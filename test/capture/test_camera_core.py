@@ -102,6 +102,7 @@ def test_realsense_without_pyrealsense2_names_the_install_command() -> None:
         make_source(CameraSettings(source="realsense", depth=True), lambda: 0)
 
 
+@pytest.mark.video
 def test_file_source_replays_frames_and_reports_a_missing_or_broken_file(tmp_path: Path) -> None:
     frames = [np.full((48, 64, 3), 20 * i, np.uint8) for i in range(6)]
     path = write_video(tmp_path / "rec.mp4", frames, fps=30)

@@ -23,6 +23,8 @@ from koch_common.image_codec import from_fields
 from koch_common.robot import load_koch
 from koch_sim.scene import SceneRenderer
 
+pytestmark = pytest.mark.dds
+
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 ARM = load_koch().follower
 CALIBRATION = """\

@@ -74,7 +74,7 @@ def driver(tmp_path: Path, emulator: DynamixelBusEmulator) -> Iterator[Recording
     drv.close()
 
 
-def run(driver: ArmDriver, seconds: float, until=None) -> list:  # noqa: ANN001
+def run(driver: ArmDriver, seconds: float, until=None) -> list:
     """Step the driver at the control period; stops early when `until()` holds."""
     samples = []
     deadline = time.monotonic() + seconds

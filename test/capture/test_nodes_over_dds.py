@@ -23,6 +23,8 @@ from koch_driver.driver_node import DriverNode
 from koch_driver.teleop_node import TeleopNode
 from koch_sim.dxl_emulator import HW_OVERLOAD, DynamixelBusEmulator
 
+pytestmark = pytest.mark.dds
+
 ARM = load_koch().follower
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from koch_common.dynamixel_models import model_by_name
 from koch_common.robot import load_koch
@@ -23,6 +24,8 @@ from koch_driver.teleop import TeleopMirror
 from koch_sim.dxl_emulator import DynamixelBusEmulator
 from koch_sim.expert import HOME, ScriptedLeader
 from koch_sim.leader_arm import LeaderArmEmulator
+
+pytestmark = pytest.mark.dds
 
 KOCH = load_koch()
 DT = 1.0 / KOCH.follower.control_rate_hz

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,18 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
-from koch_common.config import ConfigError, load_config
+from koch_common.config import ConfigError, config_dir, load_config
 from koch_common.feature_mapping import FeatureConfig, MappingConfig, load_mapping, resolve
 from koch_common.image_codec import to_fields
+from koch_common.resample import Align
 from koch_common.robot import load_koch
 from koch_convert.bag_reader import BagReadError, ImageSpill, read_topics
 from koch_convert.cli import main as cli_main
 from koch_convert.convert import ConversionError, convert_bags, resample_bag, resample_episodes
 from koch_convert.episodes import stream_episode
 from koch_record.bag_writer import BagWriter
+
+pytestmark = pytest.mark.video
 
 # Bags recorded by real `ros2 bag record`, kept in ../shared beside the checkout (as on CI).
 REAL_BAGS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "real_bags"
@@ -125,6 +129,44 @@ def test_mapping_resolves_topics_and_joint_order() -> None:
         load_mapping("mapping/koch_sim.yaml", ["clock=bag"])
     with pytest.raises(ConfigError, match="expected 'follower', 'leader' or a list"):
         load_mapping("mapping/koch_sim.yaml", ["features.action.joints=both"])
+    assert mapping.feature("action").stream.align is Align.HOLD
+    with pytest.raises(ConfigError, match=r"features.action.align 'nearest' is unknown; use one of \('hold'"):
+        load_mapping("mapping/koch_sim.yaml", ["features.action.align=nearest"])
+
+
+def test_a_mapping_with_the_old_policy_key_is_told_the_new_name(tmp_path: Path) -> None:
+    old = tmp_path / "old_mapping.yaml"
+    source = (config_dir() / "mapping/koch_sim.yaml").read_text()
+    old.write_text(source.replace("    align: hold", "    policy: hold", 1))
+    with pytest.raises(ConfigError, match="features.observation.state.policy is now called `align`"):
+        load_mapping(old)
+    with pytest.raises(ConfigError, match="features.action.policy is now called `align`"):
+        load_mapping("mapping/koch_sim.yaml", ["features.action.policy=drop"])
+
+
+CODEC_NOISE = ("[libx264 @", "Auto-inserting h264_mp4toannexb", "Starting second pass")
+
+
+def _bag_to_lerobot(bags: list[Path], output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The installed bag_to_lerobot in a process of its own: ffmpeg prints to the process's stderr."""
+    from koch_bringup.launcher import find_executable
+
+    command = [str(find_executable("koch_convert", "bag_to_lerobot")), "--bags", *map(str, bags),
+               "--output", str(output), "--vcodec", "h264", *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def test_codec_logs_are_quiet_unless_verbose(episode_bags: list[Path], tmp_path: Path) -> None:
+    """Two bags: each encodes a video (x264's statistics) and joining them remuxes it (muxer notes)."""
+    quiet = _bag_to_lerobot(episode_bags, tmp_path / "quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert not [line for line in quiet.stderr.splitlines() if any(noise in line for noise in CODEC_NOISE)]
+    bars = quiet.stderr.replace("\r", "\n")
+    assert "converting" in bars and "joining 2 datasets" in bars  # one bar per stage
+    assert "Copy data and videos" not in bars  # LeRobot's own bars of the joining stage
+    verbose = _bag_to_lerobot(episode_bags, tmp_path / "verbose", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "[libx264 @" in verbose.stderr and "Auto-inserting h264_mp4toannexb" in verbose.stderr
 
 
 def test_dataset_has_one_episode_per_bag_on_the_exact_grid(dataset_root: Path) -> None:
@@ -161,23 +203,6 @@ def test_dataloader_batches_have_policy_shapes(dataset_root: Path) -> None:
     assert batch["action"].shape == (4, 6)
     assert batch["observation.images.head"].shape == (4, 3, HEIGHT, WIDTH)
     assert batch["task"] == ["reach the red target"] * 4
-
-
-def test_embedding_pass_is_skipped_only_without_image_columns() -> None:
-    import datasets
-    import lerobot.datasets.lerobot_dataset as lerobot_dataset
-
-    from koch_convert.convert import _embedding_only_for_image_columns, _needs_embedding
-
-    assert _needs_embedding(datasets.Features({"observation.images.head": datasets.Image()}))
-    assert _needs_embedding(datasets.Features({"frames": datasets.List(datasets.Image())}))
-    assert not _needs_embedding(datasets.Features(
-        {"action": datasets.List(datasets.Value("float32")), "index": datasets.Value("int64")}))
-    original = lerobot_dataset.embed_images
-    numbers = datasets.Dataset.from_dict({"x": [1.0, 2.0]})
-    with _embedding_only_for_image_columns():
-        assert lerobot_dataset.embed_images(numbers) is numbers
-    assert lerobot_dataset.embed_images is original
 
 
 def test_images_over_the_memory_budget_wait_in_a_spill_file_with_the_same_frames(

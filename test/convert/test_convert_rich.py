@@ -21,6 +21,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from koch_common.config import ConfigError, load_config
 from koch_common.feature_mapping import FeatureConfig, LimitsConfig, MappingConfig, resolve
 from koch_common.image_codec import to_fields
+from koch_common.resample import Align
 from koch_common.robot import load_koch
 from koch_convert import episodes as episodes_module
 from koch_convert.bag_reader import BagReadError
@@ -29,6 +30,8 @@ from koch_convert.convert import QUALITY_REPORT, ConversionError, convert_bags, 
 from koch_convert.episodes import Episode, OutOfOrderStamps, stream_episode
 from koch_convert.extract import decode_depth
 from koch_record.bag_writer import BagWriter
+
+pytestmark = pytest.mark.video
 
 TS = get_typestore(Stores.ROS2_KILTED)
 FPS = 30
@@ -135,7 +138,7 @@ def write_bag(
             writer.write(conns[topic], START_NS + int(round((t + 0.002) * 1e9)), TS.serialize_cdr(msg, msgtype))
 
 
-def mapping(action_policy: str = "asof", topics: bool = True, **limits):
+def mapping(action_align: Align = Align.ASOF, topics: bool = True, **limits):
     """`topics=False`: no task or marker topic, so the converter streams each bag."""
     def feature(topic: str, msgtype: str, **kw) -> FeatureConfig:
         return FeatureConfig(topic=topic, type=msgtype, **kw)
@@ -150,7 +153,7 @@ def mapping(action_policy: str = "asof", topics: bool = True, **limits):
         features={
             "observation.state": feature("/follower/joint_states", "sensor_msgs/msg/JointState", joints="follower"),
             "action": feature("/follower/joint_commands", "trajectory_msgs/msg/JointTrajectory", joints="follower",
-                              policy=action_policy, tolerance_s=0.05),
+                              align=action_align, tolerance_s=0.05),
             "observation.images.head": feature("/head/color/image_raw/compressed",
                                                "sensor_msgs/msg/CompressedImage"),
             "observation.depth.head": feature("/head/depth/image_raw", "sensor_msgs/msg/Image",
@@ -256,15 +259,15 @@ def test_append_then_truncated_bag_leaves_dataset_readable(
     assert LeRobotDataset("local/rich", root=copy).num_episodes == 3
 
 
-def test_drop_policy_leaves_out_frames_and_counts_them(bags: dict[str, Path]) -> None:
-    (episode,) = resample_episodes(bags["gap"], mapping("drop", max_dropped_fraction=0.5, max_gap_s=None))
+def test_align_drop_leaves_out_frames_and_counts_them(bags: dict[str, Path]) -> None:
+    (episode,) = resample_episodes(bags["gap"], mapping(Align.DROP, max_dropped_fraction=0.5, max_gap_s=None))
     assert episode.refused is None
     # the command stream is silent from 0.484 to 1.004 s: frames more than 0.05 s after 0.484 go
     dropped = sum(episode.dropped.values())
     assert dropped == episode.report.frames - len(episode) and 13 <= dropped <= 16
     assert list(episode.dropped) == ["action: no sample within 0.05 s"]
     assert not np.any((episode.frame_times_s > 0.484 + 0.05) & (episode.frame_times_s < 1.004))
-    (strict,) = resample_episodes(bags["gap"], mapping("drop", max_gap_s=None))
+    (strict,) = resample_episodes(bags["gap"], mapping(Align.DROP, max_gap_s=None))
     assert strict.refused is not None and "over limits.max_dropped_fraction=0.05" in strict.refused
 
 
@@ -334,7 +337,7 @@ def test_streamed_bags_give_the_same_episodes_while_still_reading(
             yield item
 
     monkeypatch.setattr(episodes_module, "iter_messages", counted)
-    drop = {"action_policy": "drop", "max_dropped_fraction": 0.5, "max_gap_s": None}
+    drop = {"action_align": Align.DROP, "max_dropped_fraction": 0.5, "max_gap_s": None}
     for name, limits, refused in (("late", {}, None), ("gap", {}, "has no sample within"), ("gap", drop, None)):
         m = mapping(topics=False, **limits)
         read[0] = 0
@@ -351,7 +354,7 @@ def test_streamed_bags_give_the_same_episodes_while_still_reading(
         assert [k for k, _ in passed] == list(range(len(whole)))
         assert passed[0][1] < read[0] / 4, "the first frame went out while most of the bag was unread"
         assert streamed.refused is None if refused is None else refused in (streamed.refused or "")
-    assert sum(streamed.dropped.values()) > 0, "the drop policy left frames out of the streamed episode too"
+    assert sum(streamed.dropped.values()) > 0, "align drop left frames out of the streamed episode too"
     with pytest.raises(ConversionError, match="frame 0 was streamed to the dataset and released"):
         streamed.frame(0)  # written frames are not kept: memory holds a few images, not the bag's
 

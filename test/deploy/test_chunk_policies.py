@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from koch_policy.chunk_policies import CHUNK_POLICIES, make_chunk_policy
+from koch_policy.chunk_policies import CHUNK_POLICIES, ChunkPolicyName, make_chunk_policy
 
 FPS = 30.0
 DT = 1.0 / FPS
@@ -20,7 +20,7 @@ def _ramp(start: float, n: int = 20) -> np.ndarray:
 
 
 def test_execute_k_serves_only_the_first_k_and_replans_by_latency() -> None:
-    policy = make_chunk_policy("execute_k", FPS, n_action_steps=10)
+    policy = make_chunk_policy(ChunkPolicyName.EXECUTE_K, FPS, n_action_steps=10)
     policy.accept(_ramp(0), t_obs=1.0, now=1.0)
     np.testing.assert_array_equal(policy.due(1.0)[:, 0], np.arange(10))
     assert not policy.needs_inference(1.0 + 3 * DT, lead_ticks=2)
@@ -29,7 +29,7 @@ def test_execute_k_serves_only_the_first_k_and_replans_by_latency() -> None:
 
 
 def test_latest_only_replaces_the_plan_and_runs_the_whole_chunk() -> None:
-    policy = make_chunk_policy("latest_only", FPS, n_action_steps=10, threshold=0.5)
+    policy = make_chunk_policy(ChunkPolicyName.LATEST_ONLY, FPS, n_action_steps=10, threshold=0.5)
     policy.accept(_ramp(0), t_obs=1.0, now=1.0)
     assert len(policy.due(1.0)) == 20  # beyond n_action_steps
     assert not policy.needs_inference(1.0 + 5 * DT, lead_ticks=1)
@@ -39,7 +39,7 @@ def test_latest_only_replaces_the_plan_and_runs_the_whole_chunk() -> None:
 
 
 def test_overlap_blend_weights_old_and_new_on_the_overlap() -> None:
-    policy = make_chunk_policy("overlap_blend", FPS, n_action_steps=10)
+    policy = make_chunk_policy(ChunkPolicyName.OVERLAP_BLEND, FPS, n_action_steps=10)
     policy.accept(_chunk(0.0), t_obs=1.0, now=1.0)
     policy.accept(_chunk(1.0), t_obs=1.0 + 10 * DT, now=1.0 + 11 * DT)
     due = policy.due(1.0 + 11 * DT)[:, 0]
@@ -51,7 +51,7 @@ def test_overlap_blend_weights_old_and_new_on_the_overlap() -> None:
 
 def test_temporal_ensembling_averages_every_prediction_with_act_weights() -> None:
     m = 0.5
-    policy = make_chunk_policy("temporal_ensembling", FPS, n_action_steps=1, ensemble_coeff=m)
+    policy = make_chunk_policy(ChunkPolicyName.TEMPORAL_ENSEMBLING, FPS, n_action_steps=1, ensemble_coeff=m)
     assert policy.needs_inference(0.0, lead_ticks=0)  # every tick
     policy.accept(_chunk(0.0), t_obs=1.0, now=1.0)
     policy.accept(_chunk(1.0), t_obs=1.0 + DT, now=1.0 + DT)
@@ -66,7 +66,7 @@ def test_temporal_ensembling_averages_every_prediction_with_act_weights() -> Non
 
 
 def test_rtc_freezes_the_actions_executed_during_inference_and_blends_the_rest() -> None:
-    policy = make_chunk_policy("rtc", FPS, n_action_steps=10)
+    policy = make_chunk_policy(ChunkPolicyName.RTC, FPS, n_action_steps=10)
     policy.accept(_chunk(0.0), t_obs=1.0, now=1.0)
     t_obs = 1.0 + 5 * DT
     policy.accept(_chunk(1.0), t_obs=t_obs, now=t_obs + 3 * DT)  # 3 ticks of inference delay
@@ -87,6 +87,14 @@ def test_every_policy_serves_a_single_chunk_from_now_and_clears(name: str) -> No
     assert policy.ticks_left(1.0 + 4 * DT) == 16
     policy.clear()
     assert policy.due(1.0 + 4 * DT) is None
+
+
+def test_the_registry_has_a_class_for_every_name_and_accepts_the_names_as_text() -> None:
+    assert list(CHUNK_POLICIES) == list(ChunkPolicyName)
+    for name, cls in CHUNK_POLICIES.items():
+        assert cls.name is name
+        policy = make_chunk_policy(name.value, FPS, 10)  # as the ROS parameter carries it
+        assert type(policy) is cls and policy.name is name
 
 
 def test_unknown_policy_names_the_choices() -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rosbags.highlevel import AnyReader
 from std_srvs.srv import Trigger
 
@@ -17,6 +18,8 @@ from koch_bringup.launcher import GraphProcess
 from koch_bringup.ros_session import ros_session, wait_for
 from koch_common.feature_mapping import load_mapping
 from koch_common.topics import topic
+
+pytestmark = pytest.mark.dds
 
 
 def test_record_graph_records_an_expert_episode_into_an_mcap_bag(tmp_path: Path) -> None:

@@ -10,17 +10,17 @@ from sensor_msgs.msg import Image
 
 from koch_bringup.ros_session import wait_for
 from koch_common.image_codec import to_fields
-from koch_common.resample import StreamSpec
+from koch_common.resample import Align, StreamSpec
 from koch_common.robot import load_koch
 from koch_common.safety import SafeChunk, SafetyLimits
-from koch_policy.gate import SafetyGate
+from koch_policy.gate import GateState, SafetyGate
 from koch_policy.policy_node import decode_image
-from koch_policy.runner import PolicyRunner
+from koch_policy.runner import PolicyRunner, RunnerIntervention, TickKind
 from koch_policy.trajectory_cdr import safe_chunk_cdr
 
 KOCH = load_koch()
 FPS = 30.0
-STREAMS = {"observation.state": StreamSpec("observation.state", "hold", 0.1)}
+STREAMS = {"observation.state": StreamSpec("observation.state", Align.HOLD, 0.1)}
 
 
 def _runner(gate: SafetyGate, predict=lambda obs: np.full((20, 6), 0.05)) -> PolicyRunner:
@@ -35,20 +35,23 @@ def test_estop_latches_on_the_next_tick_and_holds_the_latched_position_until_res
         runner.push("observation.state", 0.0, np.zeros(6))
         runner.tick(0.0)
         wait_for(lambda: runner.inferences, 5.0, "inference")
-        assert runner.tick(0.001).kind == "chunk"
-        assert gate.estop("test") and not gate.estop("again")
+        assert runner.tick(0.001).kind is TickKind.CHUNK
+        assert runner.limits.interventions[RunnerIntervention.ESTOP] == 0  # reported before the first one
+        assert gate.state(0.0) is GateState.OPEN
+        assert gate.estop() and not gate.estop()
+        assert gate.state(0.0) is GateState.ESTOP
         out = runner.tick(2 / FPS)
-        assert out.kind == "estop" and isinstance(out.command, SafeChunk)
+        assert out.kind is TickKind.ESTOP and isinstance(out.command, SafeChunk)
         np.testing.assert_array_equal(out.positions, np.zeros((1, 6)))
         for k in range(3, 30):  # the arm drifts; the hold stays where it latched
             runner.push("observation.state", k / FPS, np.full(6, 0.1))
             out = runner.tick(k / FPS)
-            assert out.kind == "estop"
+            assert out.kind is TickKind.ESTOP
             np.testing.assert_array_equal(out.positions, np.zeros((1, 6)))
-        assert gate.reset_estop()
+        assert gate.reset_estop() and gate.state(30 / FPS) is GateState.OPEN
         out = runner.tick(30 / FPS)
-        assert out.kind != "estop"
-        assert runner.limits.interventions["estop"] == 28
+        assert out.kind is not TickKind.ESTOP
+        assert runner.limits.interventions[RunnerIntervention.ESTOP] == 28
     finally:
         runner.close()
 
@@ -58,10 +61,14 @@ def test_deadman_holds_until_heartbeats_arrive() -> None:
     runner = _runner(gate)
     try:
         runner.push("observation.state", 0.0, np.zeros(6))
-        assert runner.tick(0.0).kind == "deadman"
+        assert runner.tick(0.0).kind is TickKind.DEADMAN
         gate.heartbeat(0.0)
-        assert runner.tick(0.05).kind in ("hold", "chunk")
-        assert runner.tick(0.3).kind == "deadman"  # heartbeat older than the timeout
+        assert runner.tick(0.05).kind in (TickKind.HOLD, TickKind.CHUNK)
+        assert runner.tick(0.3).kind is TickKind.DEADMAN  # heartbeat older than the timeout
+        assert gate.state(0.3) is GateState.DEADMAN and gate.state(0.1) is GateState.OPEN
+        gate.estop()
+        assert gate.state(0.3) is GateState.ESTOP  # the e-stop wins over the deadman
+        assert runner.limits.interventions[RunnerIntervention.DEADMAN] == 2
     finally:
         runner.close()
     with pytest.raises(ValueError, match="deadman_timeout_s"):
@@ -152,6 +159,7 @@ def test_serialized_trajectories_of_any_arm_deserialize_to_the_same_message(join
         assert deserialize_message(published, JointTrajectory) == msg
 
 
+@pytest.mark.dds
 def test_chunk_stamps_follow_the_node_clock_simulated_time_included() -> None:
     from rclpy.node import Node
     from rclpy.parameter import Parameter

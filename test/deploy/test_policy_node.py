@@ -28,10 +28,13 @@ from visualization_msgs.msg import MarkerArray
 
 from koch_bringup.ros_session import RosSession, ros_session, wait_for
 from koch_common.image_codec import to_fields
-from koch_common.policy_runtime import build_policy
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
 from koch_policy.policy_node import PolicyNode
+from koch_policy.runner import TickKind
+from koch_runtime.build import build_policy
+
+pytestmark = [pytest.mark.dds, pytest.mark.training]
 
 KOCH = load_koch()
 ARM = KOCH.follower
@@ -117,7 +120,7 @@ def _check_limits(msg: JointTrajectory, measured: np.ndarray) -> None:
     assert all(len(p.velocities) == len(ARM.names) for p in msg.points)
 
 
-def _kinds_after(node: PolicyNode, tick: int) -> list[str]:
+def _kinds_after(node: PolicyNode, tick: int) -> list[TickKind]:
     return [kind for k, _, kind in list(node.runner.history) if k > tick]
 
 
@@ -168,7 +171,7 @@ def test_stale_observation_holds_the_measured_position_within_two_ticks(checkpoi
         wait_for(lambda: len(ticks_after_first_stale()) > 10, 30.0, "ticks after the streams went stale")
         after = ticks_after_first_stale()
         first_tick = after[0][0]
-        assert all(kind == "stale" for k, kind in after if k >= first_tick + 1), after[:5]
+        assert all(kind is TickKind.STALE for k, kind in after if k >= first_tick + 1), after[:5]
         holds = [m for _, m in chunks if len(m.points) == 1]
         np.testing.assert_allclose(holds[-1].points[0].positions, world.position, atol=1e-6)
         assert all(len(m.points) == 1 for _, m in chunks[-5:])
@@ -186,7 +189,7 @@ def test_estop_latches_within_one_tick_and_holds_until_reset(checkpoint: Path) -
         latched_at = node.estop_tick
         wait_for(lambda: len(_kinds_after(node, latched_at)) > 15, 10.0, "ticks after the e-stop")
         kinds = _kinds_after(node, latched_at)
-        assert kinds[0] in ("estop", "chunk") and all(k == "estop" for k in kinds[1:]), kinds[:5]
+        assert kinds[0] in (TickKind.ESTOP, TickKind.CHUNK) and all(k is TickKind.ESTOP for k in kinds[1:]), kinds[:5]
         estop_pub.publish(Bool(data=False))  # a false never releases it
         world.position = world.position + 0.05  # the arm is pushed: the hold stays where it latched
         n = len(chunks)
@@ -202,7 +205,7 @@ def test_estop_latches_within_one_tick_and_holds_until_reset(checkpoint: Path) -
         assert ros.call(probe, Trigger, "/policy/policy/estop", Trigger.Request()).success
         latched_at = node.estop_tick
         wait_for(lambda: len(_kinds_after(node, latched_at)) > 3, 10.0, "ticks after the service e-stop")
-        assert all(k == "estop" for k in _kinds_after(node, latched_at)[1:])
+        assert all(k is TickKind.ESTOP for k in _kinds_after(node, latched_at)[1:])
 
 
 def test_a_stuck_camera_callback_neither_delays_the_tick_nor_an_estop(checkpoint: Path,
@@ -240,7 +243,7 @@ def test_deadman_holds_without_heartbeats(checkpoint: Path) -> None:
     with ros_session() as ros:
         node, world, chunks = _start(ros, checkpoint, enabled=True, deadman_timeout_s=0.5)
         probe = ros.nodes[-1]
-        wait_for(lambda: sum(k == "deadman" for _, _, k in node.runner.history) > 5, 60.0, "deadman holds")
+        wait_for(lambda: sum(k is TickKind.DEADMAN for _, _, k in node.runner.history) > 5, 60.0, "deadman holds")
         assert not any(len(m.points) > 1 for _, m in chunks), "no heartbeat, no motion"
         heart = probe.create_publisher(Bool, "/policy/policy/deadman", 10)
         probe.create_timer(0.05, lambda: heart.publish(Bool(data=True)))

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 from koch_bringup.ros_session import wait_for
-from koch_common.resample import StreamSpec
+from koch_common.resample import Align, StreamSpec
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
 from koch_policy.chunk_policies import ExecuteKThenReplan
-from koch_policy.runner import PolicyRunner, resolve_trigger
+from koch_policy.runner import PolicyRunner, RunnerIntervention, TickKind, resolve_trigger
 
 KOCH = load_koch()
 FPS = 30.0
-STREAMS = {"observation.state": StreamSpec("observation.state", "hold", 0.1),
-           "observation.images.head": StreamSpec("observation.images.head", "hold", 0.1)}
+STREAMS = {"observation.state": StreamSpec("observation.state", Align.HOLD, 0.1),
+           "observation.images.head": StreamSpec("observation.images.head", Align.HOLD, 0.1)}
 
 
 def _runner(predict, n_action_steps: int = 10) -> PolicyRunner:
@@ -59,11 +59,11 @@ def test_runner_publishes_the_models_chunk_from_the_observation_time() -> None:
     try:
         now = time.time()
         _feed(runner, now)
-        assert runner.tick(now).kind == "hold"  # requests inference, and never waits for the model
+        assert runner.tick(now).kind is TickKind.HOLD  # requests inference, and never waits for the model
         model_may_finish.set()
         wait_for(lambda: runner.latencies_s, 5.0, "inference")
         output = runner.tick(now + 0.001)
-        assert output.kind == "chunk" and output.positions.shape == (10, 6)
+        assert output.kind is TickKind.CHUNK and output.positions.shape == (10, 6)
         np.testing.assert_allclose(output.positions, np.linspace(np.zeros(6), target, 20)[:10], atol=1e-9)
     finally:
         runner.close()
@@ -140,12 +140,12 @@ def test_stale_observation_holds_the_measured_position() -> None:
         _feed(runner, now, measured)
         runner.tick(now)
         wait_for(lambda: runner.latencies_s, 5.0, "inference")
-        assert runner.tick(now + 0.01).kind == "chunk"
+        assert runner.tick(now + 0.01).kind is TickKind.CHUNK
         # no new messages: 0.1 s later every stream is stale
         output = runner.tick(now + 0.2)
-        assert output.kind == "stale" and "stale" in output.reason
+        assert output.kind is TickKind.STALE and "stale" in output.reason
         np.testing.assert_allclose(output.positions[0], measured)
-        assert runner.limits.interventions["stale_observation"] == 1
+        assert runner.limits.interventions[RunnerIntervention.STALE_OBSERVATION] == 1
     finally:
         runner.close()
 
@@ -195,7 +195,7 @@ def test_a_failing_model_is_reported_and_holds() -> None:
         runner.tick(now)
         wait_for(lambda: runner.last_error, 5.0, "error report")
         assert "boom" in runner.last_error
-        assert runner.tick(now + 0.01).kind == "hold"
+        assert runner.tick(now + 0.01).kind is TickKind.HOLD
     finally:
         runner.close()
 
@@ -213,7 +213,7 @@ def test_the_camera_frame_after_a_wanting_tick_starts_inference_on_itself() -> N
     try:
         now = time.time()
         _feed(runner, now)
-        assert runner.tick(now).kind == "hold"  # wants a chunk: armed, nothing started yet
+        assert runner.tick(now).kind is TickKind.HOLD  # wants a chunk: armed, nothing started yet
         time.sleep(0.05)
         assert runner.inferences == 0
         runner.push("observation.state", now + 0.01, np.full(6, 0.1))  # not the trigger
@@ -226,7 +226,7 @@ def test_the_camera_frame_after_a_wanting_tick_starts_inference_on_itself() -> N
         np.testing.assert_array_equal(seen[0]["observation.state"], np.full(6, 0.1))
         output = runner.tick(now + 0.03 + 1.5 / FPS)
         # the plan starts at the frame's stamp (1.5 periods ago: one point is past), not at the tick's
-        assert output.kind == "chunk" and len(output.positions) == 9
+        assert output.kind is TickKind.CHUNK and len(output.positions) == 9
     finally:
         runner.close()
 
@@ -264,7 +264,7 @@ def test_a_chunk_inferred_across_a_reset_is_never_executed() -> None:
         may_finish.set()
         wait_for(lambda: runner.latencies_s, 5.0, "inference")
         time.sleep(0.05)
-        assert runner.tick(now + 0.01).kind == "hold"  # the old chunk was dropped; a new one is requested
+        assert runner.tick(now + 0.01).kind is TickKind.HOLD  # the old chunk was dropped; a new one is requested
     finally:
         runner.close()
 

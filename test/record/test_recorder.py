@@ -22,6 +22,8 @@ from koch_common.image_codec import from_fields, to_fields
 from koch_record.bag_writer import BagWriter, BagWriterError, next_bag_path
 from koch_record.recorder_node import RecorderNode
 
+pytestmark = pytest.mark.dds
+
 JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 STATE_TOPIC = "/rec_test/follower/joint_states"
 IMAGE_TOPIC = "/rec_test/head/color/image_raw"

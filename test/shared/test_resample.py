@@ -1,4 +1,4 @@
-"""The shared resampler: hold/asof semantics, no look-ahead, and live/offline parity."""
+"""The shared resampler: hold/asof/drop alignment, no look-ahead, and live/offline parity."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from koch_common.resample import (
     SAME_INSTANT_S,
+    Align,
     FrameAssembler,
     StreamBuffer,
     StreamSpec,
@@ -18,16 +19,16 @@ from koch_common.resample import (
 
 
 def buffer(
-    policy: str, stamps: list[float], staleness: float = 0.05, maxlen: int | None = None
+    align: Align, stamps: list[float], staleness: float = 0.05, maxlen: int | None = None
 ) -> StreamBuffer:
-    buf = StreamBuffer(StreamSpec("s", policy, staleness), maxlen=maxlen)
+    buf = StreamBuffer(StreamSpec("s", align, staleness), maxlen=maxlen)
     for i, stamp in enumerate(stamps):
         assert buf.push(stamp, f"v{i}")
     return buf
 
 
 def test_hold_returns_latest_sample_at_or_before_t_and_flags_staleness() -> None:
-    buf = buffer("hold", [0.0, 0.1, 0.2])
+    buf = buffer(Align.HOLD, [0.0, 0.1, 0.2])
     assert buf.sample(-0.001) is None, "nothing at or before t"
     first = buf.sample(0.0)
     assert first is not None and (first.value, first.age_s, first.stale) == ("v0", 0.0, False)
@@ -42,7 +43,7 @@ def test_hold_returns_latest_sample_at_or_before_t_and_flags_staleness() -> None
 
 
 def test_asof_is_missing_beyond_its_tolerance() -> None:
-    buf = buffer("asof", [0.0, 0.1, 0.2])
+    buf = buffer(Align.ASOF, [0.0, 0.1, 0.2])
     assert buf.sample(0.04).value == "v0"
     assert buf.sample(0.07) is None
     assert buf.sample(0.12).value == "v1"
@@ -50,7 +51,7 @@ def test_asof_is_missing_beyond_its_tolerance() -> None:
 
 
 def test_out_of_order_pushes_are_refused_and_counted() -> None:
-    buf = buffer("hold", [0.0, 0.2])
+    buf = buffer(Align.HOLD, [0.0, 0.2])
     assert buf.push(0.15, "late") is False
     assert buf.out_of_order == 1 and len(buf) == 2
     assert buf.sample(0.17).value == "v0", "a refused sample never shows up"
@@ -59,16 +60,17 @@ def test_out_of_order_pushes_are_refused_and_counted() -> None:
 
 
 def test_maxlen_bounds_memory_keeping_newest() -> None:
-    buf = buffer("hold", [0.0, 0.1, 0.2, 0.3], maxlen=2)
+    buf = buffer(Align.HOLD, [0.0, 0.1, 0.2, 0.3], maxlen=2)
     assert len(buf) == 2 and buf.first_stamp == 0.2
     assert buf.sample(0.35).value == "v3"
 
 
 def test_bad_specs_are_rejected() -> None:
-    with pytest.raises(ValueError, match="policy 'nearest' is unknown"):
-        StreamSpec("s", "nearest", 0.1)
+    with pytest.raises(ValueError, match="align 'nearest' is unknown"):
+        StreamSpec("s", "nearest", 0.1)  # a text that is no Align
     with pytest.raises(ValueError, match="max_staleness_s must be > 0"):
-        StreamSpec("s", "hold", 0.0)
+        StreamSpec("s", Align.HOLD, 0.0)
+    assert StreamSpec("s", "asof", 0.1).align is Align.ASOF  # a YAML text becomes the Align
 
 
 def test_grid_is_exact_frame_times() -> None:
@@ -81,14 +83,14 @@ def test_grid_is_exact_frame_times() -> None:
 
 
 def test_common_window_starts_when_every_stream_is_fresh() -> None:
-    fast = buffer("hold", [0.0, 0.5, 1.0, 1.02, 1.04, 1.06, 1.5], staleness=0.1)
-    slow = buffer("hold", [0.9, 1.05, 1.3], staleness=0.3)
+    fast = buffer(Align.HOLD, [0.0, 0.5, 1.0, 1.02, 1.04, 1.06, 1.5], staleness=0.1)
+    slow = buffer(Align.HOLD, [0.9, 1.05, 1.3], staleness=0.3)
     # At 0.9 the fast stream's newest sample (0.5) is stale; it is fresh again at 1.0.
     assembler = FrameAssembler({"fast": fast, "slow": slow}, 30)
     assembler.finish()
     assert assembler.start == 1.0
     assert assembler.window == (1.0, 1.3)
-    no_data = FrameAssembler({"fast": fast, "empty": buffer("hold", [])}, 30)
+    no_data = FrameAssembler({"fast": fast, "empty": buffer(Align.HOLD, [])}, 30)
     assert no_data.finish() == [] and no_data.window is None
 
 
@@ -96,14 +98,14 @@ def test_common_window_starts_when_every_stream_is_fresh() -> None:
 @given(
     stamps=st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=30),
     t=st.floats(-1, 11, allow_nan=False),
-    policy=st.sampled_from(["hold", "asof"]),
+    align=st.sampled_from([Align.HOLD, Align.ASOF]),
 )
-def test_never_uses_a_sample_from_the_future(stamps: list[float], t: float, policy: str) -> None:
+def test_never_uses_a_sample_from_the_future(stamps: list[float], t: float, align: Align) -> None:
     stamps = sorted(stamps)
-    buf = buffer(policy, stamps, staleness=0.5)
+    buf = buffer(align, stamps, staleness=0.5)
     sample = buf.sample(t)
     past = [s for s in stamps if s <= t + SAME_INSTANT_S]
-    if not past or (policy == "asof" and t - past[-1] > 0.5):
+    if not past or (align is Align.ASOF and t - past[-1] > 0.5):
         assert sample is None
     else:
         assert sample is not None and sample.stamp_s == past[-1] <= t + SAME_INSTANT_S
@@ -115,14 +117,14 @@ def test_never_uses_a_sample_from_the_future(stamps: list[float], t: float, poli
 @given(
     stamps=st.lists(st.floats(0, 2, allow_nan=False), min_size=0, max_size=20),
     t=st.floats(-0.5, 3, allow_nan=False),
-    policy=st.sampled_from(["hold", "asof", "drop"]),
+    align=st.sampled_from(list(Align)),
     staleness=st.sampled_from([0.05, 0.5]),
     tolerance=st.sampled_from([None, 0.02, 1.0]),
 )
-def test_fresh_at_agrees_with_sample(stamps: list[float], t: float, policy: str, staleness: float,
+def test_fresh_at_agrees_with_sample(stamps: list[float], t: float, align: Align, staleness: float,
                                      tolerance: float | None) -> None:
     """The policy node's per-tick staleness check is `sample`'s verdict, without the Sample."""
-    buf = StreamBuffer(StreamSpec("s", policy, staleness, tolerance))
+    buf = StreamBuffer(StreamSpec("s", align, staleness, tolerance))
     for stamp in sorted(stamps):
         buf.push(stamp, stamp)
     sample = buf.sample(t)
@@ -133,7 +135,7 @@ def test_live_path_equals_offline_resampling() -> None:
     """The policy node pushes messages as they arrive and samples at each control tick; the
     converter pushes everything then resamples. Same messages, same frames."""
     rng = np.random.default_rng(7)
-    specs = {"state": StreamSpec("state", "hold", 0.1), "image": StreamSpec("image", "asof", 0.05)}
+    specs = {"state": StreamSpec("state", Align.HOLD, 0.1), "image": StreamSpec("image", Align.ASOF, 0.05)}
     messages = {
         "state": np.cumsum(rng.uniform(0.015, 0.025, 150)),
         "image": np.cumsum(rng.uniform(0.025, 0.045, 80)),
@@ -165,21 +167,21 @@ def test_live_path_equals_offline_resampling() -> None:
     assert not report.complete
 
 
-def test_asof_tolerance_and_drop_policy() -> None:
+def test_asof_tolerance_and_align_drop() -> None:
     # asof with a tolerance tighter than the staleness limit: usable only within 0.02 s
-    tight = StreamBuffer(StreamSpec("s", "asof", 0.1, tolerance_s=0.02))
+    tight = StreamBuffer(StreamSpec("s", Align.ASOF, 0.1, tolerance_s=0.02))
     tight.push(1.0, "a")
     assert tight.sample(1.015).value == "a"
     assert tight.sample(1.03) is None
     # drop samples like asof (missing when too old); the converter then leaves the frame out
-    drop = buffer("drop", [1.0, 1.2], staleness=0.05)
+    drop = buffer(Align.DROP, [1.0, 1.2], staleness=0.05)
     assert drop.sample(1.04).value == "v0" and drop.sample(1.1) is None and drop.sample(1.2).value == "v1"
     with pytest.raises(ValueError, match="tolerance_s must be > 0"):
-        StreamSpec("s", "asof", 0.1, tolerance_s=0.0)
+        StreamSpec("s", Align.ASOF, 0.1, tolerance_s=0.0)
 
 
 def test_report_counts_input_gaps() -> None:
-    buf = buffer("hold", [0.0, 0.02, 0.04, 0.5, 0.52], staleness=0.1)
+    buf = buffer(Align.HOLD, [0.0, 0.02, 0.04, 0.5, 0.52], staleness=0.1)
     _, report = resample_streams({"s": buf}, grid(0.0, 0.52, 30))
     assert report.streams["s"].gaps == 1
     assert report.streams["s"].max_gap_s == pytest.approx(0.46)
@@ -190,7 +192,7 @@ def test_report_counts_input_gaps() -> None:
 @given(
     streams=st.lists(
         st.tuples(
-            st.sampled_from(["hold", "asof", "drop"]),
+            st.sampled_from(list(Align)),
             st.lists(st.floats(0, 3, allow_nan=False), min_size=0, max_size=40),
             st.floats(0.02, 0.5),
         ),
@@ -201,12 +203,12 @@ def test_report_counts_input_gaps() -> None:
     seed=st.integers(0, 2**16),
 )
 def test_frame_assembler_fed_message_by_message_equals_the_batch_resampler(
-    streams: list[tuple[str, list[float], float]], fps: float, seed: int
+    streams: list[tuple[Align, list[float], float]], fps: float, seed: int
 ) -> None:
     """The converter streams a bag through FrameAssembler (frames final while it still reads) and the
     batch path finishes it with everything pushed: both equal the window defined below + grid +
     resample_streams."""
-    specs = {f"s{i}": StreamSpec(f"s{i}", policy, staleness) for i, (policy, _, staleness) in enumerate(streams)}
+    specs = {f"s{i}": StreamSpec(f"s{i}", align, staleness) for i, (align, _, staleness) in enumerate(streams)}
     stamps = {f"s{i}": sorted(s) for i, (_, s, _) in enumerate(streams)}
 
     def filled() -> dict[str, StreamBuffer]:

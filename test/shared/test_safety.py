@@ -3,7 +3,9 @@
 The property tests push more than 10^5 generated chunks through the filter: hypothesis draws
 each example's ingredients (seed, length, rates of NaN / inf / out-of-range values / jumps,
 measured position, initial velocity, one fully hypothesis-built chunk) and a batch of
-`BATCH` chunks is built from them, filtered in one vectorised call and checked point by point.
+`BATCH` chunks is built from them. The vectorised numpy reference (`safety_reference`) filters the
+batch in one call, each point is checked against the limits, and the compiled filter the robot runs
+must give the same points and interventions, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from safety_reference import ReferenceFilter
 
 from koch_common.robot import load_koch
-from koch_common.safety import SafeChunk, SafetyLimits
+from koch_common.safety import InterventionKind, SafeChunk, SafetyLimits
 
 KOCH = load_koch()
 ARM = KOCH.follower
@@ -32,7 +35,7 @@ def _limits() -> SafetyLimits:
     return SafetyLimits.for_arm(ARM, KOCH.safety)
 
 
-def _assert_safe(limits: SafetyLimits, safe: np.ndarray, measured: np.ndarray,
+def _assert_safe(limits: SafetyLimits | ReferenceFilter, safe: np.ndarray, measured: np.ndarray,
                  initial_velocity: np.ndarray | None) -> None:
     assert np.all(np.isfinite(safe)), "non-finite output"
     assert np.all(safe >= limits.lower - TOL) and np.all(safe <= limits.upper + TOL), "outside position limits"
@@ -45,8 +48,9 @@ def _assert_safe(limits: SafetyLimits, safe: np.ndarray, measured: np.ndarray,
     if initial_velocity is not None and safe.shape[1] > 1:
         # across chunks: from the previous command's velocity, unless that one could not brake in time
         v0 = np.broadcast_to(initial_velocity, safe[:, 0].shape)
-        feasible = limits.feasible_initial_velocity(safe[:, 0], v0, DT) == np.clip(v0, -limits.max_velocity,
-                                                                                  limits.max_velocity)
+        reference = ReferenceFilter(_limits())
+        feasible = reference.feasible_initial_velocity(safe[:, 0], v0, DT) == np.clip(v0, -limits.max_velocity,
+                                                                                     limits.max_velocity)
         first = np.abs(velocity[:, 0] - v0) / DT
         assert np.all(first[feasible] <= np.broadcast_to(limits.max_acceleration, first.shape)[feasible] + 1e-6)
 
@@ -84,11 +88,11 @@ def chunk_batches(draw):
 @given(batch=chunk_batches())
 def test_generated_chunks_never_leave_position_velocity_acceleration_and_step_limits(batch) -> None:
     chunks, measured, velocity = batch
-    limits = _limits()
+    limits = ReferenceFilter(_limits())
     safe = limits.filter_chunks(chunks, measured, DT, velocity)
     assert safe.shape == chunks.shape
     _assert_safe(limits, safe, measured, velocity)
-    # the node filters one chunk at a time (the compiled loop, safety_kernel): the same points exactly
+    # the robot filters one chunk at a time (the compiled loop, safety_kernel): the same points exactly
     node = _limits()
     velocities = [None] * len(chunks) if velocity is None else velocity
     one_by_one = np.stack([node.filter_chunk(c, m, DT, v) for c, m, v in zip(chunks, measured, velocities)])
@@ -138,17 +142,18 @@ def smooth_chunk_batches(draw):
 
 @settings(max_examples=100, deadline=None)
 @given(batch=chunk_batches(), smooth=smooth_chunk_batches())
-def test_one_chunk_compiled_equals_the_numpy_loop(batch, smooth) -> None:
-    # the node filters one chunk per tick with the compiled loop; the batch above ran the numpy one
+def test_one_chunk_compiled_equals_the_numpy_reference(batch, smooth) -> None:
+    # one chunk at a time on both sides, smooth policy-like chunks too: the same points and counts
     for chunks, measured, velocity in (batch, smooth):
         for b in range(8):
             v0 = None if velocity is None else velocity[b]
-            scalar, vector = _limits(), _limits()
-            args = (chunks[b][None], measured[b][None], DT, None if v0 is None else v0[None])
-            got = scalar.filter_chunks(*args)[0]
-            want = vector.filter_chunks(*args, scalar_single=False)[0]
+            compiled = _limits()
+            reference = ReferenceFilter(_limits())
+            got = compiled.filter_chunk(chunks[b], measured[b], DT, v0)
+            want = reference.filter_chunks(chunks[b][None], measured[b][None], DT,
+                                           None if v0 is None else v0[None])[0]
             np.testing.assert_array_equal(got, want)
-            assert scalar.interventions == vector.interventions
+            assert compiled.interventions == reference.interventions
 
 
 def test_chunk_velocities_are_central_differences() -> None:
@@ -255,3 +260,20 @@ def test_rate_limit_moves_no_faster_than_max_velocity_and_rejects_non_finite() -
     np.testing.assert_allclose(goal, ARM.max_velocity * 0.02)
     np.testing.assert_array_equal(limits.limit_rate(goal, np.full(6, np.nan), 0.02), goal)
     assert limits.interventions["non_finite"] == 1
+
+
+@pytest.mark.parametrize("field", ["lower", "upper", "max_velocity", "max_acceleration", "max_step"])
+def test_non_finite_limits_are_refused(field: str) -> None:
+    # a NaN limit makes every comparison false: it would switch the filter off without a word
+    values = {"lower": ARM.lower, "upper": ARM.upper, "max_velocity": ARM.max_velocity, "max_step": 0.2,
+              "max_acceleration": 10.0}
+    values[field] = np.where(np.arange(6) == 2, np.nan, values[field]) if field != "max_step" else np.nan
+    with pytest.raises(ValueError, match="must be finite"):
+        SafetyLimits(**values)
+
+
+def test_intervention_kinds_are_the_diagnostics_keys() -> None:
+    limits = _limits()
+    assert set(limits.interventions) == set(InterventionKind)
+    assert [str(kind) for kind in InterventionKind] == [kind.value for kind in InterventionKind]
+    assert limits.interventions["max_step"] is limits.interventions[InterventionKind.MAX_STEP]

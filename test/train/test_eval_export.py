@@ -14,11 +14,16 @@ from synthetic_reach import JOINTS, SyntheticDataset
 from test_policies import RGBD, TINY_RGBD, tiny
 from test_resume import TINY_ACT
 
-from koch_common.onnx_runtime import OnnxRuntime, ThreadLayout, find_onnx_dir
-from koch_common.policy_runtime import PolicyInputError, PolicyRuntime, load_runtime
+from koch_runtime.factory import load_runtime
+from koch_runtime.observation import PolicyInputError
+from koch_runtime.onnx_runtime import OnnxRuntime, find_onnx_dir
+from koch_runtime.threads import ThreadLayout
+from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.evaluate import main as eval_main
 from kuavo_train.export import ATOL, RTOL, export
 from kuavo_train.train import main as train_main
+
+pytestmark = [pytest.mark.video, pytest.mark.training]
 
 
 def test_held_out_evaluation_and_act_onnx_export(reach_dataset: SyntheticDataset, tmp_path: Path) -> None:

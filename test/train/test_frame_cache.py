@@ -19,6 +19,8 @@ from kuavo_train import frame_cache
 from kuavo_train.frame_cache import INDEX_FILE, CachedFramesDataset, frames_to_uint8, uint8_to_frames
 from kuavo_train.train import main
 
+pytestmark = [pytest.mark.video, pytest.mark.training]
+
 CAMERA = "observation.images.head"
 WRIST = "observation.images.wrist"
 EPISODE_FRAMES = 12

@@ -11,10 +11,13 @@ import torch
 from synthetic_reach import SyntheticDataset
 
 from koch_common.config import ConfigError
-from koch_common.policy_runtime import PolicyRuntime, build_policy
+from koch_runtime.build import build_policy
+from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.config import DatasetConfig
 from kuavo_train.data import infinite_batches, load_metadata, open_dataset
 from kuavo_train.train import train_step
+
+pytestmark = [pytest.mark.video, pytest.mark.training]
 
 RGB = ["observation.state", "observation.images.head"]
 RGBD = [*RGB, "observation.images.head_depth"]

@@ -13,6 +13,8 @@ from synthetic_reach import SyntheticDataset
 import kuavo_train.train as train_module
 from kuavo_train.train import main
 
+pytestmark = [pytest.mark.video, pytest.mark.training]
+
 TINY_ACT = [
     "policy.overrides.chunk_size=4", "policy.overrides.n_action_steps=4", "policy.overrides.dim_model=16",
     "policy.overrides.n_heads=2", "policy.overrides.dim_feedforward=32", "policy.overrides.n_encoder_layers=1",

@@ -12,10 +12,14 @@ import torch
 from synthetic_reach import JOINTS, SyntheticDataset
 
 from koch_common.config import ConfigError
-from koch_common.policy_runtime import PolicyInputError, PolicyRuntime, build_policy, observation_to_batch
+from koch_runtime.build import build_policy
+from koch_runtime.observation import PolicyInputError
+from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.config import DatasetConfig, load_train_config
 from kuavo_train.data import infinite_batches, load_metadata, open_dataset
 from kuavo_train.train import main, train_step
+
+pytestmark = [pytest.mark.video, pytest.mark.training]
 
 INPUTS = ["observation.state", "observation.images.head"]
 TINY_ACT: dict[str, Any] = {
@@ -100,7 +104,7 @@ def test_robot_observation_becomes_the_tensors_the_dataset_yields(reach_dataset:
 
     runtime = tiny_runtime(reach_dataset)
     frame = LeRobotDataset(reach_dataset.repo_id, root=reach_dataset.root)[7]
-    batch = observation_to_batch(robot_observation(reach_dataset, index=7), runtime.input_features)
+    batch = runtime.check_observation.batch(robot_observation(reach_dataset, index=7))
     for key in INPUTS:
         assert batch[key].dtype == torch.float32
         torch.testing.assert_close(batch[key][0], frame[key], rtol=0, atol=1e-6)

@@ -26,5 +26,10 @@ setup(
             "kuavo_eval = kuavo_train.evaluate:main",
             "kuavo_export = kuavo_train.export:main",
         ],
+        # Policy types this package adds to LeRobot: koch_runtime imports these modules before it builds
+        # or loads a policy (koch_runtime.plugins).
+        "koch_runtime.policies": [
+            "rgbd_diffusion = kuavo_train.policies",
+        ],
     },
 )

@@ -22,7 +22,7 @@ setup(
     maintainer_email="robot-learning@example.com",
     description=(
         "Shared ROS-free core: Koch robot model, config loading, resampler, safety limits, image "
-        "codec, policy runtime."
+        "codec. No torch, LeRobot or onnxruntime: the policy runtime is koch_runtime."
     ),
     license="Apache-2.0",
     entry_points={

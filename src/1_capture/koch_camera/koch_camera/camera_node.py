@@ -11,7 +11,6 @@ capture->publish latency and the connection state.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 
@@ -24,11 +23,13 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, JointState
 
-from koch_camera.settings import CameraSettings, Intrinsics, load_calibration, load_camera
+from koch_camera.settings import CameraFile, CameraSettings, Intrinsics, load_calibration, load_camera
+from koch_camera.sim_source import SimSceneSource
 from koch_camera.source import CameraSource, Frame
 from koch_camera.sources import make_source
 from koch_camera.stats import CaptureStats
 from koch_common.image_codec import to_image_msg
+from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 
@@ -74,7 +75,8 @@ class CameraNode(Node):
             self.jpeg_pub = self.create_publisher(CompressedImage, "color/image_raw/compressed", qos)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        if self.settings.source == "sim":
+        if isinstance(self.source, SimSceneSource):  # it draws the arm and the target from their topics
+            self.scene: SimSceneSource = self.source
             self.joint_names = load_koch().follower.names
             self.create_subscription(JointState, "joint_states", self.on_joint_state, 10)
             self.create_subscription(PointStamped, "target", self.on_target, LATCHED)
@@ -87,22 +89,19 @@ class CameraNode(Node):
 
     def _settings(self) -> CameraSettings:
         """File (or defaults), then one ROS parameter per field overriding it."""
-        config = self.declare_parameter("config", "").value
-        name = self.declare_parameter("camera", "").value or self.get_namespace().strip("/").split("/")[-1]
-        base = load_camera(config, name) if config else CameraSettings()
-        values = {}
-        for f in dataclasses.fields(CameraSettings):
-            values[f.name] = self.declare_parameter(f.name, getattr(base, f.name)).value
-        return CameraSettings(**values).validate()
+        where = declare_settings(self, CameraFile)
+        name = where.camera or self.get_namespace().strip("/").split("/")[-1]
+        base = load_camera(where.config, name) if where.config else CameraSettings()
+        return declare_settings(self, CameraSettings, defaults=base)
 
     # -- sim world state -----------------------------------------------------------------------
     def on_joint_state(self, msg: JointState) -> None:
         by_name = dict(zip(msg.name, msg.position))
         if all(n in by_name for n in self.joint_names):
-            self.source.set_joints(np.array([by_name[n] for n in self.joint_names]))
+            self.scene.set_joints(np.array([by_name[n] for n in self.joint_names]))
 
     def on_target(self, msg: PointStamped) -> None:
-        self.source.set_target(np.array([msg.point.x, msg.point.y, msg.point.z]))
+        self.scene.set_target(np.array([msg.point.x, msg.point.y, msg.point.z]))
 
     # -- capture thread ------------------------------------------------------------------------
     def _capture_loop(self) -> None:
@@ -111,7 +110,7 @@ class CameraNode(Node):
             if not connected:
                 try:
                     self.source.open()
-                except Exception as err:  # noqa: BLE001 - still gone: report and retry
+                except Exception as err:  # still gone: report and retry
                     self.stats.down(str(err))
                     self._stop.wait(self.settings.reconnect_interval_s)
                     continue
@@ -120,7 +119,7 @@ class CameraNode(Node):
                 self.get_logger().info(f"camera {self.source.description} is back")
             try:
                 frame = self.source.read()
-            except Exception as err:  # noqa: BLE001 - any failure of the device is a disconnection
+            except Exception as err:  # any failure of the device is a disconnection
                 if self._stop.is_set():
                     break
                 connected = False
@@ -130,7 +129,7 @@ class CameraNode(Node):
                 continue
             try:
                 self._publish(frame)
-            except Exception:  # noqa: BLE001 - the context is shutting down under us
+            except Exception:  # the context is shutting down under us
                 if self._stop.is_set() or not self.context.ok():
                     break
                 raise
@@ -156,9 +155,11 @@ class CameraNode(Node):
         self.image_pub.publish(image)
         self.info_pub.publish(self.info)
         if depth is not None:
+            assert self.depth_pub is not None and self.depth_info_pub is not None  # made when depth is on
             self.depth_pub.publish(depth)
             self.depth_info_pub.publish(self.info)
         if jpeg is not None:
+            assert self.jpeg_pub is not None  # made when jpeg is on
             self.jpeg_pub.publish(jpeg)
         self.stats.frame(frame.sequence, (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e9)
 

@@ -9,6 +9,7 @@ disappear (the node reports it and re-opens the file when it is back).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -27,7 +28,7 @@ class VideoFileSource:
         self.fps, self.clock, self.loop = fps, clock, loop
         self.width, self.height, self.focal_px = width, height, focal_px
         self._container: av.container.InputContainer | None = None
-        self._frames = None
+        self._frames: Iterator[av.VideoFrame] | None = None
         self._pacer = Pacer(fps)
         self._inode: tuple[int, int] | None = None
         self._native: tuple[int, int] | None = None
@@ -67,7 +68,7 @@ class VideoFileSource:
                 raise SourceError(f"video file {self.path} has no frames") from None
         except av.FFmpegError as err:
             raise SourceError(f"video file {self.path} cannot be read any more: {err}") from None
-        rgb = frame.to_ndarray(format="rgb24")
+        rgb: np.ndarray = frame.to_ndarray(format="rgb24")
         if self.width and (rgb.shape[1], rgb.shape[0]) != (self.width, self.height):
             rgb = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
         return rgb
@@ -101,6 +102,7 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: float = 30.0, c
     path = Path(path)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=round(fps))
+        assert isinstance(stream, av.VideoStream)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         for rgb in frames:

@@ -1,9 +1,10 @@
 """Camera settings: typed dataclasses loaded from `config/cameras/*.yaml`, and calibration files.
 
 A cameras file holds several named cameras (head, left_wrist, ...); the camera node picks one
-with its `config` and `camera` parameters and every field below is also a ROS parameter of the
-same name, which overrides the file. An optional calibration YAML (the format ROS's
-camera_calibration writes) gives the CameraInfo; without one the source's own intrinsics are used.
+with its `config` and `camera` parameters (CameraFile) and every CameraSettings field is also a
+ROS parameter of the same name and description, which overrides the file. An optional calibration
+YAML (the format ROS's camera_calibration writes) gives the CameraInfo; without one the source's
+own intrinsics are used.
 """
 
 from __future__ import annotations
@@ -13,38 +14,55 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from koch_common.config import ConfigError, from_dict, read_yaml, resolve_config_path
+from koch_common.settings import setting
 
 SOURCES = ("sim", "file", "v4l2", "realsense")
 FOURCCS = ("MJPG", "YUYV")
 
 
+@dataclass(frozen=True, kw_only=True)
+class CameraFile:
+    """Where the camera node reads its CameraSettings from, before its parameters override them."""
+
+    config: str = setting("", "cameras file (config/cameras/*.yaml, or a path) holding this camera's settings; "
+                          "empty: the defaults; every other parameter overrides the file")
+    camera: str = setting("", "name of the camera in the config file; empty: the last part of the node's namespace")
+
+
 @dataclass
 class CameraSettings:
-    source: str = "sim"               # sim | file | v4l2 | realsense
-    frame_id: str = ""                # empty: <namespace>_camera_optical_frame
-    width: int = 0                    # 0: the source's default (sim.yaml, the file's, the device's)
-    height: int = 0
-    fps: float = 30.0
-    depth: bool = False               # also publish depth/image_raw (16UC1 mm, registered to colour)
-    jpeg: bool = False                # also publish color/image_raw/compressed (JPEG)
-    jpeg_quality: int = 85
-    calibration: str = ""             # camera_calibration YAML -> CameraInfo (path or relative to config/)
+    source: str = setting("sim", "what captures the frames: sim (the rendered simulated scene), file (a video "
+                          "replayed as a camera), v4l2 (a USB camera) or realsense", choices=SOURCES)
+    frame_id: str = setting("", "frame_id of the images and CameraInfo; empty: <namespace>_camera_optical_frame")
+    width: int = setting(0, "image width in pixels, with height; 0: the source's own (sim.yaml's camera, the "
+                         "file's, the device's default)", minimum=0)
+    height: int = setting(0, "image height in pixels, with width; 0: the source's own", minimum=0)
+    fps: float = setting(30.0, "frame rate to capture at (Hz)")
+    depth: bool = setting(False, "also publish depth/image_raw (16UC1 mm, registered to colour, same stamp) and "
+                          "depth/camera_info (sim and realsense)")
+    jpeg: bool = setting(False, "also publish color/image_raw/compressed (JPEG), for remote viewing")
+    jpeg_quality: int = setting(85, "JPEG quality of color/image_raw/compressed", minimum=1, maximum=100)
+    calibration: str = setting("", "camera_calibration YAML giving the CameraInfo (a path or under config/), scaled "
+                               "to the image size; empty: the source's own intrinsics")
     # v4l2
-    device: str = "/dev/video0"       # /dev/videoN, /dev/v4l/by-id/... (stable across replugs) or an index
-    fourcc: str = "MJPG"              # MJPG or YUYV
-    exposure: float = -1.0            # V4L2 exposure_time_absolute (100 us units); -1: auto exposure
-    white_balance: int = -1           # colour temperature in kelvin; -1: auto white balance
+    device: str = setting("/dev/video0", "v4l2: /dev/videoN, a /dev/v4l/by-id/... path (stable across replugs) or "
+                          "an index")
+    fourcc: str = setting("MJPG", "v4l2 pixel format: MJPG or YUYV (uncompressed: lower latency, more USB bandwidth)")
+    exposure: float = setting(-1.0, "v4l2 exposure_time_absolute (100 us units); -1: auto exposure")
+    white_balance: int = setting(-1, "v4l2 white balance colour temperature (kelvin); -1: auto white balance")
     # realsense
-    serial: str = ""                  # empty: the first RealSense found
+    serial: str = setting("", "realsense: serial number of the camera; empty: the first RealSense found")
     # file
-    path: str = ""                    # video file replayed as a camera (any format PyAV/ffmpeg decodes)
-    loop: bool = True                 # start again at the end of the file
+    path: str = setting("", "file: the video replayed as a camera (any format PyAV/ffmpeg decodes, e.g. a LeRobot "
+                        "dataset's mp4)")
+    loop: bool = setting(True, "file: start again at the end of the video")
     # sim
-    mount: str = "head"               # head (fixed, looking down) or wrist (rides on the gripper)
-    focal_px: float = 0.0             # 0: sim.yaml's focal length scaled to the width
+    mount: str = setting("head", "sim: head (fixed above the table, looking down) or wrist (rides on the gripper)")
+    focal_px: float = setting(0.0, "sim and file: focal length in pixels; 0: sim.yaml's focal length scaled to the "
+                              "width (file: a 60 degree field of view)", minimum=0.0)
     # node
-    reconnect_interval_s: float = 1.0
-    diagnostics_period_s: float = 1.0
+    reconnect_interval_s: float = setting(1.0, "after the source fails, re-open it every this many seconds")
+    diagnostics_period_s: float = setting(1.0, "period of the /diagnostics messages (s)")
 
     def validate(self) -> CameraSettings:
         if self.source not in SOURCES:
@@ -127,6 +145,8 @@ def load_calibration(path: str) -> Intrinsics:
         raise ConfigError(f"{where}: calibration key {err.args[0]!r} is missing") from None
     coeffs = [float(v) for v in data.get("distortion_coefficients", {}).get("data", [0.0] * 5)]
     r = matrix("rectification_matrix", 3, 3, required=False)
-    return Intrinsics(width, height, matrix("camera_matrix", 3, 3), coeffs,
+    k = matrix("camera_matrix", 3, 3)
+    assert k is not None  # required: matrix() raised otherwise
+    return Intrinsics(width, height, k, coeffs,
                       str(data.get("distortion_model", "plumb_bob")),
                       np.eye(3) if r is None else r, matrix("projection_matrix", 3, 4, required=False))

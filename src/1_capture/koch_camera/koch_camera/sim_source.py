@@ -44,7 +44,7 @@ class SimSceneSource:
         self.fps = camera.fps
         self._pacer = Pacer(camera.fps)
         self._lock = threading.Lock()
-        self._joints = np.zeros(6)
+        self._joints: np.ndarray = np.zeros(6)
         self._target: np.ndarray | None = None
 
     def set_joints(self, joint_positions: np.ndarray) -> None:
@@ -62,9 +62,6 @@ class SimSceneSource:
     def capture(self) -> np.ndarray:
         joints, target = self.state()
         return self.renderer.render(joints, target)
-
-    def intrinsics_matrix(self) -> np.ndarray:
-        return self.renderer.camera_matrix()
 
     # -- CameraSource --------------------------------------------------------------------------
     def open(self) -> None:

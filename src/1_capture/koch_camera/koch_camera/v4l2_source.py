@@ -52,7 +52,7 @@ class V4l2Source:
             cap.release()
             raise DeviceMissingError(f"camera device {self.s.device} cannot be opened (busy or not a capture device)")
         fourcc = self.s.fourcc.upper()
-        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*fourcc))
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*fourcc))
         if self.s.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.s.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.s.height)

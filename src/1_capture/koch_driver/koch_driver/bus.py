@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import select
 import termios
@@ -29,22 +30,27 @@ from koch_common.dynamixel_models import (
     EEPROM_END,
     MODELS,
     SIGNED_FIELDS,
+    STATUS_ALERT_BIT,
     ModelSpec,
     model_by_name,
+    shared_field,
     to_signed,
     to_unsigned,
 )
 
 T = TypeVar("T")
 
-STATE_ADDRESS = 126  # Present_Current(2) + Present_Velocity(4) + Present_Position(4)
-STATE_LENGTH = 10
-STATE_DTYPE = np.dtype([("current", "<i2"), ("velocity", "<i4"), ("position", "<i4")])  # the block above
-GOAL_POSITION_ADDRESS = 116
-GOAL_POSITION_LENGTH = 4
-TORQUE_ENABLE_ADDRESS = 64
-HARDWARE_ERROR_ADDRESS = 70
-ALERT_BIT = 0x80  # status packet error byte: a hardware error is latched
+# One sync read per cycle: Present_Current, Present_Velocity and Present_Position, one block on every model.
+_STATE_FIELDS = (("current", "Present_Current"), ("velocity", "Present_Velocity"), ("position", "Present_Position"))
+STATE_ADDRESS = shared_field("Present_Current")[0]
+STATE_DTYPE = np.dtype({
+    "names": [name for name, _ in _STATE_FIELDS],
+    "formats": [f"<i{shared_field(field)[1]}" for _, field in _STATE_FIELDS],  # all three are signed
+    "offsets": [shared_field(field)[0] - STATE_ADDRESS for _, field in _STATE_FIELDS],
+})
+STATE_LENGTH = STATE_DTYPE.itemsize
+GOAL_POSITION_ADDRESS, GOAL_POSITION_LENGTH = shared_field("Goal_Position")
+HARDWARE_ERROR_ADDRESS, HARDWARE_ERROR_LENGTH = shared_field("Hardware_Error_Status")
 # Fast Sync Read failing this many times in a row while plain Sync Read works -> plain only.
 FAST_READ_FALLBACK_AFTER = 3
 # Baud rates probed when no servo answers, most common first (Koch servos ship at 57600).
@@ -64,7 +70,7 @@ class TablePacketHandler(sdk.Protocol2PacketHandler):
         super().__init__()
         self._instruction_crcs: dict[tuple[int, ...], int] = {}
 
-    def updateCRC(self, crc_accum: int, data_blk_ptr: list[int], data_blk_size: int) -> int:  # noqa: N802 (SDK's name)
+    def updateCRC(self, crc_accum: int, data_blk_ptr: list[int], data_blk_size: int) -> int:  # the SDK's name
         if crc_accum != 0 or data_blk_size > 24:
             return crc16(data_blk_ptr[:data_blk_size], crc_accum)
         # Short packets from the start: the bus loop sends the same sync read instruction on every
@@ -90,11 +96,11 @@ class PatientPortHandler(sdk.PortHandler):
         super().__init__(port_name)
         self.timeout_slack_ms = timeout_slack_ms
 
-    def setPacketTimeout(self, packet_length: int) -> None:  # noqa: N802 (SDK's name)
+    def setPacketTimeout(self, packet_length: int) -> None:  # the SDK's name
         super().setPacketTimeout(packet_length)
         self.packet_timeout += self.timeout_slack_ms
 
-    def writePort(self, packet: list[int]) -> int:  # noqa: N802 (SDK's name)
+    def writePort(self, packet: list[int]) -> int:  # the SDK's name
         """The whole packet in one os.write; pyserial's write() adds a select() after every write."""
         data = bytes(packet)
         written = 0
@@ -107,7 +113,7 @@ class PatientPortHandler(sdk.PortHandler):
                     raise serial.SerialTimeoutException(f"write to {self.port_name} stalled for 1 s") from None
         return written
 
-    def readPort(self, length: int) -> bytes:  # noqa: N802 (SDK's name)
+    def readPort(self, length: int) -> bytes:  # the SDK's name
         """What has arrived (up to `length` bytes), waiting in select() for the first byte.
 
         The SDK polls a non-blocking read until the packet timeout; on a small robot computer
@@ -215,7 +221,7 @@ class DynamixelBus:
             raise BusError(f"cannot set baud rate {self.baudrate} on {self.port_name}")
         self._port = port
         self._state_reader = self._group_reader(STATE_ADDRESS, STATE_LENGTH)
-        self._error_reader = self._group_reader(HARDWARE_ERROR_ADDRESS, 1)
+        self._error_reader = self._group_reader(HARDWARE_ERROR_ADDRESS, HARDWARE_ERROR_LENGTH)
         self._fast_failures = 0
 
     def _group_reader(self, address: int, length: int) -> sdk.GroupSyncRead:
@@ -282,7 +288,7 @@ class DynamixelBus:
             wanted = f" (expected {expected.name})" if expected else ""
             try:
                 model_number = self._with_retry(
-                    lambda sid=servo_id: self._ping_once(sid),
+                    functools.partial(self._ping_once, servo_id),
                     f"servo ID {servo_id}{wanted} does not answer a ping on {self.port_name} at "
                     f"{self.baudrate} baud: check its power and cable, its ID and baud rate (Dynamixel Wizard)",
                 )
@@ -321,7 +327,7 @@ class DynamixelBus:
         port = self._require_port()
         try:
             for baudrate in PROBE_BAUDRATES:
-                if baudrate == self.baudrate or not self._io(lambda b=baudrate: port.setBaudRate(b)):
+                if baudrate == self.baudrate or not self._io(functools.partial(port.setBaudRate, baudrate)):
                     continue
                 model_number, result, _ = self._ping_once(servo_id)
                 if result == sdk.COMM_SUCCESS:
@@ -368,8 +374,9 @@ class DynamixelBus:
         reader = self._error_reader
         self._require_port()
         assert reader is not None
-        self._sync_read(reader, HARDWARE_ERROR_ADDRESS, 1, "Hardware_Error_Status")
-        return {servo_id: int(reader.getData(servo_id, HARDWARE_ERROR_ADDRESS, 1)) for servo_id in self.ids}
+        self._sync_read(reader, HARDWARE_ERROR_ADDRESS, HARDWARE_ERROR_LENGTH, "Hardware_Error_Status")
+        return {servo_id: int(reader.getData(servo_id, HARDWARE_ERROR_ADDRESS, HARDWARE_ERROR_LENGTH))
+                for servo_id in self.ids}
 
     def _sync_read(self, reader: sdk.GroupSyncRead, address: int, length: int, what: str) -> None:
         """Up to `attempts` sync reads; fast ones first while they work, plain ones as fall back."""
@@ -483,8 +490,8 @@ class DynamixelBus:
         for attempt in range(self.attempts):
             value, result, error = call()
             # The alert bit (0x80) only says "read Hardware_Error_Status": the instruction worked.
-            if result == sdk.COMM_SUCCESS and error & ~ALERT_BIT == 0:
-                if error & ALERT_BIT:
+            if result == sdk.COMM_SUCCESS and error & ~STATUS_ALERT_BIT == 0:
+                if error & STATUS_ALERT_BIT:
                     self.alert_seen = True  # the driver polls Hardware_Error_Status next cycle
                 return int(value)
             if result == sdk.COMM_SUCCESS:

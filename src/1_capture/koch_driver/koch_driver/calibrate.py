@@ -37,7 +37,7 @@ from koch_driver.bus import BusError, DynamixelBus
 CENTER_TICK = 2048
 
 
-def record_calibration(bus: DynamixelBus, arm: ArmConfig, wait_zero, wait_range) -> dict:  # noqa: ANN001
+def record_calibration(bus: DynamixelBus, arm: ArmConfig, wait_zero, wait_range) -> dict:
     """Run both steps on an open bus; `wait_*` block until the person (or the script) is ready."""
     bus.ping_all()
     bus.set_torque(False)
@@ -45,7 +45,12 @@ def record_calibration(bus: DynamixelBus, arm: ArmConfig, wait_zero, wait_range)
     zero, _, _ = bus.read_state()
     low, high = zero.copy(), zero.copy()
     done = threading.Event()
-    waiter = threading.Thread(target=lambda: (wait_range(), done.set()), daemon=True)
+
+    def wait_then_signal() -> None:
+        wait_range()
+        done.set()
+
+    waiter = threading.Thread(target=wait_then_signal, daemon=True)
     waiter.start()
     while not done.is_set():
         position, _, _ = bus.read_state()
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if not output.is_absolute():
         output = config_dir() / output
 
-    def prompt(text: str):  # noqa: ANN202
+    def prompt(text: str):
         if args.yes:
             return lambda: None
         return lambda: input(text)

@@ -9,48 +9,38 @@ Services: `~/torque` (std_srvs/SetBool), `~/reboot` and `~/hold` (std_srvs/Trigg
 
 from __future__ import annotations
 
-import dataclasses
-
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
 from koch_driver.bus import BusError
 from koch_driver.driver import ArmDriver
 from koch_driver.ros_convert import joint_state_msg, to_time_msg, trajectory_from_msg
+from koch_driver.settings import DriverSettings
 
 
 class DriverNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("koch_driver", **kwargs)
-        arm_name = self.declare_parameter("arm", "follower").value
+        # Every parameter, its default and description: koch_driver.settings.DriverSettings.
+        settings = declare_settings(self, DriverSettings)
         koch = load_koch()
-        configured = getattr(koch, arm_name)
-        # A copy: the loaded config is cached and shared, so parameters must not mutate it.
-        arm = dataclasses.replace(
-            configured,
-            port=self.declare_parameter("port", configured.port).value,
-            baudrate=self.declare_parameter("baudrate", configured.baudrate).value,
-            error_timeout_s=self.declare_parameter("error_timeout_s", configured.error_timeout_s).value,
-            fast_sync_read=self.declare_parameter("fast_sync_read", configured.fast_sync_read).value,
-        )
-        self.arm_name = arm_name
-        rate = self.declare_parameter("control_rate_hz", arm.control_rate_hz).value
-        # Master switch; which joints get torque is per joint in koch.yaml (the leader: its gripper).
-        torque = self.declare_parameter("torque_enable", True).value
-        connect_timeout = self.declare_parameter("connect_timeout_s", 10.0).value
-        diagnostics_period = self.declare_parameter("diagnostics_period_s", 1.0).value
+        arm = settings.apply_to(getattr(koch, settings.arm))
+        self.arm_name = settings.arm
+        torque = settings.torque_enable
         self.driver = ArmDriver(arm, SafetyLimits.for_arm(arm, koch.safety), torque_enable=torque,
                                 clock=self.now)
-        self.driver.log = lambda message: self.get_logger().warning(message)
-        self.driver.connect(timeout_s=connect_timeout)
+        self.driver.log = self._warn
+        self.driver.connect(timeout_s=settings.connect_timeout_s)
         self.get_logger().info(
-            f"{arm_name} arm on {arm.port}: {len(arm.joints)} servos, torque on IDs "
+            f"{self.arm_name} arm on {arm.port}: {len(arm.joints)} servos, torque on IDs "
             f"{self.driver.torque_ids if torque else []}, fast sync read {self.driver.bus.uses_fast_sync_read}")
         self.state_pub = self.create_publisher(JointState, "joint_states", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -59,17 +49,16 @@ class DriverNode(Node):
         self.create_service(SetBool, "~/torque", self.on_torque)
         self.create_service(Trigger, "~/reboot", self.on_reboot)
         self.create_service(Trigger, "~/hold", self.on_hold)
-        self.period = 1.0 / rate
+        self.period = 1.0 / arm.control_rate_hz
         self._last_hw_errors: dict[int, int] = {}
         self.create_timer(self.period, self.on_tick)
-        self.create_timer(diagnostics_period, self.publish_diagnostics)
-
-    @property
-    def bus_errors(self) -> int:
-        return self.driver.health.total_errors
+        self.create_timer(settings.diagnostics_period_s, self.publish_diagnostics)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    def _warn(self, message: str) -> None:
+        self.get_logger().warning(message)
 
     # -- commands -------------------------------------------------------------------------------
     def on_command(self, msg: JointTrajectory) -> None:
@@ -87,12 +76,12 @@ class DriverNode(Node):
             order = self.driver.joint_order(list(msg.name))
             if len(msg.position) != len(msg.name):
                 raise ValueError(f"{len(msg.name)} names but {len(msg.position)} positions")
-            self.driver.command_point([msg.position[i] for i in order], self.now())
+            self.driver.command_point(np.array([msg.position[i] for i in order]), self.now())
         except (ValueError, RuntimeError) as err:
             self.get_logger().error(f"rejected joint position command: {err}")
 
     # -- services -------------------------------------------------------------------------------
-    def _service(self, response, action, describe):  # noqa: ANN001 (any std_srvs response)
+    def _service(self, response, action, describe):  # any std_srvs response
         try:
             result = action()
         except BusError as err:

@@ -12,15 +12,18 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
+from koch_driver.settings import TeleopSettings
 from koch_driver.teleop import TeleopMirror
 
 
 class TeleopNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("koch_teleop", **kwargs)
+        declare_settings(self, TeleopSettings)  # none: both arms and the limits come from koch.yaml
         koch = load_koch()
         self.mirror = TeleopMirror(koch.leader, koch.follower, SafetyLimits.for_arm(koch.follower, koch.safety))
         self.follower_position: np.ndarray | None = None

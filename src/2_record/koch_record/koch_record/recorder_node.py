@@ -5,8 +5,8 @@ which hands over the serialized CDR bytes: the bag holds exactly what `ros2 bag 
 would. Messages are written only between `~/start` and `~/stop`, stamped with the node
 clock's receive time in ns.
 
-Parameters: output_dir, storage ('mcap' | 'sqlite3'), topics, types (same length as
-topics), episode_prefix. Services (std_srvs/srv/Trigger): `~/start` opens
+Parameters (koch_record.settings.RecorderSettings): topics and types (required, same length),
+output_dir, storage ('mcap' | 'sqlite3'), episode_prefix. Services (std_srvs/srv/Trigger): `~/start` opens
 `<output_dir>/<prefix>_<NNNN>` and answers its path; `~/stop` closes it and answers
 `<bag path> <topic>=<count> ...`.
 """
@@ -21,13 +21,14 @@ from typing import Any
 
 from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from std_srvs.srv import Trigger
 
+from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
-from koch_record.bag_writer import STORAGES, BagWriter, BagWriterError, next_bag_path
+from koch_record.bag_writer import BagWriter, BagWriterError, next_bag_path
+from koch_record.settings import RecorderSettings
 
 # Best effort accepts both reliable and best-effort publishers; cameras publish best effort.
 IMAGE_QOS = QoSProfile(
@@ -79,19 +80,13 @@ class RecorderNode(Node):
         self._lock = threading.Lock()
         self._bag: BagWriter | None = None
         super().__init__("recorder", **kwargs)
-        self.output_dir = Path(self.declare_parameter("output_dir", "bags").value)
-        self.storage = str(self.declare_parameter("storage", "mcap").value)
-        self.topics = list(self.declare_parameter("topics", Parameter.Type.STRING_ARRAY).value or [])
-        self.types = list(self.declare_parameter("types", Parameter.Type.STRING_ARRAY).value or [])
-        self.prefix = str(self.declare_parameter("episode_prefix", "episode").value)
-        if self.storage not in STORAGES:
-            raise ValueError(f"parameter storage={self.storage!r} must be one of {sorted(STORAGES)}")
-        if not self.topics or len(self.topics) != len(self.types):
-            raise ValueError(
-                f"parameters topics ({len(self.topics)}) and types ({len(self.types)}) must be non-empty "
-                "lists of the same length, e.g. topics:=['/follower/joint_states'] "
-                "types:=['sensor_msgs/msg/JointState']"
-            )
+        # Every parameter, its default and description: koch_record.settings.RecorderSettings.
+        settings = declare_settings(self, RecorderSettings)
+        self.output_dir = Path(settings.output_dir)
+        self.storage = settings.storage
+        self.topics = settings.topics
+        self.types = settings.types
+        self.prefix = settings.episode_prefix
         for topic, type_name in zip(self.topics, self.types, strict=True):
             qos = IMAGE_QOS if type_name in IMAGE_TYPES else DEFAULT_QOS
             self.create_subscription(

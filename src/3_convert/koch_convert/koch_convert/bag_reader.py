@@ -33,6 +33,10 @@ class BagReadError(ValueError):
     """A bag cannot give what was asked of it; the message says what it has instead."""
 
 
+# rosbags' deserialize(cdr_bytes, msgtype): fed a memoryview, so slicing off the CDR header copies nothing
+Deserializer = Callable[[memoryview, str], Any]
+
+
 @dataclass
 class TopicStream:
     """One topic's messages sorted by the chosen clock's stamp (ns)."""
@@ -50,7 +54,7 @@ class LazyMessage:
 
     raw: bytes
     msgtype: str
-    deserialize: Callable[[bytes, str], Any]
+    deserialize: Deserializer
 
     def load(self) -> Any:
         # a memoryview: rosbags slices off the CDR header, which on bytes copies the whole image
@@ -65,7 +69,7 @@ class SpilledMessage:
     offset: int
     size: int
     msgtype: str
-    deserialize: Callable[[bytes, str], Any]
+    deserialize: Deserializer
 
     def load(self) -> Any:
         self.file.flush()  # the converter may load a frame while it still spills the bag's later images
@@ -93,7 +97,7 @@ class ImageSpill:
     def _released(self, size: int) -> None:
         self.held_bytes -= size
 
-    def keep(self, raw: bytes, msgtype: str, deserialize: Callable[[bytes, str], Any]) -> LazyMessage | SpilledMessage:
+    def keep(self, raw: bytes, msgtype: str, deserialize: Deserializer) -> LazyMessage | SpilledMessage:
         if self.held_bytes + len(raw) <= self.budget_bytes:
             self.held_bytes += len(raw)
             message = LazyMessage(raw, msgtype, deserialize)
@@ -146,12 +150,6 @@ def _open(bag_dir: Path) -> AnyReader:
             "`ros2 bag record` or the recorder created"
         )
     return AnyReader([bag_dir], default_typestore=get_typestore(Stores.ROS2_KILTED))
-
-
-def bag_topics(bag_dir: Path) -> dict[str, str]:
-    """topic -> message type of everything in the bag."""
-    with _open(bag_dir) as reader:
-        return {c.topic: c.msgtype for c in reader.connections}
 
 
 def read_topics(

@@ -1,7 +1,7 @@
 """bag_to_lerobot: convert recorded rosbag2 episodes into a LeRobot v3.0 dataset.
 
     bag_to_lerobot --bag-root bags/ --mapping mapping/koch_sim.yaml \\
-        --output datasets/koch_sim --repo-id local/koch_sim [--vcodec h264] [--jobs 2] [--append]
+        --output datasets/koch_sim --repo-id local/koch_sim [--vcodec h264] [--jobs 2] [--append] [--verbose]
 
 Exit status: 0 when every episode was written, 2 when some were refused by the mapping's
 quality limits (see quality_report.json in the dataset), 1 on an error (nothing written).
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from koch_common.config import ConfigError
-from koch_common.feature_mapping import load_mapping
+from koch_common.feature_mapping import DEFAULT_MAPPING, load_mapping
 from koch_convert.bag_reader import BagReadError
 from koch_convert.convert import IMAGE_MEMORY_GB, ConversionError, EpisodeSummary, convert_bags
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bags", nargs="+", type=Path, help="bag directories, one episode each")
     source.add_argument("--bag-root", type=Path, help="convert every bag directory under this folder")
-    parser.add_argument("--mapping", default="mapping/koch_sim.yaml", help="mapping YAML (or under config/)")
+    parser.add_argument("--mapping", default=DEFAULT_MAPPING, help="mapping YAML (or under config/)")
     parser.add_argument("--output", required=True, type=Path, help="dataset root to create")
     parser.add_argument("--repo-id", default="local/koch_sim")
     parser.add_argument("--vcodec", default="libsvtav1", choices=VCODECS)
@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="image bytes a bag keeps in memory while it converts (per job); "
                              "the rest waits in a temporary file beside --output")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="mapping overrides key=value")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print ffmpeg's encoder statistics and muxer notes (quiet otherwise)")
     return parser.parse_args(argv)
 
 
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             image_memory_gb=args.image_memory_gb,
             progress=True,
             on_episode=on_episode,
+            verbose=args.verbose,
         )
     except (ConfigError, BagReadError, ConversionError) as err:
         print(f"bag_to_lerobot: error: {err}", file=sys.stderr)

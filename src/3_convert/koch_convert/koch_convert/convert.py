@@ -18,7 +18,7 @@ import json
 import multiprocessing
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from tqdm import tqdm
 from koch_common.feature_mapping import Mapping
 from koch_common.resample import ResampleReport, StreamReport
 from koch_convert.bag_reader import ImageSpill
+from koch_convert.codec_logs import set_codec_logs
 from koch_convert.episodes import (
     ConversionError,
     Episode,
@@ -106,7 +107,6 @@ def _check_shapes(episode: Episode, frame: dict[str, Any], features: dict[str, d
 
 def convert_one_bag(
     bag: Path, mapping: Mapping, root: Path, repo_id: str, vcodec: str, image_memory_gb: float = IMAGE_MEMORY_GB,
-    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Convert one bag into a LeRobot dataset at `root` (created only if an episode passes).
     Image messages beyond `image_memory_gb` wait for their frames in a spill file beside `root`.
@@ -119,7 +119,7 @@ def convert_one_bag(
     budget = int(image_memory_gb * 2**30)
     if not mapping.extra_topics:
         try:
-            return [_stream_one_bag(bag, mapping, root, repo_id, vcodec, ImageSpill(root.parent, budget), progress)]
+            return [_stream_one_bag(bag, mapping, root, repo_id, vcodec, ImageSpill(root.parent, budget))]
         except OutOfOrderStamps:
             shutil.rmtree(root, ignore_errors=True)  # the frames streamed so far; convert from the sorted bag
     episodes = resample_episodes(bag, mapping, ImageSpill(root.parent, budget))
@@ -127,23 +127,19 @@ def convert_one_bag(
     if accepted:
         with _DatasetWriter(mapping, root, repo_id, vcodec) as writer:
             for episode in accepted:
-                for i in tqdm(range(len(episode)), desc=episode.bag.name, leave=False, disable=not progress):
+                for i in range(len(episode)):
                     writer.add_frame(episode, i)
                 writer.save_episode()
     return [e.quality() for e in episodes]
 
 
 def _stream_one_bag(
-    bag: Path, mapping: Mapping, root: Path, repo_id: str, vcodec: str, spill: ImageSpill, progress: bool
+    bag: Path, mapping: Mapping, root: Path, repo_id: str, vcodec: str, spill: ImageSpill
 ) -> dict[str, Any]:
-    with (
-        _DatasetWriter(mapping, root, repo_id, vcodec) as writer,
-        tqdm(desc=Path(bag).name, unit="frame", leave=False, disable=not progress) as bar,
-    ):
+    with _DatasetWriter(mapping, root, repo_id, vcodec) as writer:
         def on_frame(episode: Episode, index: int) -> None:
             if episode.refused is None:  # after a gap the episode is refused: stop encoding it
                 writer.add_frame(episode, index)
-                bar.update()
 
         episode = stream_episode(bag, mapping, spill, on_frame)
         if episode.refused is None:
@@ -164,7 +160,9 @@ class _DatasetWriter:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _DatasetWriter:
-        self._stack.enter_context(_embedding_only_for_image_columns())
+        from koch_runtime import lerobot_compat  # imports LeRobot: only when converting
+
+        self._stack.enter_context(lerobot_compat.embedding_only_for_image_columns())
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -192,6 +190,8 @@ class _DatasetWriter:
     def _create(self, first: dict[str, np.ndarray]) -> None:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy import, only when converting
 
+        from koch_runtime import lerobot_compat
+
         self.features = dataset_features(self.mapping, first)
         self.dataset = LeRobotDataset.create(
             repo_id=self.repo_id,
@@ -205,75 +205,26 @@ class _DatasetWriter:
             # computes the image statistics) instead of PNG files that save_episode reads back.
             streaming_encoding=True,
         )
-        if self.dataset._streaming_encoder is not None:
-            self.dataset._streaming_encoder = lossless_encoder(self.dataset._streaming_encoder)
+        # Offline, wait for the encoder instead of dropping frames (see lerobot_compat.LosslessStreamingEncoder).
+        lerobot_compat.use_lossless_streaming_encoder(self.dataset)
 
 
-@contextlib.contextmanager
-def _embedding_only_for_image_columns() -> Iterator[None]:
-    """LeRobot's save_episode runs `embed_images`, a per-row `datasets.map` that copies image files
-    into the table, on every episode: about 1 s of CPU per 300 frames even when, as here, there is
-    no image column (images are videos, depth a float column). On a busy host that second comes out
-    of the video encoders' share; skip the pass when no column has anything to embed."""
-    import lerobot.datasets.lerobot_dataset as lerobot_dataset
+@dataclass(frozen=True)
+class _BagJob:
+    """One bag converted into its own small dataset at `root` (picklable: it goes to a worker process)."""
 
-    embed_images = lerobot_dataset.embed_images
-
-    def embed_when_needed(dataset: Any) -> Any:
-        return embed_images(dataset) if _needs_embedding(dataset.features) else dataset
-
-    lerobot_dataset.embed_images = embed_when_needed
-    try:
-        yield
-    finally:
-        lerobot_dataset.embed_images = embed_images
+    bag: Path
+    mapping: Mapping
+    root: Path
+    repo_id: str
+    vcodec: str
+    image_memory_gb: float
+    verbose: bool  # ffmpeg's INFO logs too (a spawned worker starts with ffmpeg's defaults)
 
 
-def _needs_embedding(feature: Any) -> bool:
-    """True if a (nested) `datasets` feature stores files that `embed_table_storage` would embed."""
-    if isinstance(feature, dict):
-        return any(_needs_embedding(f) for f in feature.values())
-    inner = getattr(feature, "feature", None)  # List / LargeList / Sequence
-    return _needs_embedding(inner) if inner is not None else hasattr(feature, "embed_storage")
-
-
-def lossless_encoder(encoder: Any) -> Any:
-    """LeRobot's streaming encoder with the same settings, but one that never drops a frame and
-    does not copy it.
-
-    It was written for live capture, where a full queue means the camera must not wait: after
-    0.1 s it drops the frame and logs a warning. Offline there is no deadline, and a dropped frame
-    would leave the video shorter than the parquet rows, so the converter waits instead. It also
-    copies every frame in case a camera driver reuses its buffer (0.6 ms per 640x480 image on the
-    thread that feeds three encoders); the converter's frames are fresh arrays over message bytes
-    that nothing writes, so they are queued as they are.
-    """
-    import queue
-
-    from lerobot.datasets.video_utils import StreamingVideoEncoder
-
-    class LosslessStreamingEncoder(StreamingVideoEncoder):
-        def feed_frame(self, video_key: str, image: np.ndarray) -> None:
-            if not self._episode_active:
-                raise RuntimeError("no active episode: call start_episode() first")
-            frame = np.ascontiguousarray(image)
-            while True:
-                if not self._threads[video_key].is_alive():
-                    raise RuntimeError(f"the video encoder for {video_key} stopped; see the log above")
-                try:
-                    self._frame_queues[video_key].put(frame, timeout=0.5)
-                    return
-                except queue.Full:
-                    continue
-
-    return LosslessStreamingEncoder(
-        fps=encoder.fps, vcodec=encoder.vcodec, pix_fmt=encoder.pix_fmt, g=encoder.g, crf=encoder.crf,
-        preset=encoder.preset, queue_maxsize=encoder.queue_maxsize, encoder_threads=encoder.encoder_threads,
-    )
-
-
-def _worker(args: tuple[Path, Mapping, Path, str, str, float]) -> list[dict[str, Any]]:
-    return convert_one_bag(*args)
+def _convert_job(job: _BagJob) -> list[dict[str, Any]]:
+    set_codec_logs(job.verbose)
+    return convert_one_bag(job.bag, job.mapping, job.root, job.repo_id, job.vcodec, job.image_memory_gb)
 
 
 def _summaries(reports: list[dict[str, Any]], first_index: int, fps: int) -> list[EpisodeSummary]:
@@ -282,7 +233,7 @@ def _summaries(reports: list[dict[str, Any]], first_index: int, fps: int) -> lis
     for quality in reports:
         streams = {}
         for name, s in quality["streams"].items():
-            fields = {k: v for k, v in s.items() if k not in ("policy", "max_staleness_s")}
+            fields = {k: v for k, v in s.items() if k not in ("align", "max_staleness_s")}
             streams[name] = StreamReport(name=name, **fields)
         report = ResampleReport(frames=quality["grid_frames"], streams=streams)
         accepted = quality["refused"] is None
@@ -319,13 +270,44 @@ def convert_bags(
     append: bool = False,
     jobs: int = 1,
     image_memory_gb: float = IMAGE_MEMORY_GB,
+    verbose: bool = False,
 ) -> Path:
     """Convert bags (one or more episodes each, in the given order) into the LeRobot v3.0 dataset
     at `output_root`, or append them to it (`append=True`). Nothing at `output_root` changes
-    unless every bag was read and converted (refused episodes are reported, not written)."""
-    from lerobot.datasets.aggregate import aggregate_datasets
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    unless every bag was read and converted (refused episodes are reported, not written).
 
+    `progress`: one bar per stage (converting the bags, joining them); `verbose`: ffmpeg's own
+    logs too (encoder statistics, muxer notes), which are otherwise quiet (`codec_logs`)."""
+    _check_options(bag_dirs, overwrite, append, jobs, image_memory_gb)
+    output_root = Path(output_root)
+    exists = output_root.exists()
+    _check_output(output_root, exists, overwrite, append, mapping, repo_id)
+    append = append and exists
+    set_codec_logs(verbose)
+    work = _new_work_folder(output_root)
+    try:
+        bag_jobs = [_BagJob(Path(bag), mapping, work / "bags" / f"{i:05d}", repo_id, vcodec, image_memory_gb, verbose)
+                    for i, bag in enumerate(bag_dirs)]
+        results = _convert_each_bag(bag_jobs, jobs, progress)
+        summaries = _episode_summaries(results, _first_new_episode(output_root, repo_id, append), mapping.fps)
+        sources = [job.root for job in bag_jobs if job.root.exists()]
+        if not sources:
+            reasons = "; ".join(f"{s.bag.name}: {s.refused}" for s in summaries)
+            raise ConversionError(f"every episode was refused, nothing to write: {reasons}")
+        staging = _join(sources, output_root if append else None, repo_id, work / "dataset", progress, verbose)
+        previous = _existing_report(output_root) if append else []
+        _write_quality_report(staging, previous, summaries)
+        _move_into_place(staging, output_root, exists, work / "replaced")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if on_episode is not None:
+        for summary in summaries:
+            on_episode(summary)
+    return output_root
+
+
+def _check_options(bag_dirs: Sequence[Path], overwrite: bool, append: bool, jobs: int,
+                   image_memory_gb: float) -> None:
     if not bag_dirs:
         raise ConversionError("no bags to convert; pass at least one rosbag2 directory")
     if overwrite and append:
@@ -334,82 +316,112 @@ def convert_bags(
         raise ConversionError(f"jobs must be >= 1, got {jobs}")
     if image_memory_gb < 0:
         raise ConversionError(f"image_memory_gb must be >= 0, got {image_memory_gb}")
-    output_root = Path(output_root)
-    exists = output_root.exists()
+
+
+def _check_output(output_root: Path, exists: bool, overwrite: bool, append: bool, mapping: Mapping,
+                  repo_id: str) -> None:
+    """An existing output is replaced only when asked, and appended to only when it is a dataset at the same fps."""
     if exists and not (overwrite or append):
         raise ConversionError(
             f"{output_root} already exists; choose another --output, --append to add episodes, or --overwrite"
         )
     if append and exists:
+        from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata  # heavy import, only when converting
+
         try:
             existing = LeRobotDatasetMetadata(repo_id, root=output_root)
         except Exception as err:
             raise ConversionError(f"cannot append: {output_root} is not a readable LeRobot dataset ({err})") from err
         if existing.fps != mapping.fps:
             raise ConversionError(f"cannot append: {output_root} has fps {existing.fps}, the mapping {mapping.fps}")
-    append = append and exists
+
+
+def _new_work_folder(output_root: Path) -> Path:
+    """An empty folder beside the output (same file system, so the result moves into place by renaming)."""
     output_root.parent.mkdir(parents=True, exist_ok=True)
     work = output_root.parent / f".{output_root.name}.converting-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    return work
 
-    try:
-        bags = [Path(b) for b in bag_dirs]
-        tasks = [(bag, mapping, work / "bags" / f"{i:05d}", repo_id, vcodec, image_memory_gb)
-                 for i, bag in enumerate(bags)]
-        results: list[list[dict[str, Any]] | None] = [None] * len(bags)
-        bar = tqdm(total=len(bags), desc="bags", unit="bag", disable=not progress)
-        if jobs == 1 or len(bags) == 1:
-            for i, task in enumerate(tasks):
-                results[i] = _worker(task)
+
+def _convert_each_bag(bag_jobs: list[_BagJob], jobs: int, progress: bool) -> list[list[dict[str, Any]]]:
+    """Every bag's quality reports, in the bags' order; up to `jobs` bags at once in worker processes."""
+    results: list[list[dict[str, Any]]] = [[] for _ in bag_jobs]
+    with tqdm(total=len(bag_jobs), desc="converting", unit="bag", disable=not progress) as bar:
+        if jobs == 1 or len(bag_jobs) == 1:
+            for i, job in enumerate(bag_jobs):
+                results[i] = _convert_job(job)
                 bar.update()
-        else:
-            # spawn, not fork: the parent may hold threads (tqdm, torch) that fork would copy broken.
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(min(jobs, len(bags)), mp_context=context) as pool:
-                futures = {pool.submit(_worker, task): i for i, task in enumerate(tasks)}
-                try:
-                    for future in concurrent.futures.as_completed(futures):
-                        results[futures[future]] = future.result()
-                        bar.update()
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-        bar.close()
-
-        first_index = LeRobotDatasetMetadata(repo_id, root=output_root).total_episodes if append else 0
-        summaries: list[EpisodeSummary] = []
-        for reports in results:
-            summaries += _summaries(reports or [], first_index + sum(s.refused is None for s in summaries), mapping.fps)
-        sources = [task[2] for task in tasks if task[2].exists()]
-        if not sources:
-            reasons = "; ".join(f"{s.bag.name}: {s.refused}" for s in summaries)
-            raise ConversionError(f"every episode was refused, nothing to write: {reasons}")
-        if append:
-            sources.insert(0, output_root)
-        staging = work / "dataset"
-        if len(sources) == 1:
-            shutil.copytree(sources[0], staging) if append else sources[0].rename(staging)
-        else:
-            aggregate_datasets([repo_id] * len(sources), repo_id, roots=sources, aggr_root=staging)
-        previous = _existing_report(output_root) if append else []
-        report = {"episodes": previous + [s.quality for s in summaries]}
-        (staging / QUALITY_REPORT).write_text(json.dumps(report, indent=2))
-
-        if exists:
-            retired = work / "replaced"
-            output_root.rename(retired)
+            return results
+        # spawn, not fork: the parent may hold threads (tqdm, torch) that fork would copy broken.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(bag_jobs)), mp_context=context) as pool:
+            futures = {pool.submit(_convert_job, job): i for i, job in enumerate(bag_jobs)}
             try:
-                staging.rename(output_root)
+                for future in concurrent.futures.as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update()
             except BaseException:
-                retired.rename(output_root)  # put the old dataset back before the work folder goes
+                for future in futures:
+                    future.cancel()
                 raise
-        else:
-            staging.rename(output_root)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if on_episode is not None:
-        for summary in summaries:
-            on_episode(summary)
-    return output_root
+    return results
+
+
+def _first_new_episode(output_root: Path, repo_id: str, append: bool) -> int:
+    """The dataset index of the first episode written: after the existing ones when appending."""
+    if not append:
+        return 0
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    return LeRobotDatasetMetadata(repo_id, root=output_root).total_episodes
+
+
+def _episode_summaries(results: list[list[dict[str, Any]]], first_index: int, fps: int) -> list[EpisodeSummary]:
+    """Every episode's summary, bag by bag; accepted episodes numbered from `first_index` in that order."""
+    summaries: list[EpisodeSummary] = []
+    for reports in results:
+        summaries += _summaries(reports, first_index + sum(s.refused is None for s in summaries), fps)
+    return summaries
+
+
+def _join(sources: list[Path], existing: Path | None, repo_id: str, staging: Path, progress: bool,
+          verbose: bool) -> Path:
+    """One dataset at `staging`: the `existing` one (when appending; left as it is) and then each bag's,
+    in order."""
+    if existing is None and len(sources) == 1:
+        sources[0].rename(staging)
+        return staging
+    sources = [existing, *sources] if existing is not None else sources
+    from lerobot.datasets.aggregate import aggregate_datasets
+
+    from koch_runtime import lerobot_compat
+
+    with (
+        tqdm(total=1, desc=f"joining {len(sources)} datasets", unit="step", disable=not progress) as bar,
+        # LeRobot's own bars (meta data checked, files copied) would print under the one for this stage.
+        contextlib.nullcontext() if verbose else lerobot_compat.aggregate_without_progress_bars(),
+    ):
+        aggregate_datasets([repo_id] * len(sources), repo_id, roots=sources, aggr_root=staging)
+        bar.update()
+    return staging
+
+
+def _write_quality_report(staging: Path, previous: list[dict[str, Any]], summaries: list[EpisodeSummary]) -> None:
+    report = {"episodes": previous + [s.quality for s in summaries]}
+    (staging / QUALITY_REPORT).write_text(json.dumps(report, indent=2))
+
+
+def _move_into_place(staging: Path, output_root: Path, exists: bool, retired: Path) -> None:
+    """Rename `staging` to `output_root`; an existing output is renamed to `retired` first and put back if
+    the move fails, so it is never lost."""
+    if not exists:
+        staging.rename(output_root)
+        return
+    output_root.rename(retired)
+    try:
+        staging.rename(output_root)
+    except BaseException:
+        retired.rename(output_root)  # put the old dataset back before the work folder goes
+        raise

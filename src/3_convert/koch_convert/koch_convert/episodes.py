@@ -3,7 +3,7 @@
 Per bag: every mapped stream goes into a `StreamBuffer` (the resampler the policy node uses
 live); the bag is cut into episodes at marker-topic messages (if the mapping names one); each
 episode's frame grid is `t0 + k / fps` from the first time every stream has a fresh sample to
-the end of the shortest stream, and each frame takes each stream's value under its policy
+the end of the shortest stream, and each frame takes each stream's value under its `align`
 (never a sample from after the frame time). The quality report says per stream how regular
 the input was and what the resampler had to do; an episode over the mapping's limits is
 refused with the reason instead of being written.
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from koch_common.feature_mapping import Mapping
-from koch_common.resample import FrameAssembler, ResampleReport, Sample, StreamBuffer
+from koch_common.resample import Align, FrameAssembler, ResampleReport, Sample, StreamBuffer
 from koch_convert.bag_reader import ImageSpill, TopicStream, iter_messages, read_topics
 from koch_convert.extract import ExtractError, JointVector, decoder_for
 
@@ -98,7 +98,7 @@ class Episode:
         for name, s in self.report.streams.items():
             stream = asdict(s)
             stream.pop("name")
-            stream["policy"] = self.mapping.feature(name).stream.policy
+            stream["align"] = self.mapping.feature(name).stream.align.value
             stream["max_staleness_s"] = self.mapping.feature(name).stream.max_staleness_s
             streams[name] = stream
         return {
@@ -195,7 +195,7 @@ class EpisodeBuilder:
                 f"({mapping.clock!r}) and max_staleness_s"
             )
         episode.report = self.assembler.report()
-        episode.skipped_head_s = window[0] - min(b.first_stamp for b in self.buffers.values())  # type: ignore[type-var]
+        episode.skipped_head_s = window[0] - min(b.first_stamp for b in self.buffers.values())
         episode.refused = episode.refused or _check_limits(mapping, episode)
         return episode
 
@@ -203,12 +203,12 @@ class EpisodeBuilder:
         episode, features = self.episode, self.episode.mapping.features
         for t, frame in frames:
             missing = [f for f in features if frame[f.key] is None]
-            gaps = [f for f in missing if f.stream.policy != "drop"]
+            gaps = [f for f in missing if f.stream.align is not Align.DROP]
             if gaps and episode.refused is None:
                 f = gaps[0]
                 episode.refused = (
-                    f"{f.key} ({f.topic}, policy {f.stream.policy}) has no sample within "
-                    f"{f.stream.usable_age_s} s before t={t:.4f} s; raise its tolerance_s or use policy hold/drop"
+                    f"{f.key} ({f.topic}, align {f.stream.align}) has no sample within "
+                    f"{f.stream.usable_age_s} s before t={t:.4f} s; raise its tolerance_s or use align hold/drop"
                 )
             if missing:
                 reason = f"{missing[0].key}: no sample within {missing[0].stream.usable_age_s} s"
@@ -246,7 +246,7 @@ def resample_episodes(bag: Path, mapping: Mapping, spill: ImageSpill | None = No
             raise ConversionError(str(err)) from err
         values[feature.key] = ((np.asarray(stream.stamps_ns) - t_ref_ns) / 1e9, extracted)
 
-    episodes = []
+    episodes: list[Episode] = []
     for segment, (start, end) in enumerate(_segments(mapping, streams, t_ref_ns)):
         buffers: dict[str, StreamBuffer] = {}
         for feature in mapping.features:
@@ -260,7 +260,7 @@ def resample_episodes(bag: Path, mapping: Mapping, spill: ImageSpill | None = No
                 continue  # nothing recorded before the first marker: no episode there
             empty = [k for k, b in buffers.items() if len(b) == 0]
             raise ConversionError(f"bag {bag}: episode {segment} has no messages for {empty}")
-        last = min(b.last_stamp for b in buffers.values())  # type: ignore[type-var]
+        last = min(b.last_stamp for b in buffers.values())
         task = _task(mapping, streams, t_ref_ns, last, bag)
         episodes.append(EpisodeBuilder(bag, mapping, buffers, len(episodes), task).finish())
     if not episodes:

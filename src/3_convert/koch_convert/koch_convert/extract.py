@@ -64,6 +64,7 @@ def _decode_compressed(msg: Any) -> np.ndarray:
     if codec is None:
         raise ExtractError(f"CompressedImage format {msg.format!r} is not supported; use jpeg or png")
     decoder = av.CodecContext.create(codec, "r")
+    assert isinstance(decoder, av.VideoCodecContext)
     frames = decoder.decode(av.Packet(bytes(msg.data)))
     if not frames:
         raise ExtractError(f"CompressedImage ({msg.format}) did not decode to a frame")

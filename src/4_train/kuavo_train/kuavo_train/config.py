@@ -123,9 +123,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "log_every": self.log_every,
                     "grad_accum_steps": self.grad_accum_steps}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
+        for name, count in positive.items():
+            if count <= 0:
+                raise ConfigError(f"{name} must be > 0, got {count}")
         non_negative = {
             "warmup_steps": self.warmup_steps, "save_every": self.save_every, "lr": self.lr,
             "weight_decay": self.weight_decay, "grad_clip_norm": self.grad_clip_norm,

@@ -11,23 +11,22 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
 from koch_common.config import ConfigError
-from koch_common.policy_runtime import ACTION_KEY, require_features, transform_image
+from koch_runtime.build import require_features
+from koch_runtime.observation import ACTION_KEY, transform_image
 from kuavo_train.augment import AugmentConfig, ImageAugmenter
 from kuavo_train.config import DatasetConfig, LoaderConfig
-
-if TYPE_CHECKING:
-    import torch
-    from lerobot.configs.policies import PreTrainedConfig
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+from kuavo_train.frame_cache import CachedFramesDataset
 
 
 def load_metadata(cfg: DatasetConfig) -> LeRobotDatasetMetadata:
     """The dataset's metadata (features, fps, stats), read from the local folder only."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-
     root = Path(cfg.root).expanduser()
     if not (root / "meta" / "info.json").is_file():
         # Without this check LeRobot would try to download `repo_id` from the Hugging Face Hub.
@@ -124,8 +123,6 @@ def open_dataset(
     With `cfg.frame_cache` its video frames come from the decoded-frame cache (built here if it is
     missing or stale), under `cfg.frame_cache_dir` or else `<output_dir>/frame_cache`.
     """
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
     meta = load_metadata(cfg)
     check_dataset_features(meta, input_keys)
     if episodes is None:
@@ -137,8 +134,6 @@ def open_dataset(
         "video_backend": cfg.video_backend,
     }
     if cfg.frame_cache and meta.video_keys:
-        from kuavo_train.frame_cache import CachedFramesDataset
-
         cache_dir = cfg.frame_cache_dir or (Path(output_dir) / "frame_cache" if output_dir is not None else None)
         if cache_dir is None:
             raise ConfigError("dataset.frame_cache=true needs dataset.frame_cache_dir=<folder> here (no output_dir)")
@@ -146,7 +141,7 @@ def open_dataset(
     return LeRobotDataset(cfg.repo_id, **kwargs)
 
 
-class TransformedDataset:
+class TransformedDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """LeRobotDataset items with camera images resized / cropped / augmented per sample.
 
     Indexed by (frame index, sample seed): the seed drives the random crop and augmentation so
@@ -170,8 +165,6 @@ class TransformedDataset:
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int] | int) -> dict[str, Any]:
-        import torch
-
         index, sample_seed = item if isinstance(item, tuple) else (item, 0)
         sample = self.dataset[index]
         generator = torch.Generator().manual_seed(sample_seed)
@@ -216,8 +209,6 @@ class ResumableBatchSampler:
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
 
     def epoch_order(self, epoch: int) -> list[int]:
-        import torch
-
         if not self.shuffle:
             return list(range(self.n))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -242,8 +233,6 @@ class ResumableBatchSampler:
 def make_loader(
     dataset: TransformedDataset, sampler: ResumableBatchSampler, loader: LoaderConfig, device: str
 ) -> torch.utils.data.DataLoader:
-    import torch
-
     workers = loader.num_workers
     return torch.utils.data.DataLoader(
         dataset,

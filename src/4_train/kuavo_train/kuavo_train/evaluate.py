@@ -16,14 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from koch_common.config import ConfigError, from_dict
-from koch_common.policy_runtime import (
-    PRETRAINED_MODEL_DIR,
-    PolicyRuntime,
-    resolve_pretrained_dir,
-    with_stacked_cameras,
-)
+from koch_runtime.checkpoint import PRETRAINED_MODEL_DIR, resolve_pretrained_dir
+from koch_runtime.observation import IMAGE_PREFIX, with_stacked_cameras
+from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.config import TrainConfig
 from kuavo_train.data import (
     ResumableBatchSampler,
@@ -37,9 +35,8 @@ from kuavo_train.data import (
 from kuavo_train.train import TRAIN_CONFIG_FILE
 
 
-def predict_normalized(runtime: PolicyRuntime, batch: dict[str, Any]) -> Any:
+def predict_normalized(runtime: PolicyRuntime, batch: dict[str, Any]) -> torch.Tensor:
     """The policy's normalised chunk for a preprocessed dataset batch (history included)."""
-
     policy = runtime.policy
     if hasattr(policy, "diffusion"):
         if not hasattr(policy, "observe"):  # LeRobot diffusion stacks its cameras
@@ -50,8 +47,7 @@ def predict_normalized(runtime: PolicyRuntime, batch: dict[str, Any]) -> Any:
 
 def evaluate(checkpoint: Path | str, episodes: list[int] | None = None, output: Path | str | None = None,
              max_batches: int = 0, batch_size: int = 16, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
-    import torch
-
+    """Evaluate `checkpoint` on `episodes` (default: the run's held-out ones); writes and returns the report."""
     pretrained = resolve_pretrained_dir(checkpoint)
     saved = json.loads((pretrained / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
     cfg: TrainConfig = from_dict(TrainConfig, saved["config"])
@@ -63,15 +59,14 @@ def evaluate(checkpoint: Path | str, episodes: list[int] | None = None, output: 
             raise ConfigError("the run held out no episodes (dataset.val_episodes=0); pass --episodes i j ...")
     runtime = PolicyRuntime.load(pretrained, device)
     dataset = open_dataset(cfg.dataset, runtime.config, cfg.policy.input_features, episodes, cfg.output_dir)
-    transforms = {k: v for k, v in runtime.feature_specs.items() if k.startswith("observation.images.")}
-    loader = make_loader(TransformedDataset(dataset, transforms, None, train=False),
-                         ResumableBatchSampler(len(dataset), min(batch_size, len(dataset)), seed, shuffle=False),
-                         cfg.loader, device)
+    transforms = {k: v for k, v in runtime.feature_specs.items() if k.startswith(IMAGE_PREFIX)}
+    sampler = ResumableBatchSampler(len(dataset), min(batch_size, len(dataset)), seed, shuffle=False)
+    loader = make_loader(TransformedDataset(dataset, transforms, None, train=False), sampler, cfg.loader, device)
     n_obs = int(getattr(runtime.config, "n_obs_steps", 1))
     start = n_obs - 1 if hasattr(runtime.policy, "diffusion") else 0
     sq_sum = abs_sum = count = None
     torch.manual_seed(seed)
-    n_batches = max_batches or len(loader.batch_sampler)
+    n_batches = max_batches or len(sampler)
     with torch.inference_mode():
         for i, batch in enumerate(loader):
             if i >= n_batches:
@@ -86,7 +81,7 @@ def evaluate(checkpoint: Path | str, episodes: list[int] | None = None, output: 
             sq, ab, n = (err**2).sum(0), err.abs().sum(0), valid.expand_as(err).sum(0)
             sq_sum, abs_sum = (sq, ab) if sq_sum is None else (sq_sum + sq, abs_sum + ab)
             count = n if count is None else count + n
-    assert sq_sum is not None and count is not None
+    assert sq_sum is not None and abs_sum is not None and count is not None
     names = runtime.action_names
     report = {
         "checkpoint": str(pretrained), "episodes": episodes, "frames": int(count[0, 0]),

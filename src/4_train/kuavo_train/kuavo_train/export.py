@@ -6,7 +6,7 @@ crop), the checkpoint's LeRobot normaliser, the model and the unnormaliser, trac
 into one graph, so the robot runs no Python between the observation and the actions.
 Diffusion / rgbd_diffusion -> an observation encoder graph (normalised n_obs_steps history ->
 conditioning) and a single denoiser step graph; the scheduler loop and the processors stay in host
-code (koch_common.onnx_runtime), where 10-100 denoiser runs dwarf them. After writing, every graph is
+code (koch_runtime.onnx_runtime), where 10-100 denoiser runs dwarf them. After writing, every graph is
 run with onnxruntime on a real-shaped input and compared with PyTorch: the export fails unless
 |onnx - torch| <= ATOL + RTOL * |torch| everywhere (float32; see the constants).
 """
@@ -21,15 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import torch
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.constants import OBS_IMAGES
+from torch import nn
+from torch.onnx import register_custom_op_symbolic, symbolic_helper
 
-from koch_common.onnx_runtime import BATCH_AXIS, ONNX_DIR, ONNX_FORMAT, ONNX_MANIFEST, providers_for
-from koch_common.policy_runtime import (
-    IMAGE_PREFIX,
-    PolicyRuntime,
-    arrays_to_batch,
-    resolve_pretrained_dir,
-    with_stacked_cameras,
-)
+from koch_runtime.checkpoint import resolve_pretrained_dir
+from koch_runtime.lerobot_compat import global_conditioning
+from koch_runtime.observation import IMAGE_PREFIX, arrays_to_batch, with_stacked_cameras
+from koch_runtime.onnx_runtime import BATCH_AXIS, ONNX_DIR, ONNX_FORMAT, ONNX_MANIFEST, providers_for
+from koch_runtime.torch_runtime import PolicyRuntime
 
 # Agreement required between onnxruntime and PyTorch outputs (float32; ACT in robot units, diffusion
 # graphs in normalised units).
@@ -40,8 +43,6 @@ OPSET = 18  # Resize with antialias (the training resize) needs 18
 
 def _sample_inputs(runtime: PolicyRuntime, history: int | None, seed: int = 0) -> dict[str, Any]:
     """Random normalised inputs of the policy's shapes: (1, ...) or (1, history, ...)."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for key, feature in runtime.input_features.items():
@@ -53,8 +54,6 @@ def _sample_inputs(runtime: PolicyRuntime, history: int | None, seed: int = 0) -
 def _sample_observation(runtime: PolicyRuntime, seed: int = 0) -> dict[str, Any]:
     """A random observation in `ObservationChecker`'s layout: uint8 (1, H, W, C) images as recorded,
     float32 (1, *shape) for the rest."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for key, feature in runtime.input_features.items():
@@ -72,9 +71,6 @@ def _register_antialiased_resize() -> None:
     torch.onnx has no symbolic for it. `exclude_outside=1` renormalises the filter at the image
     border as torch does; the export's comparison with PyTorch checks the two agree.
     """
-    import torch
-    from torch.onnx import register_custom_op_symbolic, symbolic_helper
-
     @symbolic_helper.parse_args("v", "is", "i", "none")
     def resize(g: Any, image: Any, size: list[int], align_corners: int, scales: Any) -> Any:
         def const(value: Any, dtype: torch.dtype = torch.int64) -> Any:
@@ -100,9 +96,6 @@ def _check(name: str, onnx_out: np.ndarray, torch_out: np.ndarray) -> float:
 def _write_graph(path: Path, module: Any, args: tuple[Any, ...], input_names: list[str]) -> float:
     """Export `module` to `path`, run it with onnxruntime on `args` and return the max |onnx - torch|
     (RuntimeError beyond the tolerance)."""
-    import onnxruntime as ort
-    import torch
-
     # A fresh wrapper is in training mode and torch.onnx.export restores that mode on every child
     # afterwards: keep the whole policy in eval mode, or dropout would perturb the reference outputs.
     module.eval()
@@ -119,8 +112,6 @@ def _write_graph(path: Path, module: Any, args: tuple[Any, ...], input_names: li
 
 def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
     """Write the ONNX graphs + manifest for `checkpoint`; returns the export folder."""
-    import torch
-
     _register_antialiased_resize()
     pretrained = resolve_pretrained_dir(checkpoint)
     out_dir = Path(output) if output else pretrained / ONNX_DIR
@@ -131,7 +122,7 @@ def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
     graphs: dict[str, str] = {}
     errors: dict[str, float] = {}
 
-    def write(name: str, module: torch.nn.Module, args: tuple[Any, ...], input_names: list[str]) -> None:
+    def write(name: str, module: nn.Module, args: tuple[Any, ...], input_names: list[str]) -> None:
         errors[name] = _write_graph(out_dir / f"{name}.onnx", module, args, input_names)
         graphs[name] = f"{name}.onnx"
 
@@ -139,13 +130,13 @@ def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
         kind = "diffusion"
         steps = int(policy.config.n_obs_steps)
         history = _sample_inputs(runtime, steps)
-        write("encoder", _Encoder(policy, keys), tuple(history[k] for k in keys), keys)
+        write("encoder", ObservationEncoder(policy, keys), tuple(history[k] for k in keys), keys)
         with torch.no_grad():
-            cond = _Encoder(policy, keys).eval()(*(history[k] for k in keys))
+            cond = ObservationEncoder(policy, keys).eval()(*(history[k] for k in keys))
         action_dim = policy.config.output_features["action"].shape[0]
         sample = torch.randn(1, policy.config.horizon, action_dim, generator=torch.Generator().manual_seed(1))
         timestep = torch.tensor([policy.config.num_train_timesteps // 2], dtype=torch.long)
-        write("denoiser", _Denoiser(policy), (sample, timestep, cond), ["sample", "timestep", "global_cond"])
+        write("denoiser", DenoiserStep(policy), (sample, timestep, cond), ["sample", "timestep", "global_cond"])
     elif policy.config.type == "act":
         kind = "act"
         inputs = _sample_observation(runtime)
@@ -162,45 +153,39 @@ def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
     return out_dir
 
 
-class ActModel:
+class ActModel(nn.Module):
     """ACT alone: positional normalised inputs -> normalised action chunk (`export_act_model`)."""
 
-    def __new__(cls, policy: Any, keys: list[str]) -> Any:
-        import torch
+    def __init__(self, policy: PreTrainedPolicy, keys: list[str]) -> None:
+        super().__init__()
+        self.policy = policy
+        self.keys = list(keys)
 
-        class Act(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.policy = policy
-
-            def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-                batch = dict(zip(keys, tensors, strict=True))
-                if policy.config.image_features:
-                    batch["observation.images"] = [batch[k] for k in policy.config.image_features]
-                return self.policy.model(batch)[0]
-
-        return Act()
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        batch: dict[str, Any] = dict(zip(self.keys, tensors, strict=True))
+        if self.policy.config.image_features:
+            batch[OBS_IMAGES] = [batch[k] for k in self.policy.config.image_features]
+        chunk: torch.Tensor = self.policy.model(batch)[0]
+        return chunk
 
 
-class ActOnObservation:
+class ActOnObservation(nn.Module):
     """Observation arrays (positional, `keys` order) -> action chunk in robot units: the PyTorch
     runtime's predict_chunk (arrays_to_batch, preprocessor, model, postprocessor) as one module."""
 
-    def __new__(cls, runtime: PolicyRuntime, keys: list[str]) -> Any:
-        import torch
+    def __init__(self, runtime: PolicyRuntime, keys: list[str]) -> None:
+        super().__init__()
+        self.model = ActModel(runtime.policy, keys)
+        self.keys = list(keys)
+        # LeRobot's processor pipelines are not modules: plain attributes, traced through when called.
+        self.preprocessor, self.postprocessor = runtime.preprocessor, runtime.postprocessor
+        self.features, self.specs = runtime.config.input_features, runtime.feature_specs
 
-        features, specs = runtime.config.input_features, runtime.feature_specs
-
-        class ActOnObservation(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = ActModel(runtime.policy, keys)
-
-            def forward(self, *arrays: torch.Tensor) -> torch.Tensor:
-                batch = runtime.preprocessor(arrays_to_batch(dict(zip(keys, arrays, strict=True)), features, specs))
-                return runtime.postprocessor(self.model(*(batch[k] for k in keys)))
-
-        return ActOnObservation()
+    def forward(self, *arrays: torch.Tensor) -> torch.Tensor:
+        batch = self.preprocessor(arrays_to_batch(dict(zip(self.keys, arrays, strict=True)), self.features,
+                                                  self.specs))
+        chunk: torch.Tensor = self.postprocessor(self.model(*(batch[k] for k in self.keys)))
+        return chunk
 
 
 def export_act_model(checkpoint: Path | str, path: Path | str) -> Path:
@@ -213,39 +198,35 @@ def export_act_model(checkpoint: Path | str, path: Path | str) -> Path:
     return Path(path)
 
 
-class _Encoder:
+class ObservationEncoder(nn.Module):
     """History inputs (1, S, ...) -> the diffusion conditioning vector, as the policy computes it."""
 
-    def __new__(cls, policy: Any, keys: list[str]) -> Any:
-        import torch
+    def __init__(self, policy: PreTrainedPolicy, keys: list[str]) -> None:
+        super().__init__()
+        self.diffusion = policy.diffusion
+        self.keys = list(keys)
+        self.config = policy.config
+        # LeRobot's diffusion reads every camera stacked in one tensor; rgbd_diffusion (which has
+        # `observe`) keeps them apart.
+        self.stack_cameras = not hasattr(policy, "observe")
 
-        class Encoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.diffusion = policy.diffusion
-
-            def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-                batch = dict(zip(keys, tensors, strict=True))
-                if not hasattr(policy, "observe"):  # LeRobot diffusion: cameras stacked in one tensor
-                    batch = with_stacked_cameras(batch, policy.config)
-                return self.diffusion._prepare_global_conditioning(batch)
-
-        return Encoder()
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        batch = dict(zip(self.keys, tensors, strict=True))
+        if self.stack_cameras:
+            batch = with_stacked_cameras(batch, self.config)
+        return global_conditioning(self.diffusion, batch)
 
 
-class _Denoiser:
-    def __new__(cls, policy: Any) -> Any:
-        import torch
+class DenoiserStep(nn.Module):
+    """One denoising step: (noisy sample, timestep, conditioning) -> the denoiser's output."""
 
-        class Denoiser(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.unet = policy.diffusion.unet
+    def __init__(self, policy: PreTrainedPolicy) -> None:
+        super().__init__()
+        self.unet = policy.diffusion.unet
 
-            def forward(self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
-                return self.unet(sample, timestep, global_cond=global_cond)
-
-        return Denoiser()
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+        output: torch.Tensor = self.unet(sample, timestep, global_cond=global_cond)
+        return output
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.datasets.video_utils import decode_video_frames
 
 from koch_common.config import ConfigError
+from koch_runtime.lerobot_compat import FrameSourceDataset, clear_video_decoder_cache, load_hf_dataset
 
 CACHE_VERSION = 1
 INDEX_FILE = "index.json"
@@ -82,10 +83,10 @@ def cache_folder(cache_dir: Path, dataset: LeRobotDataset, rows: dict[int, list[
 
 def episode_rows(dataset: LeRobotDataset) -> dict[int, list[float]]:
     """Per selected episode, its frames' timestamps in order (exactly the values LeRobot queries)."""
-    dataset._ensure_hf_dataset_loaded()
-    # float32 tensors -> Python floats, as LeRobot's _get_query_timestamps turns them into queries.
-    episodes = torch.stack(list(dataset.hf_dataset["episode_index"])).tolist()
-    timestamps = torch.stack(list(dataset.hf_dataset["timestamp"])).tolist()
+    table = load_hf_dataset(dataset)
+    # float32 tensors -> Python floats, as LeRobot turns them into its video queries.
+    episodes = torch.stack(list(table["episode_index"])).tolist()
+    timestamps = torch.stack(list(table["timestamp"])).tolist()
     out: dict[int, list[float]] = {}
     for ep, ts in zip(episodes, timestamps, strict=True):
         out.setdefault(int(ep), []).append(ts)
@@ -188,7 +189,7 @@ def _build(dataset: LeRobotDataset, folder: Path, index: dict[str, Any], rows: d
                 from_ts = dataset.meta.episodes[ep_idx][f"videos/{key}/from_timestamp"]
                 ts = rows[ep_idx]
                 for start in range(0, len(ts), DECODE_CHUNK):
-                    # The same call and timestamps LeRobot's _query_videos uses, so the same pixels.
+                    # The same call and timestamps LeRobot's video query uses, so the same pixels.
                     query = [from_ts + t for t in ts[start:start + DECODE_CHUNK]]
                     frames = decode_video_frames(video_path, query, dataset.tolerance_s, dataset.video_backend)
                     if tuple(frames.shape[1:]) != tuple(spec["shape"][1:]):
@@ -207,9 +208,7 @@ def _build(dataset: LeRobotDataset, folder: Path, index: dict[str, Any], rows: d
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         # Decoders opened here must not leak into forked DataLoader workers (LeRobot warns of segfaults).
-        from lerobot.datasets.video_utils import _default_decoder_cache
-
-        _default_decoder_cache.clear()
+        clear_video_decoder_cache()
 
 
 def open_frame_cache(dataset: LeRobotDataset, cache_dir: Path | str) -> FrameCache:
@@ -232,16 +231,16 @@ def open_frame_cache(dataset: LeRobotDataset, cache_dir: Path | str) -> FrameCac
     return FrameCache(folder, json.loads(index_path.read_text(encoding="utf-8")), time.perf_counter() - start)
 
 
-class CachedFramesDataset(LeRobotDataset):
+class CachedFramesDataset(FrameSourceDataset):
     """A LeRobotDataset whose video frames come from the decoded-frame cache.
 
-    Only `_query_videos` differs: everything else (timestamps, padding, history windows) is
-    LeRobot's own code, so items are identical to the uncached dataset's.
+    Only where the frames come from differs: everything else (timestamps, padding, history windows)
+    is LeRobot's own code, so items are identical to the uncached dataset's.
     """
 
     def __init__(self, repo_id: str, *, frame_cache_dir: Path | str, **kwargs: Any) -> None:
         super().__init__(repo_id, **kwargs)
         self.frame_cache = open_frame_cache(self, frame_cache_dir)
 
-    def _query_videos(self, query_timestamps: dict[str, list[float]], ep_idx: int) -> dict[str, torch.Tensor]:
+    def video_frames(self, query_timestamps: dict[str, list[float]], ep_idx: int) -> dict[str, torch.Tensor]:
         return {key: self.frame_cache.frames(key, ep_idx, ts).squeeze(0) for key, ts in query_timestamps.items()}

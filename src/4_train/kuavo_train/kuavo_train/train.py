@@ -1,7 +1,7 @@
 """`train --config train/act_sim.yaml [key.sub=value ...]`: train a LeRobot policy offline.
 
-The policy, its normalising processors and the checkpoint format come from
-koch_common.policy_runtime, the same code the robot's policy node runs.
+The policy, its normalising processors and the checkpoint format come from koch_runtime, the
+same code the robot's policy node runs.
 
 Multi-GPU: the same module under accelerate (`accelerate launch -m kuavo_train.train --config ...`)
 or torchrun; each process trains on its share of every global batch, rank 0 logs and saves.
@@ -19,13 +19,22 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+from accelerate import Accelerator
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from koch_common.config import ConfigError
-from koch_common.policy_runtime import IMAGE_PREFIX, PRETRAINED_MODEL_DIR, PolicyRuntime, build_policy
+from koch_runtime.build import build_policy
+from koch_runtime.checkpoint import PRETRAINED_MODEL_DIR
+from koch_runtime.observation import IMAGE_PREFIX
+from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.config import TrainConfig, load_train_config
 from kuavo_train.data import (
     ResumableBatchSampler,
@@ -36,10 +45,8 @@ from kuavo_train.data import (
     select_episodes,
     split_episodes,
 )
+from kuavo_train.frame_cache import CachedFramesDataset, FrameCache
 from kuavo_train.state import EMA, STATE_DIR, load_training_state, save_training_state
-
-if TYPE_CHECKING:
-    import torch
 
 CHECKPOINTS_DIR = "checkpoints"
 LAST_LINK = "last"
@@ -52,8 +59,6 @@ RESUME_FREE_DATASET_KEYS = ("frame_cache", "frame_cache_dir")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -90,11 +95,9 @@ def build_runtime(cfg: TrainConfig, device: str | None = None) -> PolicyRuntime:
 
 
 def make_optimizer(runtime: PolicyRuntime, cfg: TrainConfig) -> torch.optim.Optimizer:
-    import torch
-
     params = [p for p in runtime.policy.parameters() if p.requires_grad]
-    # The fused kernel updates every parameter in one pass. On CPU, torch's default per-tensor
-    # loop took 77 ms of a 330 ms ACT step (ResNet18, 11 M parameters); fused: 14 ms.
+    # The fused kernel updates every parameter in one pass; on CPU torch's default per-tensor loop
+    # takes a sizeable share of a whole training step.
     # GradScaler steps fused optimisers natively (fp16 on CUDA).
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
@@ -111,8 +114,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg_or_warmup: TrainConfig | int) -> Any:
-    import torch
-
     if isinstance(cfg_or_warmup, int):
         warmup, total, schedule, ratio = cfg_or_warmup, 1, "constant", 0.0
     else:
@@ -122,8 +123,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg_or_warmup: TrainConfig 
 
 
 def autocast_context(precision: str, device: str) -> Any:
-    import torch
-
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -147,8 +146,6 @@ def train_step(
     `model` is the (possibly DDP-wrapped) policy to call; `backward` the accelerate backward.
     Returns the mean loss, loss terms, grad norm and lr.
     """
-    import torch
-
     micro_batches = batch if isinstance(batch, list) else [batch]
     model = model if model is not None else runtime.policy
     device = str(next(runtime.policy.parameters()).device)
@@ -159,7 +156,8 @@ def train_step(
     for i, micro in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         # DDP: all-reduce gradients only on the last micro-batch.
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        no_sync = getattr(model, "no_sync", None)
+        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             processed = runtime.preprocessor(micro)
             with autocast_context(precision, device):
@@ -277,8 +275,6 @@ class MetricsLog:
     """Appends one JSON object per logged step to train_log.jsonl and writes TensorBoard scalars."""
 
     def __init__(self, output_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self._file = open(output_dir / LOG_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._tensorboard = SummaryWriter(str(output_dir / "tensorboard"))
 
@@ -295,8 +291,6 @@ class MetricsLog:
 
 
 def validation_loss(runtime: PolicyRuntime, loader: Any, batches: int, precision: str) -> float:
-    import torch
-
     runtime.policy.eval()
     device = str(next(runtime.policy.parameters()).device)
     losses = []
@@ -312,18 +306,238 @@ def validation_loss(runtime: PolicyRuntime, loader: Any, batches: int, precision
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training as configured; returns the final (or last saved) checkpoint folder."""
-    import torch
-    from accelerate import Accelerator
-    from tqdm import tqdm
-
+def check_device(cfg: TrainConfig) -> None:
+    """Refuse a device or precision this machine cannot run; apply torch_threads."""
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={cfg.device} but CUDA is not available here; use device=cpu")
     if cfg.precision == "fp16" and not cfg.device.startswith("cuda"):
         raise ConfigError("precision=fp16 needs a CUDA device; use precision=bf16 on CPU")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+
+
+@dataclass
+class TrainingData:
+    """The episodes a run trains and validates on, and the datasets over them."""
+
+    train_episodes: list[int]
+    val_episodes: list[int]
+    transforms: dict[str, dict[str, Any]]  # per camera: resize / crop / kind
+    dataset: LeRobotDataset  # or a CachedFramesDataset
+    val_dataset: LeRobotDataset | None  # None: no validation
+    cache_build_s: float  # seconds this process spent building decoded-frame caches (0: reused / none)
+
+    @property
+    def frame_cache(self) -> FrameCache | None:
+        cache: FrameCache | None = getattr(self.dataset, "frame_cache", None)
+        return cache
+
+
+def open_training_data(cfg: TrainConfig, runtime: PolicyRuntime, accelerator: Accelerator) -> TrainingData:
+    """Split the episodes and open the training (and validation) dataset on every process.
+
+    dataset.frame_cache: the main process builds the decoded-frame cache while the others wait, then
+    they open (reuse) it. Without the cache this is just a barrier.
+    """
+    meta = load_metadata(cfg.dataset)
+    episodes = select_episodes(meta.total_episodes, cfg.dataset.episodes_to_use)
+    train_eps, val_eps = split_episodes(episodes, cfg.dataset.val_episodes, cfg.seed)
+
+    def open_datasets() -> tuple[LeRobotDataset, LeRobotDataset | None]:
+        inputs = cfg.policy.input_features
+        train_set = open_dataset(cfg.dataset, runtime.config, inputs, train_eps, cfg.output_dir)
+        val_set = open_dataset(cfg.dataset, runtime.config, inputs, val_eps, cfg.output_dir) \
+            if val_eps and cfg.val_every else None
+        return train_set, val_set
+
+    if accelerator.is_main_process:
+        dataset, val_dataset = open_datasets()
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        dataset, val_dataset = open_datasets()
+    cache_build_s = sum(d.frame_cache.build_s for d in (dataset, val_dataset) if isinstance(d, CachedFramesDataset))
+    return TrainingData(train_eps, val_eps, image_transforms_for(cfg, meta.features), dataset, val_dataset,
+                        cache_build_s)
+
+
+@dataclass
+class Optimisation:
+    """What an optimisation step updates besides the model, all saved in a checkpoint's training state."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+
+    @classmethod
+    def for_run(cls, runtime: PolicyRuntime, cfg: TrainConfig) -> Optimisation:
+        optimizer = make_optimizer(runtime, cfg)
+        scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        ema = EMA(runtime.policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        return cls(optimizer, make_scheduler(optimizer, cfg), scaler, ema)
+
+
+@dataclass
+class Position:
+    """Where a run stands: optimiser steps done, and the epoch and batch its sampler continues from."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+def resume_position(cfg: TrainConfig, output_dir: Path, runtime: PolicyRuntime, optimisation: Optimisation,
+                    device: str) -> Position:
+    """Restore the model and optimisation state from checkpoints/last; where the run continues."""
+    last = (output_dir / CHECKPOINTS_DIR / LAST_LINK).resolve()
+    check_resume_config(cfg, last)
+    progress = load_training_state(
+        last / STATE_DIR, model=runtime.policy, optimizer=optimisation.optimizer, scheduler=optimisation.scheduler,
+        scaler=optimisation.scaler, ema=optimisation.ema, device=device,
+    )
+    position = Position(progress["step"], progress["epoch"], progress["batch"])
+    if position.step >= cfg.steps:
+        raise ConfigError(f"the checkpoint is at step {position.step} >= steps={cfg.steps}; raise steps to continue")
+    return position
+
+
+def make_loaders(cfg: TrainConfig, data: TrainingData, start: Position, accelerator: Accelerator,
+                 device: str) -> tuple[ResumableBatchSampler, Any, Any | None]:
+    """(training sampler, training loader, validation loader or None); this rank's share of each batch."""
+    sampler = ResumableBatchSampler(
+        len(data.dataset), cfg.batch_size, cfg.seed, start.epoch, start.batch,
+        rank=accelerator.process_index, world_size=accelerator.num_processes,
+    )
+    loader = make_loader(TransformedDataset(data.dataset, data.transforms, cfg.augment, train=True), sampler,
+                         cfg.loader, device)
+    val_loader = None
+    if data.val_dataset is not None:
+        val_sampler = ResumableBatchSampler(len(data.val_dataset), cfg.batch_size, cfg.seed, shuffle=False)
+        val_loader = make_loader(TransformedDataset(data.val_dataset, data.transforms, None, train=False),
+                                 val_sampler, cfg.loader, device)
+    return sampler, loader, val_loader
+
+
+def announce(cfg: TrainConfig, runtime: PolicyRuntime, data: TrainingData, start: Position, world_size: int,
+             output_dir: Path) -> None:
+    """What is about to be trained, on what, for how long (stderr)."""
+    n_params = sum(p.numel() for p in runtime.policy.parameters())
+    print(
+        f"training {cfg.policy.type} ({n_params / 1e6:.2f} M parameters) on {len(data.train_episodes)} episodes / "
+        f"{len(data.dataset)} frames (validation: {len(data.val_episodes)} episodes) for steps "
+        f"{start.step + 1}..{cfg.steps}, effective batch {cfg.batch_size * cfg.grad_accum_steps * world_size} "
+        f"-> {output_dir}",
+        file=sys.stderr,
+    )
+    if data.frame_cache is not None:
+        print(f"frame cache {data.frame_cache.folder}: "
+              + (f"built in {data.cache_build_s:.1f} s" if data.cache_build_s else "reused"), file=sys.stderr)
+
+
+class ThroughputWindow:
+    """Loss and data-loading wait since the last log record, turned into that record's figures."""
+
+    def __init__(self, samples_per_step: int) -> None:
+        self.samples_per_step = samples_per_step
+        self.restart()
+
+    def restart(self) -> None:
+        self.loss, self.steps, self.wait_s = 0.0, 0, 0.0
+        self.started = time.perf_counter()
+
+    def add(self, loss: float) -> None:
+        self.loss += loss
+        self.steps += 1
+
+    def record(self, step: int, metrics: dict[str, float], run_start: float) -> dict[str, Any]:
+        """The log record for `step` (this step's metrics plus the window's averages)."""
+        now = time.perf_counter()
+        elapsed = max(now - self.started, 1e-9)
+        return {
+            "step": step, **metrics, "loss_mean": self.loss / self.steps,
+            "samples_per_s": self.steps * self.samples_per_step / elapsed,
+            "data_wait_fraction": self.wait_s / elapsed, "elapsed_s": now - run_start,
+        }
+
+
+def run_steps(cfg: TrainConfig, runtime: PolicyRuntime, optimisation: Optimisation, data: TrainingData,
+              start: Position, accelerator: Accelerator, output_dir: Path, device: str) -> RunOutcome:
+    """Train from `start` to cfg.steps (or cfg.stop_after steps), logging, validating and saving on the
+    main process as configured."""
+    is_main = accelerator.is_main_process
+    sampler, loader, val_loader = make_loaders(cfg, data, start, accelerator, device)
+    model: torch.nn.Module = runtime.policy
+    if accelerator.num_processes > 1:
+        model = accelerator.prepare_model(runtime.policy)
+    backward = accelerator.backward if accelerator.num_processes > 1 else None
+    batches = iter(loader)
+    if is_main:
+        announce(cfg, runtime, data, start, accelerator.num_processes, output_dir)
+    log = MetricsLog(output_dir) if is_main else None
+    cache_s_to_log = data.cache_build_s if data.frame_cache is not None else None  # first record only
+    window = ThroughputWindow(cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes)
+    run_start = window.started
+    consumed = start.epoch * sampler.batches_per_epoch + start.batch  # micro-batches drawn so far
+    last_saved: Path | None = None
+    step = start.step
+    try:
+        with tqdm(total=cfg.steps, initial=start.step, desc="train", unit="step", dynamic_ncols=True,
+                  disable=not is_main) as progress_bar:
+            while step < cfg.steps:
+                wait_start = time.perf_counter()
+                micro = [next(batches) for _ in range(cfg.grad_accum_steps)]
+                window.wait_s += time.perf_counter() - wait_start
+                consumed += cfg.grad_accum_steps
+                metrics = train_step(runtime, micro, optimisation.optimizer, optimisation.scheduler,
+                                     cfg.grad_clip_norm, precision=cfg.precision, scaler=optimisation.scaler,
+                                     model=model, backward=backward)
+                if optimisation.ema is not None:
+                    optimisation.ema.update(runtime.policy)
+                step += 1
+                window.add(metrics["loss"])
+                progress_bar.update(1)
+                if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+                    record = window.record(step, metrics, run_start)
+                    if cache_s_to_log is not None:
+                        record["frame_cache_build_s"], cache_s_to_log = cache_s_to_log, None
+                    log.write(record)
+                    progress_bar.set_postfix(loss=f"{record['loss_mean']:.4f}",
+                                             samples_s=f"{record['samples_per_s']:.1f}",
+                                             data_wait=f"{record['data_wait_fraction']:.0%}")
+                    window.restart()
+                if log is not None and val_loader is not None and step % cfg.val_every == 0:
+                    log.write({"step": step, "val_loss": validation_loss(runtime, val_loader, cfg.val_batches,
+                                                                         cfg.precision)}, prefix="val")
+                stopping = bool(cfg.stop_after) and step - start.step >= cfg.stop_after
+                if is_main and (step == cfg.steps or stopping or (cfg.save_every and step % cfg.save_every == 0)):
+                    position = Position(step, consumed // sampler.batches_per_epoch,
+                                        consumed % sampler.batches_per_epoch)
+                    last_saved = save_checkpoint(runtime, cfg, step, training_state(optimisation, position))
+                if stopping:
+                    break
+    finally:
+        if log is not None:
+            log.close()
+    return RunOutcome(step, last_saved, run_start)
+
+
+@dataclass
+class RunOutcome:
+    step: int  # the last optimiser step done
+    last_saved: Path | None  # the last checkpoint written (main process), None if none
+    started: float  # time.perf_counter() when the first step began
+
+
+def training_state(optimisation: Optimisation, position: Position) -> dict[str, Any]:
+    """The `training_state` save_checkpoint writes beside the weights, to resume at `position`."""
+    return {"optimizer": optimisation.optimizer, "scheduler": optimisation.scheduler, "scaler": optimisation.scaler,
+            "ema": optimisation.ema,
+            "progress": {"step": position.step, "epoch": position.epoch, "batch": position.batch}}
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training as configured; returns the final (or last saved) checkpoint folder."""
+    check_device(cfg)
     # One process: a no-op wrapper. Under `accelerate launch` / torchrun: DDP over the processes.
     accelerator = Accelerator(cpu=not cfg.device.startswith("cuda"))
     device = str(accelerator.device) if accelerator.num_processes > 1 else cfg.device
@@ -332,133 +546,16 @@ def train(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
     seed_everything(cfg.seed, cfg.deterministic)
     runtime = build_runtime(cfg, device)
-    meta = load_metadata(cfg.dataset)
-    episodes = select_episodes(meta.total_episodes, cfg.dataset.episodes_to_use)
-    train_eps, val_eps = split_episodes(episodes, cfg.dataset.val_episodes, cfg.seed)
-    transforms = image_transforms_for(cfg, meta.features)
-
-    def open_datasets() -> tuple[Any, Any]:
-        inputs = cfg.policy.input_features
-        train_set = open_dataset(cfg.dataset, runtime.config, inputs, train_eps, cfg.output_dir)
-        val_set = open_dataset(cfg.dataset, runtime.config, inputs, val_eps, cfg.output_dir) \
-            if val_eps and cfg.val_every else None
-        return train_set, val_set
-
-    # dataset.frame_cache: the main process builds the decoded-frame cache while the others wait,
-    # then they open (reuse) it. Without the cache this is just a barrier.
-    if is_main:
-        dataset, val_dataset = open_datasets()
+    data = open_training_data(cfg, runtime, accelerator)
+    optimisation = Optimisation.for_run(runtime, cfg)
+    start = resume_position(cfg, output_dir, runtime, optimisation, device) if cfg.resume else Position()
+    outcome = run_steps(cfg, runtime, optimisation, data, start, accelerator, output_dir, device)
     accelerator.wait_for_everyone()
-    if not is_main:
-        dataset, val_dataset = open_datasets()
-    cache_build_s = sum(d.frame_cache.build_s for d in (dataset, val_dataset) if hasattr(d, "frame_cache"))
-    cache_s_to_log = cache_build_s if hasattr(dataset, "frame_cache") else None
-    optimizer = make_optimizer(runtime, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-    ema = EMA(runtime.policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
-
-    start_step, epoch, batch_in_epoch = 0, 0, 0
-    if cfg.resume:
-        last = (output_dir / CHECKPOINTS_DIR / LAST_LINK).resolve()
-        check_resume_config(cfg, last)
-        progress = load_training_state(last / STATE_DIR, model=runtime.policy, optimizer=optimizer,
-                                       scheduler=scheduler, scaler=scaler, ema=ema, device=device)
-        start_step, epoch, batch_in_epoch = progress["step"], progress["epoch"], progress["batch"]
-        if start_step >= cfg.steps:
-            raise ConfigError(f"the checkpoint is at step {start_step} >= steps={cfg.steps}; raise steps to continue")
-
-    sampler = ResumableBatchSampler(
-        len(dataset), cfg.batch_size, cfg.seed, epoch, batch_in_epoch,
-        rank=accelerator.process_index, world_size=accelerator.num_processes,
-    )
-    loader = make_loader(TransformedDataset(dataset, transforms, cfg.augment, train=True), sampler, cfg.loader, device)
-    val_loader = None
-    if val_dataset is not None:
-        val_sampler = ResumableBatchSampler(len(val_dataset), cfg.batch_size, cfg.seed, shuffle=False)
-        val_loader = make_loader(TransformedDataset(val_dataset, transforms, None, train=False), val_sampler,
-                                 cfg.loader, device)
-    model: torch.nn.Module = runtime.policy
-    if accelerator.num_processes > 1:
-        model = accelerator.prepare_model(runtime.policy)
-    batches = iter(loader)
-    n_params = sum(p.numel() for p in runtime.policy.parameters())
+    elapsed = time.perf_counter() - outcome.started
+    final = outcome.last_saved or checkpoint_dir(output_dir, outcome.step)
     if is_main:
-        print(
-            f"training {cfg.policy.type} ({n_params / 1e6:.2f} M parameters) on {len(train_eps)} episodes / "
-            f"{len(dataset)} frames (validation: {len(val_eps)} episodes) for steps {start_step + 1}..{cfg.steps}, "
-            f"effective batch {cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes} "
-            f"-> {output_dir}",
-            file=sys.stderr,
-        )
-        if hasattr(dataset, "frame_cache"):
-            print(f"frame cache {dataset.frame_cache.folder}: "
-                  + (f"built in {cache_build_s:.1f} s" if cache_build_s else "reused"), file=sys.stderr)
-
-    log = MetricsLog(output_dir) if is_main else None
-    last_saved: Path | None = None
-    window: dict[str, float] = {"loss": 0.0, "n": 0, "wait": 0.0}
-    window_start = start = time.perf_counter()
-    consumed = epoch * sampler.batches_per_epoch + batch_in_epoch  # micro-batches drawn so far
-
-    def state(step_done: int) -> dict[str, Any]:
-        return {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema, "progress": {
-            "step": step_done, "epoch": consumed // sampler.batches_per_epoch,
-            "batch": consumed % sampler.batches_per_epoch}}
-
-    step = start_step
-    try:
-        with tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-                  disable=not is_main) as progress_bar:
-            while step < cfg.steps:
-                wait_start = time.perf_counter()
-                micro = [next(batches) for _ in range(cfg.grad_accum_steps)]
-                window["wait"] += time.perf_counter() - wait_start
-                consumed += cfg.grad_accum_steps
-                metrics = train_step(runtime, micro, optimizer, scheduler, cfg.grad_clip_norm,
-                                     precision=cfg.precision, scaler=scaler, model=model,
-                                     backward=accelerator.backward if accelerator.num_processes > 1 else None)
-                if ema is not None:
-                    ema.update(runtime.policy)
-                step += 1
-                window["loss"] += metrics["loss"]
-                window["n"] += 1
-                progress_bar.update(1)
-                if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-                    now = time.perf_counter()
-                    elapsed = max(now - window_start, 1e-9)
-                    samples = window["n"] * cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
-                    record = {
-                        "step": step, **metrics, "loss_mean": window["loss"] / window["n"],
-                        "samples_per_s": samples / elapsed, "data_wait_fraction": window["wait"] / elapsed,
-                        "elapsed_s": now - start,
-                    }
-                    if cache_s_to_log is not None:  # first record of this process only
-                        record["frame_cache_build_s"], cache_s_to_log = cache_s_to_log, None
-                    log.write(record)
-                    progress_bar.set_postfix(loss=f"{record['loss_mean']:.4f}",
-                                             samples_s=f"{record['samples_per_s']:.1f}",
-                                             data_wait=f"{record['data_wait_fraction']:.0%}")
-                    window = {"loss": 0.0, "n": 0, "wait": 0.0}
-                    window_start = time.perf_counter()
-                if is_main and val_loader is not None and step % cfg.val_every == 0:
-                    log.write({"step": step, "val_loss": validation_loss(runtime, val_loader, cfg.val_batches,
-                                                                         cfg.precision)}, prefix="val")
-                stopping = cfg.stop_after and step - start_step >= cfg.stop_after
-                if is_main and (step == cfg.steps or stopping or (cfg.save_every and step % cfg.save_every == 0)):
-                    last_saved = save_checkpoint(runtime, cfg, step, state(step))
-                if stopping:
-                    break
-    finally:
-        if log is not None:
-            log.close()
-    accelerator.wait_for_everyone()
-    elapsed = time.perf_counter() - start
-    done = max(step - start_step, 1)
-    final = last_saved or checkpoint_dir(output_dir, step)
-    if is_main:
-        print(f"done in {elapsed:.0f} s ({elapsed / done:.3f} s/step); checkpoint: {final / PRETRAINED_MODEL_DIR}",
-              file=sys.stderr)
+        print(f"done in {elapsed:.0f} s ({elapsed / max(outcome.step - start.step, 1):.3f} s/step); checkpoint: "
+              f"{final / PRETRAINED_MODEL_DIR}", file=sys.stderr)
     return final
 
 

@@ -30,7 +30,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from koch_bringup import graph
 from koch_bringup.launcher import GraphProcess, find_executable
 from koch_bringup.ros_session import RosSession, wait_for
-from koch_common.feature_mapping import load_mapping
+from koch_common.feature_mapping import DEFAULT_MAPPING, load_mapping
 from koch_common.robot import load_koch
 from koch_common.topics import topic
 from koch_sim.sim_config import load_sim
@@ -54,7 +54,9 @@ class WorldProbe:
     def __init__(self, session: RosSession) -> None:
         self.session = session
         self.node = session.node("koch_demo")
-        self.names = load_koch().follower.names
+        koch = load_koch()
+        self.names = koch.follower.names
+        self.kinematics = koch.kinematics
         self.joints: np.ndarray | None = None
         self.target: np.ndarray | None = None
         self.diagnostics: list[dict[str, str]] = []
@@ -66,6 +68,12 @@ class WorldProbe:
     def _on_joints(self, msg: JointState) -> None:
         by_name = dict(zip(msg.name, msg.position))
         self.joints = np.array([by_name[n] for n in self.names])
+
+    def tcp_distance(self, target: np.ndarray) -> float:
+        """The follower's tcp distance to `target` now (m), from its latest joint state."""
+        if self.joints is None:
+            raise RuntimeError("no follower joint state received yet: is the follower driver running?")
+        return tcp_distance(self.joints, target, self.kinematics)
 
     def _on_target(self, msg: PointStamped) -> None:
         self.target = np.array([msg.point.x, msg.point.y, msg.point.z])
@@ -118,7 +126,7 @@ def running_world(specs: list[graph.NodeSpec], log_dir: Path) -> Iterator[tuple[
 
 def record_demonstrations(workdir: Path, episodes: int) -> list[Path]:
     sim = load_sim()
-    mapping = load_mapping("mapping/koch_sim.yaml")
+    mapping = load_mapping(DEFAULT_MAPPING)
     topics, types = list(mapping.topics), list(mapping.topics.values())
     bag_root = workdir / "bags"
     shutil.rmtree(bag_root, ignore_errors=True)
@@ -136,7 +144,7 @@ def record_demonstrations(workdir: Path, episodes: int) -> list[Path]:
             time.sleep(sim.task.episode_duration_s)
             message = probe.trigger("/recorder/stop")
             bags.append(Path(message.split()[0]))
-            distance = tcp_distance(probe.joints, target, load_koch().kinematics)
+            distance = probe.tcp_distance(target)
             expert_success += distance <= sim.task.success_distance
             print(f"  demo {index + 1:3d}/{episodes}: target {np.round(target, 3).tolist()}, "
                   f"final distance {distance * 100:.1f} cm", flush=True)
@@ -144,13 +152,14 @@ def record_demonstrations(workdir: Path, episodes: int) -> list[Path]:
     return bags
 
 
-def convert(workdir: Path, bags: list[Path]) -> Path:
+def convert(workdir: Path, bags: list[Path], verbose: bool = False) -> Path:
+    """The bags as a LeRobot dataset; ffmpeg's encoder and muxer logs only when `verbose`."""
     from koch_convert.convert import convert_bags
 
     output = workdir / "dataset"
     shutil.rmtree(output, ignore_errors=True)
-    return convert_bags(bags, load_mapping("mapping/koch_sim.yaml"), output, repo_id="local/koch_sim_reach",
-                        vcodec="h264")
+    return convert_bags(bags, load_mapping(DEFAULT_MAPPING), output, repo_id="local/koch_sim_reach",
+                        vcodec="h264", progress=True, verbose=verbose)
 
 
 def train(workdir: Path, dataset: Path, overrides: list[str]) -> Path:
@@ -166,7 +175,6 @@ def train(workdir: Path, dataset: Path, overrides: list[str]) -> Path:
 
 def evaluate(workdir: Path, checkpoint: Path, episodes: int) -> tuple[list[EpisodeResult], dict[str, float]]:
     sim = load_sim()
-    kinematics = load_koch().kinematics
     results: list[EpisodeResult] = []
     specs = graph.deploy(str(checkpoint), sim=True, seed=EVAL_SEED)
     with running_world(specs, workdir / "logs" / "deploy") as (running, probe):
@@ -179,10 +187,10 @@ def evaluate(workdir: Path, checkpoint: Path, episodes: int) -> tuple[list[Episo
             probe.send_home(1.0)
             time.sleep(1.4)
             # The hold-still baseline ends where it starts: its final distance is this one.
-            start = tcp_distance(probe.joints, target, kinematics)
+            start = probe.tcp_distance(target)
             probe.enable_policy(True)
             time.sleep(sim.task.episode_duration_s)
-            final = tcp_distance(probe.joints, target, kinematics)
+            final = probe.tcp_distance(target)
             results.append(EpisodeResult(target.round(4).tolist(), start, final))
             print(f"  eval {index + 1:3d}/{episodes}: start {start * 100:5.1f} cm -> "
                   f"policy {final * 100:5.1f} cm", flush=True)
@@ -209,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--skip-record", action="store_true", help="reuse the bags in --workdir")
     parser.add_argument("--skip-train", action="store_true", help="reuse the checkpoint in --workdir")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print ffmpeg's encoder statistics and muxer notes while converting")
     parser.add_argument("train_overrides", nargs="*", help="key=value overrides for train/act_sim.yaml")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = workdir / "train" / "checkpoints" / "last" / "pretrained_model"
     else:
         print(f"[2/4] converting {len(bags)} bags to a LeRobot v3.0 dataset", flush=True)
-        dataset = convert(workdir, bags)
+        dataset = convert(workdir, bags, args.verbose)
         timings["convert_s"] = time.monotonic() - started
         started = time.monotonic()
         print("[3/4] training ACT on the CPU", flush=True)
@@ -243,13 +253,15 @@ def main(argv: list[str] | None = None) -> None:
 
     policy_success = sum(r.final_distance <= task.success_distance for r in results)
     baseline_success = sum(r.start_distance <= task.success_distance for r in results)
+    policy_distance = float(np.mean([r.final_distance for r in results]))
+    baseline_distance = float(np.mean([r.start_distance for r in results]))
     summary = {
         "episodes": len(results),
         "success_distance_m": task.success_distance,
         "policy_success_rate": policy_success / len(results),
         "hold_baseline_success_rate": baseline_success / len(results),
-        "policy_mean_final_distance_m": float(np.mean([r.final_distance for r in results])),
-        "hold_baseline_mean_distance_m": float(np.mean([r.start_distance for r in results])),
+        "policy_mean_final_distance_m": policy_distance,
+        "hold_baseline_mean_distance_m": baseline_distance,
         **stats,
         "timings_s": timings,
         "episodes_detail": [asdict(r) for r in results],
@@ -257,10 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n=== closed-loop result on the simulated Koch ===")
     print(f"success rate (tcp within {task.success_distance * 100:.0f} cm of an unseen target):")
-    print(f"  trained ACT policy : {policy_success}/{len(results)} = {summary['policy_success_rate']:.0%}"
-          f"   (mean final distance {summary['policy_mean_final_distance_m'] * 100:.1f} cm)")
-    print(f"  hold-start baseline: {baseline_success}/{len(results)} = {summary['hold_baseline_success_rate']:.0%}"
-          f"   (mean distance {summary['hold_baseline_mean_distance_m'] * 100:.1f} cm)")
+    print(f"  trained ACT policy : {policy_success}/{len(results)} = {policy_success / len(results):.0%}"
+          f"   (mean final distance {policy_distance * 100:.1f} cm)")
+    print(f"  hold-start baseline: {baseline_success}/{len(results)} = {baseline_success / len(results):.0%}"
+          f"   (mean distance {baseline_distance * 100:.1f} cm)")
     if stats:
         print(f"chunk publish rate : {stats['chunk_publish_rate_hz']:.1f} Hz")
         print(f"inference latency  : p50 {stats['inference_latency_p50_ms']:.1f} ms, "

@@ -13,9 +13,7 @@ import time
 
 from koch_bringup.demo import WorldProbe
 from koch_bringup.ros_session import RosSession, wait_for
-from koch_common.robot import load_koch
 from koch_sim.sim_config import load_sim
-from koch_sim.task import tcp_distance
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
             probe.trigger("/leader/scripted_leader/reach")
             time.sleep(task.episode_duration_s)
             bag = probe.trigger("/recorder/stop").split()[0]
-            distance = tcp_distance(probe.joints, target, load_koch().kinematics)
+            distance = probe.tcp_distance(target)
             print(f"episode {index + 1}/{args.episodes}: {bag} (final tcp distance {distance * 100:.1f} cm)",
                   flush=True)
     finally:

@@ -3,16 +3,28 @@
 Launch files turn these declarations into `launch_ros` Nodes; `koch_bringup.launcher`
 starts the very same executables, parameters and remappings as plain processes, which
 is how the tests and the demo run them on machines without `ros2 launch`.
+
+A node's parameters, their defaults and descriptions are its settings dataclass
+(`koch_policy.settings.PolicySettings`, ...): a graph passes a node only the parameters
+that differ from those defaults (`node_parameters` checks each name, type and value), and
+the launch arguments that set a parameter take its default and description from there.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from koch_camera.settings import CameraFile
+from koch_common.feature_mapping import DEFAULT_MAPPING
+from koch_common.settings import node_parameters, setting_info
 from koch_common.topics import topic
+from koch_driver.settings import DriverSettings, TeleopSettings
+from koch_policy.settings import PolicySettings
+from koch_record.settings import RecorderSettings
+from koch_sim.settings import ScriptedLeaderSettings, SimWorldSettings
 from koch_sim.sim_config import load_sim
 
 
@@ -31,26 +43,25 @@ class NodeSpec:
         return f"/{self.namespace}/{self.name}" if self.namespace else f"/{self.name}"
 
 
-def sim_robot(seed: int = 0, port_link: str | None = None) -> list[NodeSpec]:
+def sim_robot(seed: int | None = None, port_link: str | None = None) -> list[NodeSpec]:
     """The simulated Koch: servo emulator + target, follower driver on its pty, head camera.
 
-    `port_link` overrides where the emulator's pseudo-terminal is linked (sim.yaml's default),
-    so two simulated robots on one machine do not share a serial port.
+    `seed`: of the target sequence (None: the sim world's default). `port_link` overrides where
+    the emulator's pseudo-terminal is linked (sim.yaml's default), so two simulated robots on one
+    machine do not share a serial port.
     """
     port = port_link or load_sim().emulator.follower_port_link
     return [
         NodeSpec("koch_sim", "sim_world", "sim_world", "sim",
-                 {"seed": seed, "follower_port_link": port}),
+                 node_parameters(SimWorldSettings, seed=seed, follower_port_link=port_link)),
         *follower_driver(port),
         *sim_cameras(),
     ]
 
 
 def follower_driver(port: str | None = None) -> list[NodeSpec]:
-    params: dict[str, Any] = {"arm": "follower"}
-    if port:
-        params["port"] = port
-    return [NodeSpec("koch_driver", "driver", "driver", "follower", params)]
+    """The follower arm's driver; on `port` (None: koch.yaml's follower port)."""
+    return [NodeSpec("koch_driver", "driver", "driver", "follower", node_parameters(DriverSettings, port=port))]
 
 
 def scripted_teleop(leader_port_link: str | None = None) -> list[NodeSpec]:
@@ -61,42 +72,42 @@ def scripted_teleop(leader_port_link: str | None = None) -> list[NodeSpec]:
     publishes them itself.
     """
     leader: list[NodeSpec] = []
-    params: dict[str, Any] = {}
     if leader_port_link:
-        params["leader_port_link"] = leader_port_link
         leader = [NodeSpec("koch_driver", "driver", "driver", "leader",
-                           {"arm": "leader", "port": leader_port_link})]
+                           node_parameters(DriverSettings, arm="leader", port=leader_port_link))]
     return [
-        NodeSpec("koch_sim", "scripted_leader", "scripted_leader", "leader", params,
+        NodeSpec("koch_sim", "scripted_leader", "scripted_leader", "leader",
+                 node_parameters(ScriptedLeaderSettings, leader_port_link=leader_port_link),
                  (("target", topic("sim_target")),)),
         *leader,
-        NodeSpec("koch_driver", "teleop", "teleop", "", {},
+        NodeSpec("koch_driver", "teleop", "teleop", "", node_parameters(TeleopSettings),
                  (("leader_joint_states", topic("leader_joint_states")),
                   ("follower_joint_states", topic("follower_joint_states")),
                   ("follower_commands", topic("follower_joint_commands")))),
     ]
 
 
-def recorder(output_dir: str, topics: list[str], types: list[str], storage: str = "mcap") -> list[NodeSpec]:
+def recorder(output_dir: str, topics: list[str], types: list[str], storage: str | None = None) -> list[NodeSpec]:
+    """koch_record's recorder of `topics` (of `types`) into `output_dir`; `storage` None: the recorder's default."""
     return [NodeSpec("koch_record", "recorder", "recorder", "",
-                     {"output_dir": output_dir, "topics": topics, "types": types, "storage": storage})]
+                     node_parameters(RecorderSettings, output_dir=output_dir, topics=topics, types=types,
+                                     storage=storage))]
 
 
-def policy(checkpoint: str, device: str = "cpu", mapping: str = "mapping/koch_sim.yaml",
-           enabled: bool = False, chunk_policy: str = "execute_k", dry_run: bool = False,
-           deadman_timeout_s: float = 0.0) -> list[NodeSpec]:
-    """The policy node; its action chunks drive the follower driver."""
+def policy(checkpoint: str, **parameters: Any) -> list[NodeSpec]:
+    """The policy node; its action chunks drive the follower driver.
+
+    `parameters`: any of koch_policy.settings.PolicySettings (None or the default: not passed).
+    """
     return [NodeSpec("koch_policy", "policy", "policy", "policy",
-                     {"checkpoint": checkpoint, "device": device, "mapping": mapping, "enabled": enabled,
-                      "chunk_policy": chunk_policy, "dry_run": dry_run, "deadman_timeout_s": deadman_timeout_s},
+                     node_parameters(PolicySettings, checkpoint=checkpoint, **parameters),
                      (("action_chunk", topic("follower_joint_commands")),))]
 
 
-def deploy(checkpoint: str, device: str = "cpu", sim: bool = True, seed: int = 0,
-           enabled: bool = False) -> list[NodeSpec]:
-    """What `policy.launch.py` starts: the robot (simulated or real) and the policy node."""
+def deploy(checkpoint: str, sim: bool = True, seed: int | None = None, **parameters: Any) -> list[NodeSpec]:
+    """What `policy.launch.py` starts: the robot (simulated or real) and the policy node with `parameters`."""
     robot = sim_robot(seed) if sim else follower_driver()
-    return robot + policy(checkpoint, device, enabled=enabled)
+    return robot + policy(checkpoint, **parameters)
 
 
 # ---- the launch files' graphs: robot, sim, teleop, record, policy --------------------------------
@@ -105,7 +116,9 @@ def deploy(checkpoint: str, device: str = "cpu", sim: bool = True, seed: int = 0
 # Packages that come with a ROS 2 install (apt ros-<distro>-…), not with this workspace: the
 # launcher starts them when they are installed and otherwise says that they were left out.
 ROS_TOOL_PACKAGES = frozenset({"robot_state_publisher", "rviz2", "rqt_robot_monitor"})
-EPISODE_PATTERN = "episode_{index:04d}"  # the koch_record recorder names its bags the same way
+# The koch_record recorder's bag names (koch_record.bag_writer.next_bag_path), for `ros2 bag record` too.
+EPISODE_PATTERN = setting_info(RecorderSettings, "episode_prefix").default + "_{index:04d}"
+REAL_CAMERAS = "cameras/koch_real.yaml"  # the real cell's cameras file (config/cameras/)
 
 
 @dataclass(frozen=True)
@@ -145,21 +158,24 @@ def rviz(config: str = "rviz/koch.rviz") -> list[NodeSpec]:
             NodeSpec("rqt_robot_monitor", "rqt_robot_monitor", "robot_monitor")]
 
 
-def real_robot(cameras: str = "cameras/koch_real.yaml") -> list[NodeSpec]:
-    """The real follower arm (its udev serial port from koch.yaml) and the head camera of `cameras`."""
+def real_robot(cameras: str = REAL_CAMERAS) -> list[NodeSpec]:
+    """The real follower arm (its udev serial port from koch.yaml) and the head camera of `cameras`.
+
+    The camera node's namespace, head, names its camera in the file.
+    """
     return [*follower_driver(),
-            NodeSpec("koch_camera", "camera", "camera", "head", {"config": cameras, "camera": "head"},
+            NodeSpec("koch_camera", "camera", "camera", "head", node_parameters(CameraFile, config=cameras),
                      (("joint_states", topic("follower_joint_states")),))]
 
 
-def robot(sim: bool = False, seed: int = 0, with_rviz: bool = False, cameras: str = "cameras/koch_real.yaml",
+def robot(sim: bool = False, seed: int | None = None, with_rviz: bool = False, cameras: str = REAL_CAMERAS,
           port_link: str | None = None) -> list[NodeSpec]:
     """robot.launch.py (sim:=false) / sim.launch.py: arm driver, camera, robot_state_publisher, RViz."""
     arm = sim_robot(seed, port_link) if sim else real_robot(cameras)
     return arm + robot_state_publisher() + (rviz() if with_rviz else [])
 
 
-def sim(seed: int = 0, with_rviz: bool = False, port_link: str | None = None) -> list[NodeSpec]:
+def sim(seed: int | None = None, with_rviz: bool = False, port_link: str | None = None) -> list[NodeSpec]:
     """sim.launch.py: the simulated Koch in place of the hardware, same topics and services."""
     return robot(True, seed, with_rviz, port_link=port_link)
 
@@ -168,11 +184,12 @@ def leader_teleop() -> list[NodeSpec]:
     """The real leader arm (its udev port from koch.yaml; torque off) and teleop mirroring it onto the follower."""
     # The teleop node exactly as scripted_teleop declares it (same remappings), so the two cannot drift.
     teleop_nodes = [s for s in scripted_teleop() if s.package == "koch_driver" and s.executable == "teleop"]
-    return [NodeSpec("koch_driver", "driver", "driver", "leader", {"arm": "leader"}), *teleop_nodes]
+    return [NodeSpec("koch_driver", "driver", "driver", "leader", node_parameters(DriverSettings, arm="leader")),
+            *teleop_nodes]
 
 
-def teleop(sim: bool = False, seed: int = 0, with_rviz: bool = False,
-           cameras: str = "cameras/koch_real.yaml") -> list[NodeSpec]:
+def teleop(sim: bool = False, seed: int | None = None, with_rviz: bool = False,
+           cameras: str = REAL_CAMERAS) -> list[NodeSpec]:
     """teleop.launch.py: robot + leader (the scripted expert in sim) + teleop."""
     return robot(sim, seed, with_rviz, cameras) + (scripted_teleop() if sim else leader_teleop())
 
@@ -189,28 +206,35 @@ def next_episode(bag_root: str | Path, pattern: str = EPISODE_PATTERN) -> int:
     return max(used) + 1 if used else 0
 
 
-def bag_record(bag_root: str, mapping: str = "mapping/koch_sim.yaml", storage: str = "mcap",
+def bag_record(bag_root: str, mapping: str = DEFAULT_MAPPING, storage: str | None = None,
                episode: int | None = None, pattern: str = EPISODE_PATTERN) -> ProcessSpec:
-    """`ros2 bag record` of the mapping's topics into `<bag_root>/<pattern>`: one bag per episode."""
+    """`ros2 bag record` of the mapping's topics into `<bag_root>/<pattern>`: one bag per episode.
+
+    `storage` None: the recorder node's default, so both recorders write the same kind of bag.
+    """
     from koch_common.feature_mapping import load_mapping
 
     index = next_episode(bag_root, pattern) if episode is None else episode
     output = Path(bag_root) / pattern.format(index=index)
-    return ProcessSpec("ros2_bag_record", ("ros2", "bag", "record", "-s", storage, "-o", str(output),
+    plugin = storage or setting_info(RecorderSettings, "storage").default
+    return ProcessSpec("ros2_bag_record", ("ros2", "bag", "record", "-s", plugin, "-o", str(output),
                                            *load_mapping(mapping).recorded_topics))
 
 
-def record(sim: bool = False, bag_root: str = "bags", mapping: str = "mapping/koch_sim.yaml",
-           storage: str = "mcap", episode: int | None = None, recorder_kind: str = "ros2bag", seed: int = 0,
-           with_rviz: bool = False) -> list[NodeSpec | ProcessSpec]:
+def record(sim: bool = False, bag_root: str | None = None, mapping: str = DEFAULT_MAPPING,
+           storage: str | None = None, episode: int | None = None, recorder_kind: str = "ros2bag",
+           seed: int | None = None, with_rviz: bool = False) -> list[NodeSpec | ProcessSpec]:
     """record.launch.py: teleop plus a recorder of the mapping's topics.
 
     recorder_kind `ros2bag` runs `ros2 bag record` for one episode (one launch = one bag);
     `node` runs koch_record's recorder, which writes one bag per ~/start..~/stop (no ROS CLI needed).
+    `bag_root` None: the recorder's default output_dir.
     """
     if recorder_kind not in ("ros2bag", "node"):
         raise ValueError(f"recorder {recorder_kind!r} is unknown; use ros2bag or node")
     from koch_common.feature_mapping import load_mapping
+
+    bag_root = bag_root or setting_info(RecorderSettings, "output_dir").default
 
     graph_: list[NodeSpec | ProcessSpec] = list(teleop(sim, seed, with_rviz))
     if recorder_kind == "ros2bag":
@@ -225,21 +249,14 @@ def record(sim: bool = False, bag_root: str = "bags", mapping: str = "mapping/ko
     return graph_
 
 
-def policy_graph(checkpoint: str, device: str = "cpu", sim: bool = True, seed: int = 0, enabled: bool = False,
-                 chunk_policy: str = "", with_rviz: bool = False, realtime_priority: int = 0) -> list[NodeSpec]:
+def policy_graph(checkpoint: str, sim: bool = True, seed: int | None = None, with_rviz: bool = False,
+                 **parameters: Any) -> list[NodeSpec]:
     """policy.launch.py: `deploy` (robot + policy node), robot_state_publisher and optional RViz.
 
-    `chunk_policy` (empty: the node's default) and `realtime_priority` (0: normal scheduling) are
-    passed as the policy node's parameters of the same names.
+    `parameters` (device, enabled, chunk_policy, realtime_priority, ...; None: the node's default)
+    are the policy node's parameters of the same names.
     """
-    specs = deploy(checkpoint, device, sim, seed, enabled)
-    overrides = {"chunk_policy": chunk_policy} if chunk_policy else {}
-    if realtime_priority:
-        overrides["realtime_priority"] = realtime_priority
-    if overrides:
-        specs = [replace(s, parameters={**s.parameters, **overrides}) if s.package == "koch_policy" else s
-                 for s in specs]
-    return specs + robot_state_publisher() + (rviz() if with_rviz else [])
+    return deploy(checkpoint, sim, seed, **parameters) + robot_state_publisher() + (rviz() if with_rviz else [])
 
 
 # ---- launch arguments, declared once for the launch files and `launch_graph` ----------------------
@@ -251,10 +268,43 @@ class LaunchArgument:
     description: str
 
 
+# The policy node's parameters that policy.launch.py passes on, as launch arguments of the same names.
+POLICY_ARGUMENTS = ("checkpoint", "device", "chunk_policy", "enabled", "realtime_priority")
+
+
+def _launch_text(value: Any) -> str:
+    """A parameter value as a launch argument writes it."""
+    if value is None:
+        return ""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _parameter_argument(cls: type, name: str, node: str, when: str = "") -> LaunchArgument:
+    """A launch argument setting parameter `name` of settings `cls`: the parameter's default and description."""
+    info = setting_info(cls, name)
+    constraints = info.constraints()
+    return LaunchArgument(name, "" if info.required else _launch_text(info.plain(info.default)),
+                          f"the {node} node's {name}: {info.description}" + (f" ({constraints})" if constraints else "")
+                          + when)
+
+
+def _parameter_value(cls: type, name: str, text: str) -> Any:
+    """A launch argument's text as the type of parameter `name` of `cls`; empty: None (the node's default)."""
+    if text == "":
+        return None
+    kind = setting_info(cls, name).scalar
+    try:
+        if kind is bool:
+            return _flag(text, name)
+        return kind(text) if kind in (int, float) else text
+    except ValueError:
+        raise ValueError(f"launch argument {name}:={text!r} must be {kind.__name__}") from None
+
+
 _SIM = LaunchArgument("sim", "false", "true: the simulated Koch (servo emulator + rendered camera); false: hardware")
-_SEED = LaunchArgument("seed", "0", "seed of the simulated task's target sequence (sim:=true only)")
+_SEED = _parameter_argument(SimWorldSettings, "seed", "sim_world", " (sim:=true only)")
 _RVIZ = LaunchArgument("rviz", "false", "true: start RViz (rviz/koch.rviz) and rqt_robot_monitor for /diagnostics")
-_CAMERA = LaunchArgument("cameras", "cameras/koch_real.yaml",
+_CAMERA = LaunchArgument("cameras", REAL_CAMERAS,
                          "camera settings file (config/cameras/) of the real head camera (sim:=false)")
 
 LAUNCH_ARGUMENTS: dict[str, tuple[LaunchArgument, ...]] = {
@@ -264,10 +314,11 @@ LAUNCH_ARGUMENTS: dict[str, tuple[LaunchArgument, ...]] = {
     "teleop": (_SIM, _SEED, _RVIZ, _CAMERA),
     "record": (
         _SIM, _SEED, _RVIZ,
-        LaunchArgument("bag_root", "bags", "folder of the episode bags"),
-        LaunchArgument("mapping", "mapping/koch_sim.yaml",
+        LaunchArgument("bag_root", setting_info(RecorderSettings, "output_dir").default,
+                       "folder of the episode bags"),
+        LaunchArgument("mapping", DEFAULT_MAPPING,
                        "feature mapping (config/mapping/): its topics are the ones recorded"),
-        LaunchArgument("storage", "mcap", "rosbag2 storage plugin: mcap or sqlite3"),
+        _parameter_argument(RecorderSettings, "storage", "recorder"),
         LaunchArgument("episode", "auto",
                        "episode index of this bag (bag_root/episode_NNNN); auto: the next free index"),
         LaunchArgument("recorder", "ros2bag",
@@ -275,17 +326,9 @@ LAUNCH_ARGUMENTS: dict[str, tuple[LaunchArgument, ...]] = {
                        "one bag per /recorder/start../recorder/stop"),
     ),
     "policy": (
-        LaunchArgument("checkpoint", "", "LeRobot pretrained_model directory written by kuavo_train (required)"),
-        LaunchArgument("device", "cpu", "torch device for inference: cpu or cuda"),
-        LaunchArgument("chunk_policy", "",
-                       "how action chunks are executed, the policy node's chunk_policy parameter: execute_k, "
-                       "temporal_ensembling, overlap_blend, latest_only or rtc; empty: the node's default"),
+        *(_parameter_argument(PolicySettings, name, "policy") for name in POLICY_ARGUMENTS),
         LaunchArgument("sim", "true", "true: the simulated Koch; false: the real follower arm"),
         _SEED,
-        LaunchArgument("enabled", "false", "start with the policy driving the arm (else call /policy/policy/enable)"),
-        LaunchArgument("realtime_priority", "0",
-                       "SCHED_FIFO priority (1-99) of the policy node's callback threads, the 30 Hz timer among "
-                       "them; needs CAP_SYS_NICE or an rtprio limit; 0: normal scheduling"),
         _RVIZ,
     ),
 }
@@ -306,7 +349,7 @@ def build(name: str, values: dict[str, str] | None = None) -> list[NodeSpec | Pr
     if unknown:
         raise ValueError(f"{name}: unknown launch arguments {sorted(unknown)}; it takes {sorted(declared)}")
     v = {**declared, **(values or {})}
-    seed = int(v["seed"])
+    seed = _parameter_value(SimWorldSettings, "seed", v["seed"])
     rviz_on = _flag(v["rviz"], "rviz")
     if name == "robot":
         return list(robot(_flag(v["sim"], "sim"), seed, rviz_on, v["cameras"]))
@@ -316,21 +359,21 @@ def build(name: str, values: dict[str, str] | None = None) -> list[NodeSpec | Pr
         return list(teleop(_flag(v["sim"], "sim"), seed, rviz_on, v["cameras"]))
     if name == "record":
         episode = None if v["episode"] == "auto" else int(v["episode"])
-        return record(_flag(v["sim"], "sim"), v["bag_root"], v["mapping"], v["storage"], episode, v["recorder"],
+        storage = _parameter_value(RecorderSettings, "storage", v["storage"])
+        return record(_flag(v["sim"], "sim"), v["bag_root"], v["mapping"], storage, episode, v["recorder"],
                       seed, rviz_on)
     if not v["checkpoint"]:
         raise ValueError("policy: checkpoint:=PATH is required (a pretrained_model directory written by kuavo_train)")
-    return list(policy_graph(v["checkpoint"], v["device"], _flag(v["sim"], "sim"), seed,
-                             _flag(v["enabled"], "enabled"), v["chunk_policy"], rviz_on,
-                             int(v["realtime_priority"])))
+    parameters = {name: _parameter_value(PolicySettings, name, v[name]) for name in POLICY_ARGUMENTS}
+    return list(policy_graph(sim=_flag(v["sim"], "sim"), seed=seed, with_rviz=rviz_on, **parameters))
 
 
 def sim_cameras(names: tuple[str, ...] = ("head", "wrist")) -> list[NodeSpec]:
     """The simulated cameras of config/cameras/sim.yaml (RGB + depth), one node per view.
 
-    Each runs in the namespace of its name: /head/color/image_raw (the recorded and policy
-    camera), /head/depth/image_raw, /wrist/color/image_raw, ...
+    Each runs in the namespace of its name, which names its camera in the file: /head/color/image_raw
+    (the recorded and policy camera), /head/depth/image_raw, /wrist/color/image_raw, ...
     """
-    return [NodeSpec("koch_camera", "camera", "camera", name, {"config": "cameras/sim.yaml", "camera": name},
+    return [NodeSpec("koch_camera", "camera", "camera", name, node_parameters(CameraFile, config="cameras/sim.yaml"),
                      (("joint_states", topic("follower_joint_states")), ("target", topic("sim_target"))))
             for name in names]

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -67,7 +68,7 @@ def _interrupt(*_args: object) -> None:
 class GraphProcess:
     """A running graph; stop() sends SIGINT like Ctrl-C in `ros2 launch`, then waits."""
 
-    def __init__(self, specs: list[NodeSpec | ProcessSpec], log_dir: Path | None = None) -> None:
+    def __init__(self, specs: Sequence[NodeSpec | ProcessSpec], log_dir: Path | None = None) -> None:
         # Nodes that come with a ROS 2 install (robot_state_publisher, rviz2) are left out where
         # they are not installed, as on the PyPI-wheel machines: they only serve TF and views.
         self.skipped = [s for s in specs if isinstance(s, NodeSpec) and s.package in ROS_TOOL_PACKAGES
@@ -160,11 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     # The two older names stay as they were: sim_robot = the sim without TF, deploy = policy with sim:=true.
+    # Arguments left out leave the nodes' defaults (koch_bringup.graph passes only what differs).
+    seed = int(values["seed"]) if "seed" in values else None
     if args.graph == "sim_robot":
-        specs: list = graph.sim_robot(int(values.get("seed", 0)))
+        specs: list = graph.sim_robot(seed)
     elif args.graph == "deploy":
-        specs = graph.deploy(values["checkpoint"], values.get("device", "cpu"), values.get("sim", "true") == "true",
-                             int(values.get("seed", 0)), values.get("enabled", "false") == "true")
+        enabled = values["enabled"] == "true" if "enabled" in values else None
+        specs = graph.deploy(values["checkpoint"], values.get("sim", "true") == "true", seed,
+                             device=values.get("device"), enabled=enabled)
     else:
         try:
             specs = graph.build(args.graph, values)

@@ -127,7 +127,7 @@ def urdf_xml(koch: KochConfig | None = None, camera_position: tuple[float, float
         # Optical frame (REP 103 camera convention: z forward, x right, y down) of a camera looking
         # straight down with image right = world -y and image down = world -x (koch_sim.scene).
         parts += [
-            _fixed_line("head_camera_joint", "base_link", "head_camera_link", tuple(camera_position)),
+            _fixed_line("head_camera_joint", "base_link", "head_camera_link", camera_position),
             '  <link name="head_camera_link"/>\n',
             _fixed_line("head_camera_optical_joint", "head_camera_link", CAMERA_FRAME, (0, 0, 0),
                         (math.pi, 0.0, -math.pi / 2)),
@@ -141,7 +141,8 @@ def default_urdf() -> str:
     """The URDF as installed: follower arm plus the simulated head camera's frame."""
     from koch_sim.sim_config import load_sim
 
-    return urdf_xml(load_koch(), tuple(load_sim().camera.position))
+    x, y, z = load_sim().camera.position
+    return urdf_xml(load_koch(), (x, y, z))
 
 
 # ---- forward kinematics read back from any URDF (a check on the generator and on the file) ----
@@ -165,19 +166,39 @@ def parse_joints(text: str) -> dict[str, UrdfJoint]:
         raise ValueError(f"not a URDF: root element is <{root.tag}>, expected <robot>")
     joints = {}
     for j in root.findall("joint"):
+        name = _attribute(j, "name")
         origin = j.find("origin")
         axis = j.find("axis")
         limit = j.find("limit")
-        joints[j.get("name")] = UrdfJoint(
-            name=j.get("name"), type=j.get("type"),
-            parent=j.find("parent").get("link"), child=j.find("child").get("link"),
-            xyz=np.array([float(v) for v in (origin.get("xyz", "0 0 0") if origin is not None else "0 0 0").split()]),
-            rpy=np.array([float(v) for v in (origin.get("rpy", "0 0 0") if origin is not None else "0 0 0").split()]),
-            axis=np.array([float(v) for v in (axis.get("xyz") if axis is not None else "1 0 0").split()]),
-            lower=float(limit.get("lower")) if limit is not None else None,
-            upper=float(limit.get("upper")) if limit is not None else None,
+        joints[name] = UrdfJoint(
+            name=name, type=_attribute(j, "type"),
+            parent=_attribute(_child(j, "parent"), "link"), child=_attribute(_child(j, "child"), "link"),
+            xyz=_vector(origin, "xyz", "0 0 0"), rpy=_vector(origin, "rpy", "0 0 0"),
+            axis=_vector(axis, "xyz", "1 0 0"),
+            lower=float(_attribute(limit, "lower")) if limit is not None else None,
+            upper=float(_attribute(limit, "upper")) if limit is not None else None,
         )
     return joints
+
+
+def _child(element: ET.Element, tag: str) -> ET.Element:
+    child = element.find(tag)
+    if child is None:
+        raise ValueError(f"URDF <{element.tag} name={element.get('name')!r}> lacks its <{tag}> element")
+    return child
+
+
+def _attribute(element: ET.Element, key: str) -> str:
+    value = element.get(key)
+    if value is None:
+        raise ValueError(f"URDF <{element.tag} name={element.get('name')!r}> lacks its {key!r} attribute")
+    return value
+
+
+def _vector(element: ET.Element | None, key: str, default: str) -> np.ndarray:
+    """The numbers of attribute `key` of an optional element (URDF's default when either is absent)."""
+    text = default if element is None else element.get(key, default)
+    return np.array([float(v) for v in text.split()])
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:

@@ -26,18 +26,37 @@ in ticks), and how a newly arrived chunk merges with what is planned (`accept`).
 from __future__ import annotations
 
 import math
+from enum import Enum
+from typing import ClassVar
 
 import numpy as np
 
-CHUNK_POLICIES = ("execute_k", "temporal_ensembling", "overlap_blend", "latest_only", "rtc")
+
+class ChunkPolicyName(str, Enum):
+    """A chunk policy's name: the policy node's `chunk_policy` parameter and the launch argument."""
+
+    EXECUTE_K = "execute_k"
+    TEMPORAL_ENSEMBLING = "temporal_ensembling"
+    OVERLAP_BLEND = "overlap_blend"
+    LATEST_ONLY = "latest_only"
+    RTC = "rtc"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DEFAULT_CHUNK_POLICY = ChunkPolicyName.EXECUTE_K
+# A new chunk is requested when fewer than this fraction of the current one is left (LeRobot's
+# chunk_size_threshold); the policy node's replan_threshold parameter.
+DEFAULT_REPLAN_THRESHOLD = 0.5
 
 
 class ChunkPolicy:
     """Base: a single plan (actions from `t0` on, one per tick)."""
 
-    name = ""
+    name: ClassVar[ChunkPolicyName]
 
-    def __init__(self, fps: float, n_action_steps: int, threshold: float = 0.5) -> None:
+    def __init__(self, fps: float, n_action_steps: int, threshold: float = DEFAULT_REPLAN_THRESHOLD) -> None:
         if fps <= 0 or n_action_steps < 1 or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"chunk policy needs fps > 0, n_action_steps >= 1, 0 <= threshold <= 1; got "
                              f"{fps}, {n_action_steps}, {threshold}")
@@ -48,6 +67,12 @@ class ChunkPolicy:
         self._t0 = 0.0
         self.chunk_len = 0
         self._merged_until = 0.0  # until then the plan mixes the old chunk and the new one
+
+    @classmethod
+    def create(cls, fps: float, n_action_steps: int, threshold: float, *, blend_old_weight: float,
+               ensemble_coeff: float) -> ChunkPolicy:
+        """One from the options every policy is offered (`make_chunk_policy`'s); each takes what it uses."""
+        return cls(fps, n_action_steps, threshold)
 
     def clear(self) -> None:
         self._plan = None
@@ -86,7 +111,7 @@ class ChunkPolicy:
         """The current plan's actions for t_obs + i/fps (i < length) and which exist."""
         joints = self._plan.shape[1] if self._plan is not None else 0
         old = np.zeros((length, joints))
-        have = np.zeros(length, bool)
+        have: np.ndarray = np.zeros(length, bool)
         if self._plan is not None:
             offset = int(round((t_obs - self._t0) * self.fps))
             idx = np.arange(length) + offset
@@ -96,7 +121,7 @@ class ChunkPolicy:
 
 
 class ExecuteKThenReplan(ChunkPolicy):
-    name = "execute_k"
+    name = ChunkPolicyName.EXECUTE_K
 
     def _end(self) -> int:
         return 0 if self._plan is None else min(self.n_action_steps, len(self._plan))
@@ -106,17 +131,23 @@ class ExecuteKThenReplan(ChunkPolicy):
 
 
 class LatestOnly(ChunkPolicy):
-    name = "latest_only"
+    name = ChunkPolicyName.LATEST_ONLY
 
 
 class OverlapBlend(ChunkPolicy):
-    name = "overlap_blend"
+    name = ChunkPolicyName.OVERLAP_BLEND
 
-    def __init__(self, fps: float, n_action_steps: int, threshold: float = 0.5, old_weight: float = 0.3) -> None:
+    def __init__(self, fps: float, n_action_steps: int, threshold: float = DEFAULT_REPLAN_THRESHOLD,
+                 old_weight: float = 0.3) -> None:
         super().__init__(fps, n_action_steps, threshold)
         if not 0.0 <= old_weight <= 1.0:
             raise ValueError(f"overlap_blend old weight must be in [0, 1], got {old_weight}")
         self.old_weight = old_weight
+
+    @classmethod
+    def create(cls, fps: float, n_action_steps: int, threshold: float, *, blend_old_weight: float,
+               ensemble_coeff: float) -> ChunkPolicy:
+        return cls(fps, n_action_steps, threshold, blend_old_weight)
 
     def accept(self, chunk: np.ndarray, t_obs: float, now: float | None = None) -> None:
         now = t_obs if now is None else now
@@ -130,11 +161,10 @@ class OverlapBlend(ChunkPolicy):
         self._plan, self._t0 = merged, t_obs
 
 
-
 class RealTimeChunking(ChunkPolicy):
-    name = "rtc"
+    name = ChunkPolicyName.RTC
 
-    def __init__(self, fps: float, n_action_steps: int, threshold: float = 0.5) -> None:
+    def __init__(self, fps: float, n_action_steps: int, threshold: float = DEFAULT_REPLAN_THRESHOLD) -> None:
         super().__init__(fps, n_action_steps, threshold)
         self.last_frozen = 0  # frozen actions of the last merge (inference delay in ticks)
 
@@ -163,14 +193,19 @@ class RealTimeChunking(ChunkPolicy):
         self._plan, self._t0 = merged, t_obs
 
 
-
 class TemporalEnsembling(ChunkPolicy):
-    name = "temporal_ensembling"
+    name = ChunkPolicyName.TEMPORAL_ENSEMBLING
 
-    def __init__(self, fps: float, n_action_steps: int, threshold: float = 0.5, coeff: float = 0.01) -> None:
+    def __init__(self, fps: float, n_action_steps: int, threshold: float = DEFAULT_REPLAN_THRESHOLD,
+                 coeff: float = 0.01) -> None:
         super().__init__(fps, n_action_steps, threshold)
         self.coeff = coeff
         self._chunks: list[tuple[float, np.ndarray]] = []  # oldest first
+
+    @classmethod
+    def create(cls, fps: float, n_action_steps: int, threshold: float, *, blend_old_weight: float,
+               ensemble_coeff: float) -> ChunkPolicy:
+        return cls(fps, n_action_steps, threshold, ensemble_coeff)
 
     def clear(self) -> None:
         self._chunks = []
@@ -215,16 +250,22 @@ class TemporalEnsembling(ChunkPolicy):
         return True  # ACT's ensemble predicts every tick; the worker takes the request when it is free
 
 
-def make_chunk_policy(name: str, fps: float, n_action_steps: int, threshold: float = 0.5,
-                      blend_old_weight: float = 0.3, ensemble_coeff: float = 0.01) -> ChunkPolicy:
-    if name == "execute_k":
-        return ExecuteKThenReplan(fps, n_action_steps, threshold)
-    if name == "temporal_ensembling":
-        return TemporalEnsembling(fps, n_action_steps, threshold, ensemble_coeff)
-    if name == "overlap_blend":
-        return OverlapBlend(fps, n_action_steps, threshold, blend_old_weight)
-    if name == "latest_only":
-        return LatestOnly(fps, n_action_steps, threshold)
-    if name == "rtc":
-        return RealTimeChunking(fps, n_action_steps, threshold)
-    raise ValueError(f"unknown chunk_policy {name!r}; choose one of {list(CHUNK_POLICIES)}")
+# The registry: every chunk policy by name, in ChunkPolicyName's order.
+CHUNK_POLICIES: dict[ChunkPolicyName, type[ChunkPolicy]] = {
+    cls.name: cls for cls in (ExecuteKThenReplan, TemporalEnsembling, OverlapBlend, LatestOnly, RealTimeChunking)
+}
+
+
+def chunk_policy_name(name: ChunkPolicyName | str) -> ChunkPolicyName:
+    """`name` as a ChunkPolicyName, or a ValueError naming the choices."""
+    try:
+        return ChunkPolicyName(name)
+    except ValueError:
+        raise ValueError(f"unknown chunk_policy {name!r}; choose one of {[n.value for n in ChunkPolicyName]}") from None
+
+
+def make_chunk_policy(name: ChunkPolicyName | str, fps: float, n_action_steps: int,
+                      threshold: float = DEFAULT_REPLAN_THRESHOLD, blend_old_weight: float = 0.3,
+                      ensemble_coeff: float = 0.01) -> ChunkPolicy:
+    return CHUNK_POLICIES[chunk_policy_name(name)].create(
+        fps, n_action_steps, threshold, blend_old_weight=blend_old_weight, ensemble_coeff=ensemble_coeff)

@@ -10,8 +10,20 @@ return (it is a hold-to-run switch, not a latch).
 from __future__ import annotations
 
 import threading
+from enum import Enum
 
 import numpy as np
+
+
+class GateState(str, Enum):
+    """Whether commands may flow; the value is the policy node's `gate` diagnostic."""
+
+    OPEN = "open"
+    ESTOP = "estop"  # latched until reset_estop
+    DEADMAN = "deadman"  # no heartbeat within deadman_timeout_s
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class SafetyGate:
@@ -21,19 +33,15 @@ class SafetyGate:
         self.deadman_timeout_s = deadman_timeout_s
         self._lock = threading.Lock()
         self.estop_latched = False
-        self.estop_reason = ""
-        self.estop_count = 0
         self.hold_position: np.ndarray | None = None
         self._last_heartbeat: float | None = None
 
-    def estop(self, reason: str) -> bool:
+    def estop(self) -> bool:
         """Latch the e-stop; returns False when it was already latched."""
         with self._lock:
             if self.estop_latched:
                 return False
             self.estop_latched = True
-            self.estop_reason = reason
-            self.estop_count += 1
             self.hold_position = None  # taken by the runner on its next tick
             return True
 
@@ -41,7 +49,6 @@ class SafetyGate:
         with self._lock:
             was = self.estop_latched
             self.estop_latched = False
-            self.estop_reason = ""
             self.hold_position = None
             return was
 
@@ -49,15 +56,15 @@ class SafetyGate:
         with self._lock:
             self._last_heartbeat = now
 
-    def blocked(self, now: float) -> str:
-        """'' when commands may flow, else 'estop' or 'deadman'."""
+    def state(self, now: float) -> GateState:
+        """OPEN when commands may flow; else what stops them (a latched e-stop first)."""
         with self._lock:
             if self.estop_latched:
-                return "estop"
+                return GateState.ESTOP
             if self.deadman_timeout_s > 0 and (
                     self._last_heartbeat is None or now - self._last_heartbeat > self.deadman_timeout_s):
-                return "deadman"
-            return ""
+                return GateState.DEADMAN
+            return GateState.OPEN
 
     def latched_hold(self, measured: np.ndarray) -> np.ndarray:
         """The position the e-stop holds: the one measured on the first tick after latching."""

@@ -30,8 +30,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.clock import Clock
+from rclpy.clock import Clock, ROSClock
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
@@ -39,24 +40,26 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
-from koch_common import policy_runtime
+from koch_common.config import ConfigError
 from koch_common.feature_mapping import Feature, Mapping, load_mapping
 from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_metres, from_fields, to_rgb
 from koch_common.kinematics import tcp_position
+from koch_common.node_params import declare_settings, updated_settings
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_common.safety import SafeChunk, SafetyLimits
-from koch_policy.chunk_policies import CHUNK_POLICIES
-from koch_policy.gate import SafetyGate
-from koch_policy.runner import PolicyRunner, resolve_trigger
+from koch_policy.gate import GateState, SafetyGate
+from koch_policy.runner import PolicyRunner, TickKind, resolve_trigger
+from koch_policy.settings import PolicySettings
 from koch_policy.trajectory_cdr import safe_chunk_cdr
+from koch_runtime.factory import load_runtime
 
 
 def clock_now_ns(clock: Clock) -> int:
     """`clock.now().nanoseconds`: without simulated time a ROS clock reads the system clock, which
     `time.time_ns` reads directly (rclpy builds a Time object through three Python layers: ~10 us
     warm, ~0.1 ms with the caches cold after an inference, on the path of every published chunk)."""
-    return clock.now().nanoseconds if clock.ros_time_is_active else time.time_ns()
+    return clock.now().nanoseconds if isinstance(clock, ROSClock) and clock.ros_time_is_active else time.time_ns()
 
 
 def decode_image(msg: Image) -> np.ndarray:
@@ -70,46 +73,29 @@ def decode_image(msg: Image) -> np.ndarray:
 class PolicyNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy", **kwargs)
-        checkpoint = self.declare_parameter("checkpoint", "").value
-        device = self.declare_parameter("device", "cpu").value
-        # CPU threads for inference (0 = the runtime's default); fewer leaves a core to the 30 Hz loop.
-        threads = int(self.declare_parameter("inference_threads", 0).value)
-        mapping_path = self.declare_parameter("mapping", "mapping/koch_sim.yaml").value
-        self.enabled = bool(self.declare_parameter("enabled", False).value)
-        self.dry_run = bool(self.declare_parameter("dry_run", False).value)
-        chunk_policy = self.declare_parameter("chunk_policy", "execute_k").value
-        threshold = float(self.declare_parameter("replan_threshold", 0.5).value)
-        deadman = float(self.declare_parameter("deadman_timeout_s", 0.0).value)
-        self.publish_markers = bool(self.declare_parameter("publish_markers", True).value)
-        # Publish as soon as a chunk lands instead of at the next 30 Hz tick (saves up to one period).
-        publish_on_arrival = bool(self.declare_parameter("publish_on_arrival", True).value)
-        # Whose message starts a wanted inference: auto = the first camera (the freshest frame, no wait
-        # for a tick), tick = the 30 Hz tick, or an input feature key (see koch_policy.runner).
-        trigger = self.declare_parameter("inference_trigger", "auto").value
-        # SCHED_FIFO priority of the callback threads (the 30 Hz timer among them), so inference on
-        # the same cores yields to them; 0 = normal scheduling. Applied by koch_common.node_runner.
-        self.declare_parameter("realtime_priority", 0)
-        if not checkpoint:
-            raise ValueError("parameter 'checkpoint' is empty: pass the pretrained_model directory from training")
-        if chunk_policy not in CHUNK_POLICIES:
-            raise ValueError(f"parameter chunk_policy={chunk_policy!r}; choose one of {list(CHUNK_POLICIES)}")
+        # Every parameter, its default and description: koch_policy.settings.PolicySettings.
+        self.settings: PolicySettings = declare_settings(self, PolicySettings)
+        settings = self.settings
+        self.enabled = settings.enabled
+        self.dry_run = settings.dry_run
+        self.publish_markers = settings.publish_markers
         koch = load_koch()
         self.arm = koch.follower
         self.kinematics = koch.kinematics
-        self.mapping: Mapping = load_mapping(mapping_path)
+        self.mapping: Mapping = load_mapping(settings.mapping)
         # A LeRobot checkpoint or its ONNX export (kuavo_export), with the same processors as training.
-        self.runtime = policy_runtime.load_runtime(checkpoint, device, threads)
-        self.fps = float(self.declare_parameter("rate_hz", float(self.mapping.fps)).value)
-        n_steps = int(self.declare_parameter("n_action_steps", self.runtime.n_action_steps).value)
+        self.runtime = load_runtime(settings.checkpoint, settings.device, settings.inference_threads)
+        self.fps = float(self.mapping.fps) if settings.rate_hz is None else settings.rate_hz
+        n_steps = self.runtime.n_action_steps if settings.n_action_steps is None else settings.n_action_steps
         inputs = [f for f in self.mapping.features if f.key != "action"]
-        self.gate = SafetyGate(deadman)
+        self.gate = SafetyGate(settings.deadman_timeout_s)
         self.runner = PolicyRunner(
             self.runtime.predict_chunk,
             {f.key: f.stream for f in inputs},
             SafetyLimits.for_arm(self.arm, koch.safety), self.fps, n_steps, clock=self.now,
-            chunk_policy=chunk_policy, gate=self.gate, replan_threshold=threshold,
-            on_chunk=self.on_tick if publish_on_arrival else None,
-            trigger=resolve_trigger(trigger, [f.key for f in inputs]),
+            chunk_policy=settings.chunk_policy, gate=self.gate, replan_threshold=settings.replan_threshold,
+            on_chunk=self.on_tick if settings.publish_on_arrival else None,
+            trigger=resolve_trigger(settings.inference_trigger, [f.key for f in inputs]),
             worker_cpus=self.runtime.caller_cpus,
         )
         # Three groups, so the executor's threads run them side by side (in the node's one default group
@@ -182,7 +168,7 @@ class PolicyNode(Node):
         return response
 
     def _latch(self, reason: str) -> bool:
-        latched = self.gate.estop(reason)
+        latched = self.gate.estop()
         if latched:
             self.estop_tick = self.runner.ticks
             self.get_logger().warn(f"e-stop latched ({reason}); call ~/reset_estop to release")
@@ -210,17 +196,16 @@ class PolicyNode(Node):
         if msg.data:
             self.gate.heartbeat(self.now())
 
-    def on_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            if param.name == "chunk_policy":
-                if param.value not in CHUNK_POLICIES:
-                    return SetParametersResult(successful=False,
-                                               reason=f"chunk_policy must be one of {list(CHUNK_POLICIES)}")
-                self.runner.set_chunk_policy(param.value)
-            elif param.name == "dry_run":
-                self.dry_run = bool(param.value)
-            elif param.name in ("checkpoint", "device", "mapping", "rate_hz", "n_action_steps", "inference_trigger"):
-                return SetParametersResult(successful=False, reason=f"{param.name} is read at start-up only")
+    def on_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        # ROS refuses the read-only ones itself; the changeable ones (chunk_policy, dry_run) are checked here.
+        try:
+            updated = updated_settings(self.settings, params)
+        except ConfigError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        if updated.chunk_policy != self.settings.chunk_policy:
+            self.runner.set_chunk_policy(updated.chunk_policy)
+        self.dry_run = updated.dry_run
+        self.settings = updated
         return SetParametersResult(successful=True)
 
     # -- tick ------------------------------------------------------------------------------
@@ -239,7 +224,7 @@ class PolicyNode(Node):
         stamp = divmod(now_ns, 1_000_000_000)  # the tick time: point 0 is due now
         self._publish_command(output.command, stamp)
         self.tick_overhead_s.append(time.perf_counter() - started)
-        if self.publish_markers and output.kind == "chunk":
+        if self.publish_markers and output.kind is TickKind.CHUNK:
             self._publish_visuals(output.command, Time(sec=stamp[0], nanosec=stamp[1]))
 
     def _publish_command(self, command: SafeChunk, stamp: tuple[int, int]) -> None:
@@ -283,13 +268,13 @@ class PolicyNode(Node):
         overhead = np.array(self.tick_overhead_s) * 1e3 if self.tick_overhead_s else np.array([np.nan])
         with self.runner._lock:
             queue = self.runner.queue
-        blocked = self.gate.blocked(now)
+        gate = self.gate.state(now)
         values = {
             "enabled": str(self.enabled),
             "dry_run": str(self.dry_run),
-            "chunk_policy": queue.name,
+            "chunk_policy": queue.name.value,
             "estop_latched": str(self.gate.estop_latched),
-            "gate": blocked or "open",
+            "gate": gate.value,
             "chunk_publish_rate_hz": f"{rate:.2f}",
             "inference_latency_p50_ms": f"{p50:.2f}",
             "inference_latency_p99_ms": f"{p99:.2f}",
@@ -303,7 +288,7 @@ class PolicyNode(Node):
             **{f"safety_{k}": str(v) for k, v in sorted(self.runner.limits.interventions.items())},
         }
         level = DiagnosticStatus.ERROR if self.gate.estop_latched else (
-            DiagnosticStatus.WARN if blocked or self.runner.last_error else DiagnosticStatus.OK)
+            DiagnosticStatus.WARN if gate is not GateState.OPEN or self.runner.last_error else DiagnosticStatus.OK)
         status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: policy",
                                   message="e-stop latched" if self.gate.estop_latched else
                                   ("running" if self.enabled else "disabled"), hardware_id="policy")

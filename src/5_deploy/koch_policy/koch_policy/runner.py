@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
@@ -34,8 +35,14 @@ from koch_common.feature_mapping import IMAGE_PREFIX
 from koch_common.realtime import pin_current_thread
 from koch_common.resample import StreamBuffer, StreamSpec
 from koch_common.safety import SafeChunk, SafetyLimits
-from koch_policy.chunk_policies import ChunkPolicy, make_chunk_policy
-from koch_policy.gate import SafetyGate
+from koch_policy.chunk_policies import (
+    DEFAULT_CHUNK_POLICY,
+    DEFAULT_REPLAN_THRESHOLD,
+    ChunkPolicy,
+    ChunkPolicyName,
+    make_chunk_policy,
+)
+from koch_policy.gate import GateState, SafetyGate
 
 STATE_FEATURE = "observation.state"
 
@@ -53,9 +60,39 @@ def resolve_trigger(choice: str, streams: Iterable[str]) -> str | None:
     return choice
 
 
+class TickKind(str, Enum):
+    """What a tick decided (in `tick`'s order of precedence after WAIT)."""
+
+    WAIT = "wait"  # no joint state yet: nothing to send
+    ESTOP = "estop"  # e-stop latched: hold the position measured when it latched
+    DEADMAN = "deadman"  # deadman lapsed: hold the measured position
+    STALE = "stale"  # an observation stream is stale or missing: hold the measured position
+    HOLD = "hold"  # no chunk yet: hold the measured position
+    CHUNK = "chunk"  # the chunk policy's due actions, through the safety filter
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RunnerIntervention(str, Enum):
+    """Why the runner held instead of executing a chunk; counted in `SafetyLimits.interventions` beside the
+    safety layer's own kinds (`koch_common.safety.InterventionKind`), the value is the key on `/diagnostics`."""
+
+    ESTOP = "estop"
+    DEADMAN = "deadman"
+    STALE_OBSERVATION = "stale_observation"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_INTERVENTION = {TickKind.ESTOP: RunnerIntervention.ESTOP, TickKind.DEADMAN: RunnerIntervention.DEADMAN,
+                 TickKind.STALE: RunnerIntervention.STALE_OBSERVATION}
+
+
 @dataclass
 class TickOutput:
-    kind: str  # "chunk", "hold" (no chunk yet), "stale", "deadman", "estop" or "wait" (nothing to send)
+    kind: TickKind
     command: SafeChunk | None  # safe position targets for now + k / fps
     reason: str = ""
     tick: int = 0
@@ -75,9 +112,9 @@ class PolicyRunner:
         fps: float,
         n_action_steps: int,
         clock: Callable[[], float] = time.time,
-        chunk_policy: str = "execute_k",
+        chunk_policy: ChunkPolicyName | str = DEFAULT_CHUNK_POLICY,
         gate: SafetyGate | None = None,
-        replan_threshold: float = 0.5,
+        replan_threshold: float = DEFAULT_REPLAN_THRESHOLD,
         on_chunk: Callable[[], None] | None = None,
         trigger: str | None = None,
         worker_cpus: Collection[int] | None = None,
@@ -89,6 +126,8 @@ class PolicyRunner:
         self.predict = predict
         self.buffers = {name: StreamBuffer(spec, maxlen=64) for name, spec in streams.items()}
         self.limits = limits
+        for intervention in RunnerIntervention:  # every kind reported, zeros included
+            limits.interventions.setdefault(intervention, 0)
         self.fps = fps
         self.n_action_steps = n_action_steps
         self.replan_threshold = replan_threshold
@@ -100,7 +139,7 @@ class PolicyRunner:
         self._worst_recent_latency_s = 0.1  # before the first inference
         self.ticks = 0
         self.inferences = 0
-        self.history: deque[tuple[int, float, str]] = deque(maxlen=5000)  # (tick, now, kind) for tests/diag
+        self.history: deque[tuple[int, float, TickKind]] = deque(maxlen=5000)  # (tick, now, kind): what ticks did
         self._last_command: tuple[float, SafeChunk] | None = None
         self.on_chunk = on_chunk  # called on the worker thread when a chunk lands (publish without waiting)
         # The inference thread's CPUs (the runtime's `caller_cpus`); None: wherever the OS puts it.
@@ -157,7 +196,7 @@ class PolicyRunner:
         # age out; with a trigger, inference starts at its next message: up to a period after the tick
         return math.ceil(self._worst_recent_latency_s * self.fps) + 1 + (self.trigger is not None)
 
-    def set_chunk_policy(self, name: str) -> None:
+    def set_chunk_policy(self, name: ChunkPolicyName | str) -> None:
         policy = make_chunk_policy(name, self.fps, self.n_action_steps, self.replan_threshold)
         with self._lock:
             self.queue = policy
@@ -170,41 +209,41 @@ class PolicyRunner:
         k = int(round((now - t0) * self.fps))
         return command.velocity_at(k)
 
-    def _out(self, now: float, kind: str, command: SafeChunk | None, reason: str = "",
+    def _out(self, now: float, kind: TickKind, command: SafeChunk | None, reason: str = "",
              prediction: np.ndarray | None = None) -> TickOutput:
         self.history.append((self.ticks, now, kind))
         if command is not None:
             self._last_command = (now, command)
         return TickOutput(kind, command, reason, self.ticks, prediction)
 
-    def _hold(self, now: float, kind: str, measured: np.ndarray, reason: str) -> TickOutput:
+    def _hold(self, now: float, kind: TickKind, measured: np.ndarray, reason: str) -> TickOutput:
         with self._lock:
             self.queue.clear()
             self._armed_since = None
-        self.limits.interventions[reason.split(":")[0].replace(" ", "_")] += 1
+        self.limits.interventions[_INTERVENTION[kind]] += 1
         return self._out(now, kind, self.limits.hold(measured), reason)
 
     def tick(self, now: float) -> TickOutput:
         self.ticks += 1
         measured = self.measured_position()
         if measured is None:
-            return self._out(now, "wait", None, "no joint state yet")
-        blocked = self.gate.blocked(now)
-        if blocked == "estop":
-            return self._hold(now, "estop", self.gate.latched_hold(measured), "estop")
-        if blocked:
-            return self._hold(now, "deadman", measured, "deadman")
+            return self._out(now, TickKind.WAIT, None, "no joint state yet")
+        gate = self.gate.state(now)
+        if gate is GateState.ESTOP:
+            return self._hold(now, TickKind.ESTOP, self.gate.latched_hold(measured), "e-stop latched")
+        if gate is GateState.DEADMAN:
+            return self._hold(now, TickKind.DEADMAN, measured, "deadman lapsed")
         bad = self.stale_streams(now)
         if bad:
-            return self._hold(now, "stale", measured, f"stale observation: {', '.join(bad)}")
+            return self._hold(now, TickKind.STALE, measured, f"stale observation: {', '.join(bad)}")
         with self._lock:
             wants_chunk = self.queue.needs_inference(now, self.lead_ticks())
             due = self.queue.due(now)
         if due is None:
-            output = self._out(now, "hold", self.limits.hold(measured), "waiting for a chunk")
+            output = self._out(now, TickKind.HOLD, self.limits.hold(measured), "waiting for a chunk")
         else:
             command = self.limits.safe_chunk(due, measured, 1.0 / self.fps, self._commanded_velocity(now))
-            output = self._out(now, "chunk", command, prediction=due)
+            output = self._out(now, TickKind.CHUNK, command, prediction=due)
         # Last, and without waiting for the worker: woken earlier it would only wait for this thread's
         # GIL, and a tick that waited on the (normal-priority) worker would inherit its scheduling
         # delays (tried: tick p99 20 ms and 60 deadline misses in 10,000 ticks).
@@ -249,7 +288,7 @@ class PolicyRunner:
             with self._wake:
                 while self._request is None and not self._stop:
                     self._wake.wait()
-                if self._stop:
+                if self._stop or self._request is None:  # woken to stop
                     return
                 observation, t_obs, generation = self._request
                 self._request = None
@@ -272,7 +311,7 @@ class PolicyRunner:
                 # path (one in ~10 chunks in the benchmark, up to 2.4 ms), or in a tick. Survivors move
                 # to the old generation as they would; Python's own policy still decides its collections.
                 gc.collect(1)
-            except Exception as err:  # noqa: BLE001 - a failed inference holds, never crashes the loop
+            except Exception as err:  # a failed inference holds, never crashes the loop
                 self.last_error = f"{type(err).__name__}: {err}"
             finally:
                 with self._wake:

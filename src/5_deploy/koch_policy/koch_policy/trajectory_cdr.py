@@ -109,7 +109,8 @@ def joint_trajectory_cdr(stamp: tuple[int, int], joint_names: Sequence[str], pos
         raise ValueError(f"positions and velocities must be {template.positions.shape} (points, joints), got "
                          f"{positions.shape} and {velocities.shape}")
     buffer = template.padded.copy()
-    _TIME.pack_into(buffer, _PAD + _STAMP_OFFSET, *stamp)
+    # numpy arrays export the buffer protocol; numpy's type stubs do not declare it
+    _TIME.pack_into(buffer, _PAD + _STAMP_OFFSET, *stamp)  # type: ignore[arg-type]
     numbers = buffer.view("<f8")
     numbers[template.positions] = positions
     numbers[template.velocities] = velocities

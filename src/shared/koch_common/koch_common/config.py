@@ -121,7 +121,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return None
         non_none = [a for a in args if a is not type(None)]
         return _convert(non_none[0], value, where) if len(non_none) == 1 else value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin is list:
         if not isinstance(value, list):

@@ -6,6 +6,8 @@ dynamixel-sdk's own `updateCRC` rebuilds its 256-entry table on every call (abou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def _crc_table() -> list[int]:
     # The table printed in the e-Manual's "CRC calculation" section.
@@ -21,7 +23,7 @@ def _crc_table() -> list[int]:
 CRC_TABLE = _crc_table()
 
 
-def crc16(data: bytes | bytearray | list[int], crc: int = 0) -> int:
+def crc16(data: bytes | bytearray | Sequence[int], crc: int = 0) -> int:
     """CRC-16 (0x8005) of `data`, continuing from `crc` (the CRC of the bytes before it)."""
     table = CRC_TABLE
     for byte in data:

@@ -15,6 +15,8 @@ EEPROM_END = 64
 CONTROL_TABLE_SIZE = 662
 POSITION_TICKS_PER_TURN = 4096
 VELOCITY_UNIT_RPM = 0.229
+# Bit 7 of a status packet's error byte: the servo has a hardware error latched (Hardware_Error_Status).
+STATUS_ALERT_BIT = 0x80
 
 _X_SERIES_COMMON: dict[str, tuple[int, int]] = {
     "Model_Number": (0, 2),
@@ -131,6 +133,15 @@ MODELS: dict[int, ModelSpec] = {
 }
 
 MODELS_BY_CONFIG_NAME: dict[str, ModelSpec] = {spec.config_name: spec for spec in MODELS.values()}
+
+
+def shared_field(field_name: str) -> tuple[int, int]:
+    """(address, size) of a field that every model above has at the same place: what one sync read or
+    write of a whole arm (servos of several models) addresses."""
+    places = {spec.address(field_name) for spec in MODELS.values()}
+    if len(places) != 1:
+        raise KeyError(f"{field_name!r} is not at one address on every model: {sorted(places)}")
+    return places.pop()
 
 
 def model_by_number(model_number: int) -> ModelSpec:

@@ -2,17 +2,19 @@
 
 `load_mapping` reads the YAML into `MappingConfig` (as written) and resolves it into a
 `Mapping`: topic keys become topic names, `joints: follower|leader` becomes the joint name
-list from koch.yaml, and each feature gets the `StreamSpec` the resampler uses. The policy
-node reads the same file, so a feature means the same thing offline and live.
+list from koch.yaml, and each feature gets the `StreamSpec` the resampler uses (its `align`:
+hold, asof or drop). The policy node reads the same file, so a feature means the same thing
+offline and live.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
-from koch_common.config import ConfigError, load_config
-from koch_common.resample import POLICIES, StreamSpec
+from koch_common.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, resolve_config_path
+from koch_common.resample import ALIGN_CHOICES, Align, StreamSpec
 from koch_common.robot import load_koch
 from koch_common.topics import topic
 
@@ -25,6 +27,9 @@ IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 CLOCKS = ("header", "receive")
 IMAGE_PREFIX = "observation.images."
 DEPTH_PREFIX = "observation.depth."
+# The simulated Koch's mapping (under config/): what the converter, record.launch.py and the policy node use
+# unless told otherwise.
+DEFAULT_MAPPING = "mapping/koch_sim.yaml"
 
 
 @dataclass
@@ -41,7 +46,7 @@ class LimitsConfig:
 class FeatureConfig:
     topic: str  # a key of topics.yaml, or a literal topic name starting with '/'
     type: str
-    policy: str = "hold"  # hold | asof | drop (see koch_common.resample)
+    align: str = "hold"  # hold | asof | drop: koch_common.resample.Align
     max_staleness_s: float = 0.1
     tolerance_s: float | None = None  # asof/drop: oldest usable sample (default max_staleness_s)
     # JointState/JointTrajectory only: 'follower' | 'leader' (names from koch.yaml) or an explicit name list.
@@ -146,8 +151,8 @@ def resolve(config: MappingConfig, source: str = "mapping") -> Mapping:
     features = []
     for key, fc in config.features.items():
         where = f"{source}: features.{key}"
-        if fc.policy not in POLICIES:
-            raise ConfigError(f"{where}.policy {fc.policy!r} is unknown; use one of {POLICIES}")
+        if fc.align not in ALIGN_CHOICES:
+            raise ConfigError(f"{where}.align {fc.align!r} is unknown; use one of {ALIGN_CHOICES}")
         if fc.max_staleness_s <= 0:
             raise ConfigError(f"{where}.max_staleness_s must be > 0, got {fc.max_staleness_s}")
         if fc.tolerance_s is not None and fc.tolerance_s <= 0:
@@ -175,7 +180,7 @@ def resolve(config: MappingConfig, source: str = "mapping") -> Mapping:
                 topic=_resolve_topic(fc.topic),
                 msgtype=fc.type,
                 stream=StreamSpec(
-                    name=key, policy=fc.policy, max_staleness_s=fc.max_staleness_s, tolerance_s=fc.tolerance_s
+                    name=key, align=Align(fc.align), max_staleness_s=fc.max_staleness_s, tolerance_s=fc.tolerance_s
                 ),
                 joint_names=joint_names,
             )
@@ -200,6 +205,22 @@ def resolve(config: MappingConfig, source: str = "mapping") -> Mapping:
     )
 
 
+# Feature keys that were renamed: a mapping still using the old name is told the new one (the resampler's
+# per-stream `policy` became `align`, so "policy" means the learned policy everywhere).
+RENAMED_FEATURE_KEYS = {"policy": "align"}
+
+
+def _refuse_renamed_keys(data: dict[str, Any], source: str) -> None:
+    features = data.get("features")
+    for key, feature in (features.items() if isinstance(features, dict) else ()):
+        for old, new in RENAMED_FEATURE_KEYS.items():
+            if isinstance(feature, dict) and old in feature:
+                raise ConfigError(f"{source}: features.{key}.{old} is now called `{new}`; rename the key "
+                                  f"({new}: {feature[old]})")
+
+
 def load_mapping(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Mapping:
-    """Load and resolve a mapping YAML (a path, or relative to config/, e.g. mapping/koch_sim.yaml)."""
-    return resolve(load_config(MappingConfig, path, overrides), source=str(path))
+    """Load and resolve a mapping YAML (a path, or relative to config/, e.g. DEFAULT_MAPPING)."""
+    data = merge(read_yaml(path), parse_overrides(overrides))
+    _refuse_renamed_keys(data, str(path))
+    return resolve(from_dict(MappingConfig, data, where=resolve_config_path(path).name), source=str(path))

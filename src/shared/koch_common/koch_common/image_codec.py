@@ -75,7 +75,8 @@ def from_fields(
     """Decode an Image payload into an (H, W) or (H, W, C) array: a view of `data` (keeping it alive)
     when its rows are unpadded and in native byte order, otherwise a copy."""
     dtype, channels = _spec(encoding)
-    buf = np.frombuffer(memoryview(data), dtype=np.uint8)
+    # numpy arrays export the buffer protocol; numpy's type stubs do not declare it
+    buf = np.frombuffer(memoryview(data), dtype=np.uint8)  # type: ignore[arg-type]
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes or buf.size < step * height:
         raise ImageEncodingError(

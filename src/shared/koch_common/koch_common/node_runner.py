@@ -20,7 +20,7 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None, threads:
     rclpy.init(args=args)
     try:
         node = factory()
-    except Exception as err:  # noqa: BLE001 - reported in one line, then exit
+    except Exception as err:  # reported in one line, then exit
         name = getattr(factory, "__name__", "node")
         print(f"{name}: error: {type(err).__name__}: {err}", file=sys.stderr)
         rclpy.try_shutdown()
@@ -31,10 +31,11 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None, threads:
     gc.freeze()
     # Callback threads (timers, subscriptions) are created by the executor from this thread and
     # inherit its scheduling; the node's own worker threads, started above, keep normal priority.
-    priority = int(node.get_parameter("realtime_priority").value) if node.has_parameter("realtime_priority") else 0
-    if priority > 0:
-        from koch_common.realtime import make_current_thread_realtime
+    # A node that declares koch_common.realtime.RealtimeSettings has the parameter; others run normally.
+    from koch_common.realtime import REALTIME_PRIORITY, make_current_thread_realtime
 
+    priority = node.get_parameter(REALTIME_PRIORITY).value if node.has_parameter(REALTIME_PRIORITY) else 0
+    if priority > 0:
         problem = make_current_thread_realtime(priority)
         if problem:
             node.get_logger().warning(problem)

@@ -9,6 +9,22 @@ limit (`/etc/security/limits.conf`: `@robot - rtprio 99`; Docker: `--cap-add SYS
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+
+from koch_common.settings import setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class RealtimeSettings:
+    """The setting of a node whose callbacks must keep a rate; `koch_common.node_runner` applies it."""
+
+    realtime_priority: int = setting(
+        0, "SCHED_FIFO priority (1-99) of the node's callback threads (its timers among them), so work on the "
+        "same cores (inference, decoding) yields to them; needs CAP_SYS_NICE or an rtprio limit; "
+        "0: normal scheduling", minimum=0, maximum=99)
+
+
+REALTIME_PRIORITY = "realtime_priority"  # the parameter node_runner reads, RealtimeSettings' field
 
 
 def make_current_thread_realtime(priority: int) -> str | None:

@@ -4,7 +4,7 @@ Used offline by the bag converter and live by the policy node. Both push (stamp,
 pairs into a `StreamBuffer` and ask `sample(t)`, so a frame means the same thing in the
 dataset and on the robot.
 
-Policies, per stream (from the feature mapping YAML):
+How each stream is aligned to a frame time t (`Align`, the feature mapping YAML's per-feature `align`):
 
 - `hold`: the latest sample with stamp <= t. It is returned even when older than
   `max_staleness_s`, flagged `stale=True`, so callers decide what stale means to them.
@@ -27,18 +27,33 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
-POLICIES = ("hold", "asof", "drop")
 SAME_INSTANT_S = 1e-6
+
+
+class Align(str, Enum):
+    """How a stream's samples are aligned to a frame time (see the module docstring); the value is the
+    mapping YAML's `align`."""
+
+    HOLD = "hold"
+    ASOF = "asof"
+    DROP = "drop"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ALIGN_CHOICES = tuple(a.value for a in Align)
 
 
 @dataclass(frozen=True)
 class StreamSpec:
     name: str
-    policy: str
+    align: Align  # its text ("hold", ...) is accepted too and stored as the Align
     max_staleness_s: float
     tolerance_s: float | None = None  # asof/drop: the oldest usable sample; None = max_staleness_s
 
@@ -48,10 +63,9 @@ class StreamSpec:
         return self.max_staleness_s if self.tolerance_s is None else self.tolerance_s
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(
-                f"stream {self.name!r}: policy {self.policy!r} is unknown; use one of {POLICIES}"
-            )
+        if self.align not in ALIGN_CHOICES:
+            raise ValueError(f"stream {self.name!r}: align {self.align!r} is unknown; use one of {ALIGN_CHOICES}")
+        object.__setattr__(self, "align", Align(self.align))  # frozen: set once, here
         if not self.max_staleness_s > 0.0:
             raise ValueError(f"stream {self.name!r}: max_staleness_s must be > 0, got {self.max_staleness_s}")
         if self.tolerance_s is not None and not self.tolerance_s > 0.0:
@@ -88,19 +102,21 @@ class StreamBuffer:
         self._released = 0  # values before this index were released (offline streaming, no maxlen)
         self._lock = threading.Lock()
         # the oldest sample `sample` returns usable and not stale
-        self._fresh_age_s = spec.max_staleness_s if spec.policy == "hold" else min(spec.max_staleness_s,
-                                                                                   spec.usable_age_s)
+        self._fresh_age_s = spec.max_staleness_s if spec.align is Align.HOLD else min(spec.max_staleness_s,
+                                                                                      spec.usable_age_s)
 
     def __len__(self) -> int:
         return len(self._stamps)
 
     @property
-    def first_stamp(self) -> float | None:
-        return self._stamps[0] if self._stamps else None
+    def first_stamp(self) -> float:
+        """The oldest stamp held (asked for only once the buffer holds a sample)."""
+        return self._stamps[0] if self._stamps else _empty(self.spec)
 
     @property
-    def last_stamp(self) -> float | None:
-        return self._stamps[-1] if self._stamps else None
+    def last_stamp(self) -> float:
+        """The newest stamp held (asked for only once the buffer holds a sample)."""
+        return self._stamps[-1] if self._stamps else _empty(self.spec)
 
     @property
     def stamps(self) -> list[float]:
@@ -162,7 +178,7 @@ class StreamBuffer:
         return t_s - stamp <= self._fresh_age_s
 
     def sample(self, t_s: float) -> Sample | None:
-        """The stream's value at time t under its policy, or None when it has none."""
+        """The stream's value at time t under its `align`, or None when it has none."""
         with self._lock:
             index = self._index_at(t_s)
             if index < 0:
@@ -170,7 +186,7 @@ class StreamBuffer:
             stamp, value = self._stamps[index], self._values[index]
         age = max(0.0, t_s - stamp)
         stale = age > self.spec.max_staleness_s
-        if self.spec.policy != "hold" and age > self.spec.usable_age_s:
+        if self.spec.align is not Align.HOLD and age > self.spec.usable_age_s:
             return None
         return Sample(value=value, stamp_s=stamp, age_s=age, stale=stale)
 
@@ -305,7 +321,7 @@ class FrameAssembler:
         """Frames that nothing pushed later can change, not returned before."""
         if self.finished or any(len(b) == 0 for b in self.buffers.values()):
             return []
-        horizon = min(b.last_stamp for b in self.buffers.values())  # type: ignore[type-var]
+        horizon = min(b.last_stamp for b in self.buffers.values())
         # `sample(t)` looks at stamps <= t + SAME_INSTANT_S: final when a later stamp exists
         return self._frames(lambda t: t + SAME_INSTANT_S < horizon)
 
@@ -316,7 +332,7 @@ class FrameAssembler:
         self.finished = True
         if any(len(b) == 0 for b in self.buffers.values()):
             return []
-        end = self.end = min(b.last_stamp for b in self.buffers.values())  # type: ignore[type-var]
+        end = self.end = min(b.last_stamp for b in self.buffers.values())
         if self.start is None:
             self.start = self._find_start(lambda t: True)
         if self.start is None or self.start > end:
@@ -339,9 +355,10 @@ class FrameAssembler:
             self.start = self._find_start(final)
             if self.start is None:
                 return []
-        frames = []
+        start = self.start
+        frames: list[tuple[float, dict[str, Sample | None]]] = []
         while True:
-            t = self.start + self._tally.frames / self.fps  # computed like grid(), never accumulated
+            t = start + self._tally.frames / self.fps  # computed like grid(), never accumulated
             if not final(t):
                 return frames
             frame = {name: buffer.sample(t) for name, buffer in self.buffers.items()}
@@ -351,7 +368,7 @@ class FrameAssembler:
     def _find_start(self, final: Callable[[float], bool]) -> float | None:
         """The earliest stamp at which every stream has a non-stale sample, among the stamps that became
         final since the last call. Only stamps are candidates: a stream turns fresh at one of its own."""
-        earliest = max(b.first_stamp for b in self.buffers.values())  # type: ignore[type-var]
+        earliest = max(b.first_stamp for b in self.buffers.values())
         candidates: set[float] = set()
         for name, buffer in self.buffers.items():
             stamps = buffer.stamps_from(self._scanned[name])
@@ -364,3 +381,7 @@ class FrameAssembler:
                     candidates.add(stamp)
             self._scanned[name] += taken
         return next((t for t in sorted(candidates) if _fresh_everywhere(self.buffers, t)), None)
+
+
+def _empty(spec: StreamSpec) -> float:
+    raise ValueError(f"stream {spec.name!r} holds no sample yet: it has no first or last stamp")

@@ -9,9 +9,9 @@ from functools import lru_cache
 import numpy as np
 
 from koch_common.config import load_config, read_yaml
+from koch_common.dynamixel_models import POSITION_TICKS_PER_TURN
 
-TICKS_PER_TURN = 4096
-RAD_PER_TICK = 2.0 * math.pi / TICKS_PER_TURN
+RAD_PER_TICK = 2.0 * math.pi / POSITION_TICKS_PER_TURN
 
 
 @dataclass

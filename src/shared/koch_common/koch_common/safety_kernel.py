@@ -1,14 +1,12 @@
-"""The one-chunk safety filter compiled with numba: the policy node runs it on every chunk it publishes.
+"""The safety filter (see `koch_common.safety`) for one (T, J) chunk, compiled with numba.
 
-`SafetyLimits.filter_chunks` (numpy, vectorised over a batch) defines the filter; this loop applies
-the same operations to the same floats for one (T, J) chunk, joint by joint and step by step, in
-the same order (`a if a >= b else b` is np.maximum(a, b) and `a if a <= b else b` np.minimum for
-finite floats). Interpreted, one 10x6 chunk costs ~0.1-0.2 ms of numpy call overhead (more with the
-caches cold after an inference); compiled, a few microseconds. The property tests run every
-generated chunk through both and require identical points and interventions.
+The policy node runs it on every chunk it publishes and the driver on every goal: interpreted,
+numpy's per-call overhead on a 10x6 chunk costs more than the arithmetic; compiled, a loop over
+joints and steps costs a few microseconds. The property tests compare it, point by point and
+intervention by intervention, with a vectorised numpy reference kept in `test/safety_reference.py`.
 
 `params` rows (per joint): lower, upper, max_velocity, a*dt, 8/(a*dt^2), a*dt/2, and the distance
-from a limit beyond which the braking cap exceeds max_velocity (see `safety._Braking`).
+from a limit beyond which the braking cap exceeds max_velocity (`braking_distance(max_velocity)`).
 """
 
 from __future__ import annotations
@@ -19,14 +17,20 @@ import numpy as np
 from numba import njit
 
 LOWER, UPPER, V_MAX, A_DT, EIGHT_OVER_UNIT, HALF_A_DT, FREE = range(7)
-# intervention flags, in safety.INTERVENTION_KINDS order, then the error: no safe command exists
+# intervention flags, in safety.InterventionKind order, then the error: no safe command exists
 NON_FINITE, POSITION_LIMIT, MAX_STEP, VELOCITY_LIMIT, ACCELERATION_LIMIT, MEASURED_NOT_FINITE = range(6)
 
 
 @njit(cache=True, nogil=True)
 def brake_cap(distance: float, a_dt: float, eight_over_unit: float, half_a_dt: float, dt: float) -> float:
-    """`safety._Braking.__call__` for one joint: the fastest velocity towards a limit `distance` away
-    that can still stop before it."""
+    """The fastest velocity v towards a limit `distance` away from which the joint can still stop before it.
+
+    Moving one step at v and then braking by a*dt per step covers
+    S(v) = dt * sum_{i=0..n} (v - i*a*dt), n = floor(v / (a*dt)) (`braking_distance`). S is increasing
+    and S(v - a*dt) = S(v) - v*dt, so a state that can brake stays one that can. Inverting S:
+    n = the largest integer with S(n*a*dt) = a*dt^2 * n(n+1)/2 <= distance, then v solves the linear
+    piece on [n*a*dt, (n+1)*a*dt].
+    """
     distance = max(distance, 0.0)
     n = math.floor((math.sqrt(1.0 + eight_over_unit * distance) - 1.0) * 0.5)
     n1 = n + 1.0
@@ -75,7 +79,10 @@ def filter_one(chunk: np.ndarray, measured: np.ndarray, params: np.ndarray, max_
         v_max, dv, free = params[V_MAX, j], params[A_DT, j], params[FREE, j]
         eight_over_unit, half_a_dt = params[EIGHT_OVER_UNIT, j], params[HALF_A_DT, j]
         v_last, has_v_last = 0.0, has_initial_velocity
-        if has_initial_velocity:  # `SafetyLimits.feasible_initial_velocity`
+        if has_initial_velocity:
+            # the previous command's velocity, limited to what can still brake inside the position limits:
+            # position limits win over the acceleration limit (an arm already commanded towards a limit
+            # faster than it could stop there brakes harder than max_acceleration on the first step)
             v = initial_velocity[j] if math.isfinite(initial_velocity[j]) else 0.0
             v = min(max(v, -v_max), v_max)
             v = max(v, -brake_cap(previous - lo, dv, eight_over_unit, half_a_dt, dt) - dv)
@@ -124,6 +131,12 @@ def central_velocities(positions: np.ndarray, dt: float, velocities: np.ndarray)
         span = (hi - lo) * dt
         for j in range(joints):
             velocities[k, j] = (positions[hi, j] - positions[lo, j]) / span
+
+
+def braking_distance(velocity: np.ndarray, a_dt: np.ndarray, dt: float) -> np.ndarray:
+    """S(velocity) of `brake_cap`: the distance one step at `velocity` and braking to a stop covers."""
+    n = np.floor(velocity / a_dt)
+    return dt * ((n + 1.0) * velocity - a_dt * n * (n + 1.0) * 0.5)
 
 
 def as_compiled(array: np.ndarray) -> np.ndarray:

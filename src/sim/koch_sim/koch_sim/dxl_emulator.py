@@ -45,6 +45,7 @@ from koch_common.dynamixel_models import (
     POSITION_TICKS_PER_TURN,
     READ_ONLY_FIELDS,
     SIGNED_FIELDS,
+    STATUS_ALERT_BIT,
     VELOCITY_UNIT_RPM,
     ModelSpec,
     model_by_name,
@@ -142,8 +143,8 @@ class EmulatedServo:
 
     @property
     def alert(self) -> int:
-        """0x80 for the status error byte while a hardware error is latched."""
-        return 0x80 if self.get_field("Hardware_Error_Status") else 0
+        """The status error byte's alert bit while a hardware error is latched."""
+        return STATUS_ALERT_BIT if self.get_field("Hardware_Error_Status") else 0
 
     @property
     def baudrate(self) -> int:
@@ -559,10 +560,10 @@ class DynamixelBusEmulator:
                 return []
             if packet.servo_id == p2.BROADCAST_ID:
                 return self._broadcast(packet, listening)
-            servo = next((s for s in listening if s.servo_id == packet.servo_id), None)
-            if servo is None:
+            addressed = next((s for s in listening if s.servo_id == packet.servo_id), None)
+            if addressed is None:
                 return []
-            return self._reply(servo, self._unicast(servo, packet))
+            return self._reply(addressed, self._unicast(addressed, packet))
 
     def _reply(self, servo: EmulatedServo, status: bytes) -> list[tuple[float, int, bytes]]:
         status = self.faults.apply(servo.servo_id, status)

@@ -17,10 +17,12 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
+from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_sim.expert import HOME, ScriptedLeader, reach_goal
 from koch_sim.leader_arm import LeaderArmEmulator
+from koch_sim.settings import ScriptedLeaderSettings
 from koch_sim.sim_config import load_sim
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -29,13 +31,15 @@ LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 class ScriptedLeaderNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("scripted_leader", **kwargs)
+        # Every parameter, its default and description: koch_sim.settings.ScriptedLeaderSettings.
+        settings = declare_settings(self, ScriptedLeaderSettings)
         self.koch = load_koch()
         self.task = load_sim().task
-        rate = self.declare_parameter("rate_hz", 30.0).value
-        self.reach_duration = self.declare_parameter("reach_duration_s", self.task.reach_duration_s).value
-        self.home_duration = self.declare_parameter("home_duration_s", 1.0).value
+        self.reach_duration = (self.task.reach_duration_s if settings.reach_duration_s is None
+                               else settings.reach_duration_s)
+        self.home_duration = settings.home_duration_s
         self.leader = ScriptedLeader(HOME)
-        link = self.declare_parameter("leader_port_link", "").value
+        link = settings.leader_port_link
         self.leader_bus: LeaderArmEmulator | None = None
         if link:
             self.leader_bus = LeaderArmEmulator(self.koch.leader, link_path=link).start()
@@ -45,7 +49,7 @@ class ScriptedLeaderNode(Node):
         self.create_subscription(PointStamped, "target", self.on_target, LATCHED)
         self.create_service(Trigger, "~/go_home", self.on_go_home)
         self.create_service(Trigger, "~/reach", self.on_reach)
-        self.create_timer(1.0 / rate, self.on_tick)
+        self.create_timer(1.0 / settings.rate_hz, self.on_tick)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

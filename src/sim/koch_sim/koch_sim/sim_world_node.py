@@ -14,9 +14,11 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_srvs.srv import Trigger
 
 from koch_common.dynamixel_models import model_by_name
+from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_sim.dxl_emulator import DynamixelBusEmulator
+from koch_sim.settings import SimWorldSettings
 from koch_sim.sim_config import load_sim
 from koch_sim.task import sample_target
 
@@ -26,11 +28,13 @@ LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 class SimWorldNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("sim_world", **kwargs)
+        # Every parameter, its default and description: koch_sim.settings.SimWorldSettings.
+        settings = declare_settings(self, SimWorldSettings)
         sim = load_sim()
         self.task = sim.task
-        link = self.declare_parameter("follower_port_link", sim.emulator.follower_port_link).value
-        tau = self.declare_parameter("time_constant_s", sim.emulator.time_constant_s).value
-        self.rng = np.random.default_rng(self.declare_parameter("seed", 0).value)
+        link = sim.emulator.follower_port_link if settings.follower_port_link is None else settings.follower_port_link
+        tau = sim.emulator.time_constant_s if settings.time_constant_s is None else settings.time_constant_s
+        self.rng = np.random.default_rng(settings.seed)
         arm = load_koch().follower
         self.emulator = DynamixelBusEmulator(
             [(j.id, model_by_name(j.model).model_number) for j in arm.joints], time_constant_s=tau, link_path=link

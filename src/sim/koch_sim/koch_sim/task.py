@@ -20,8 +20,3 @@ def sample_target(rng: np.random.Generator, task: TaskConfig) -> np.ndarray:
 
 def tcp_distance(joint_positions: np.ndarray, target: np.ndarray, kinematics: KinematicsConfig) -> float:
     return float(np.linalg.norm(tcp_position(joint_positions, kinematics) - target))
-
-
-def is_success(joint_positions: np.ndarray, target: np.ndarray, kinematics: KinematicsConfig,
-               task: TaskConfig) -> bool:
-    return tcp_distance(joint_positions, target, kinematics) <= task.success_distance

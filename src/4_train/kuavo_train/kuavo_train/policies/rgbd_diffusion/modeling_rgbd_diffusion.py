@@ -10,24 +10,29 @@ only the observation encoder and the transformer denoiser are new.
 from __future__ import annotations
 
 from collections import deque
+from typing import cast
 
 import torch
 import torchvision
 from lerobot.policies.diffusion.modeling_diffusion import (
     DiffusionConditionalUnet1d,
-    DiffusionModel,
     DiffusionPolicy,
     DiffusionSinusoidalPosEmb,
     SpatialSoftmax,
-    _make_noise_scheduler,
-    _replace_submodules,
 )
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.policies.utils import populate_queues
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 from torch import Tensor, nn
 
+from koch_runtime.lerobot_compat import EncoderDiffusionModel, make_noise_scheduler, replace_submodules
 from kuavo_train.policies.rgbd_diffusion.configuration_rgbd_diffusion import RgbdDiffusionConfig
+
+
+def group_norm_for(batch_norm: nn.Module) -> nn.Module:
+    """The GroupNorm (16 channels a group) that replaces a BatchNorm2d in the vision backbone."""
+    channels = cast(nn.BatchNorm2d, batch_norm).num_features
+    return nn.GroupNorm(num_groups=channels // 16, num_channels=channels)
 
 
 class KeypointEncoder(nn.Module):
@@ -40,10 +45,7 @@ class KeypointEncoder(nn.Module):
         if channels != 3:
             backbone.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         if config.use_group_norm:
-            backbone = _replace_submodules(
-                backbone, lambda m: isinstance(m, nn.BatchNorm2d),
-                lambda m: nn.GroupNorm(num_groups=m.num_features // 16, num_channels=m.num_features),
-            )
+            backbone = replace_submodules(backbone, lambda m: isinstance(m, nn.BatchNorm2d), group_norm_for)
         self.trunk = nn.Sequential(*list(backbone.children())[:-2])
         with torch.no_grad():
             feature_shape = self.trunk(torch.zeros(1, channels, height, width)).shape[1:]
@@ -111,28 +113,28 @@ class RgbdObservationEncoder(nn.Module):
 
     def _encoder_for(self, keys: list[str], key: str) -> KeypointEncoder:
         name = self._name(key) if self.config.use_separate_rgb_encoder_per_camera else self._name(keys[0])
-        return self.encoders[name]
+        return cast(KeypointEncoder, self.encoders[name])
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         state = batch[OBS_STATE]
         batch_size, steps = state.shape[:2]
         camera_index = 0
-        group_tokens = []
+        group_tokens: list[Tensor] = []
         for g, keys in enumerate(self.groups):
-            tokens = []
+            tokens: list[Tensor] = []
             for key in keys:
                 images = batch[key].flatten(0, 1)  # (B*S, C, H, W)
                 tokens.append(self._encoder_for(keys, key)(images) + self.camera_embedding[camera_index])
                 camera_index += 1
             x = torch.stack(tokens, dim=1)  # (B*S, cameras, d)
-            for layer in self.camera_attention[g]:
+            for layer in cast(nn.ModuleList, self.camera_attention[g]):
                 x = layer(x, x)  # attention across this modality's cameras
             group_tokens.append(x)
         if len(group_tokens) == 2:  # cross-modal attention RGB <-> depth
             rgb, depth = group_tokens
             group_tokens = [self.rgb_from_depth(rgb, depth), self.depth_from_rgb(depth, rgb)]
-        tokens = torch.cat([self.state(state.flatten(0, 1)).unsqueeze(1), *group_tokens], dim=1)
-        return tokens.reshape(batch_size, steps * self.n_tokens * self.config.d_model)
+        all_tokens = torch.cat([self.state(state.flatten(0, 1)).unsqueeze(1), *group_tokens], dim=1)
+        return all_tokens.reshape(batch_size, steps * self.n_tokens * self.config.d_model)
 
 
 class TransformerDenoiser(nn.Module):
@@ -170,7 +172,7 @@ class TransformerDenoiser(nn.Module):
         return self.output(h)
 
 
-class RgbdDiffusionModel(DiffusionModel):
+class RgbdDiffusionModel(EncoderDiffusionModel):
     """LeRobot's DiffusionModel (scheduler, loss, sampling) with the RGB+Depth encoder and denoiser."""
 
     def __init__(self, config: RgbdDiffusionConfig) -> None:
@@ -182,15 +184,10 @@ class RgbdDiffusionModel(DiffusionModel):
             self.unet = DiffusionConditionalUnet1d(config, global_cond_dim=n_cond_tokens * config.d_model)
         else:
             self.unet = TransformerDenoiser(config, n_cond_tokens)
-        self.noise_scheduler = _make_noise_scheduler(
-            config.noise_scheduler_type, num_train_timesteps=config.num_train_timesteps,
-            beta_start=config.beta_start, beta_end=config.beta_end, beta_schedule=config.beta_schedule,
-            clip_sample=config.clip_sample, clip_sample_range=config.clip_sample_range,
-            prediction_type=config.prediction_type,
-        )
+        self.noise_scheduler = make_noise_scheduler(config)
         self.num_inference_steps = config.num_inference_steps or config.num_train_timesteps
 
-    def _prepare_global_conditioning(self, batch: dict[str, Tensor]) -> Tensor:
+    def encode_observations(self, batch: dict[str, Tensor]) -> Tensor:
         return self.encoder(batch)
 
 
@@ -202,30 +199,30 @@ class RgbdDiffusionPolicy(DiffusionPolicy):
         PreTrainedPolicy.__init__(self, config)
         config.validate_features()
         self.config = config
-        self._queues = None
+        self._history: dict[str, deque[Tensor]] = {}
         self.diffusion = RgbdDiffusionModel(config)
         self.reset()
 
     def reset(self) -> None:
         """Observation history per feature (cameras kept apart: RGB and depth differ in channels)."""
-        self._queues = {key: deque(maxlen=self.config.n_obs_steps) for key in [OBS_STATE, *self.config.image_features]}
-        self._queues[ACTION] = deque(maxlen=self.config.n_action_steps)
+        self._history = {key: deque(maxlen=self.config.n_obs_steps) for key in [OBS_STATE, *self.config.image_features]}
+        self._history[ACTION] = deque(maxlen=self.config.n_action_steps)
 
     def observe(self, batch: dict[str, Tensor]) -> None:
         """Push one observation (B, ...) into the history (the first one fills it)."""
-        self._queues = populate_queues(self._queues, {k: v for k, v in batch.items() if k != ACTION})
+        self._history = populate_queues(self._history, {k: v for k, v in batch.items() if k != ACTION})
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
-        history = {k: torch.stack(list(q), dim=1) for k, q in self._queues.items() if k != ACTION}
+        history = {k: torch.stack(list(q), dim=1) for k, q in self._history.items() if k != ACTION}
         return self.diffusion.generate_actions(history, noise=noise)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None) -> Tensor:
         self.observe(batch)
-        if len(self._queues[ACTION]) == 0:
-            self._queues[ACTION].extend(self.predict_action_chunk(batch, noise=noise).transpose(0, 1))
-        return self._queues[ACTION].popleft()
+        if len(self._history[ACTION]) == 0:
+            self._history[ACTION].extend(self.predict_action_chunk(batch, noise=noise).transpose(0, 1))
+        return self._history[ACTION].popleft()
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, None]:
         batch = dict(batch)

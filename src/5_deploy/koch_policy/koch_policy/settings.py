@@ -1,0 +1,64 @@
+"""The policy node's parameters, declared once (ROS-free): defaults, descriptions, constraints.
+
+`koch_policy.policy_node` declares them as ROS parameters (koch_common.node_params) and
+`koch_bringup.graph` reads the defaults from here, so a launch passes only what differs.
+`chunk_policy` and `dry_run` may change at run time; everything else is read at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from koch_common.config import ConfigError
+from koch_common.feature_mapping import DEFAULT_MAPPING
+from koch_common.realtime import RealtimeSettings
+from koch_common.settings import REQUIRED, setting
+from koch_policy.chunk_policies import DEFAULT_CHUNK_POLICY, DEFAULT_REPLAN_THRESHOLD, ChunkPolicyName
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicySettings(RealtimeSettings):
+    checkpoint: str = setting(
+        REQUIRED, "the policy to run: a LeRobot pretrained_model directory written by kuavo_train, or its ONNX "
+        "export (kuavo_export)")
+    device: str = setting("cpu", "where inference runs: cpu, cuda or cuda:<index> (a torch device; an ONNX export "
+                          "uses the CUDA execution provider for cuda)")
+    inference_threads: int = setting(
+        0, "CPU threads for inference; fewer leaves a core to the 30 Hz loop; 0: the runtime's default",
+        minimum=0)
+    mapping: str = setting(
+        DEFAULT_MAPPING, "feature mapping YAML (a path, or under config/): which topic feeds which policy input, "
+        "the same one the converter built the training data with")
+    enabled: bool = setting(
+        False, "start with the policy commanding the arm; at run time use the ~/enable service (std_srvs/SetBool)")
+    dry_run: bool = setting(
+        False, "publish commands on ~/preview_chunk only, never on action_chunk (may change at run time)",
+        read_only=False)
+    chunk_policy: ChunkPolicyName = setting(
+        DEFAULT_CHUNK_POLICY, "how predicted action chunks become the executed actions (koch_policy.chunk_policies; "
+        "may change at run time)", read_only=False)
+    replan_threshold: float = setting(
+        DEFAULT_REPLAN_THRESHOLD, "overlap_blend, latest_only, rtc: request a new chunk when fewer than this fraction "
+        "of the current one is left", minimum=0.0, maximum=1.0)
+    deadman_timeout_s: float = setting(
+        0.0, "hold the arm unless a true on ~/deadman (std_msgs/Bool) came within this many seconds; 0: no deadman",
+        minimum=0.0)
+    publish_markers: bool = setting(
+        True, "publish the predicted tool path (~/predicted_path MarkerArray) and the ghost arm "
+        "(~/ghost_joint_states) of each chunk, for RViz")
+    publish_on_arrival: bool = setting(
+        True, "publish a chunk as soon as it is inferred instead of at the next 30 Hz tick (saves up to one period)")
+    inference_trigger: str = setting(
+        "auto", "whose message starts a wanted inference: auto (the first camera: the freshest frame, no wait for a "
+        "tick), tick (the 30 Hz tick), or an input feature key of the mapping")
+    rate_hz: float | None = setting(
+        None, "rate of the control tick and of the chunk's points (Hz); unset: the mapping's fps")
+    n_action_steps: int | None = setting(
+        None, "execute_k: actions executed per chunk before the next; unset: the checkpoint's n_action_steps",
+        minimum=1)
+
+    def validate(self) -> PolicySettings:
+        if self.rate_hz is not None and not self.rate_hz > 0:
+            raise ConfigError(f"parameter rate_hz={self.rate_hz} must be positive (Hz); leave it unset for the "
+                              "mapping's fps")
+        return self

@@ -1,0 +1,105 @@
+"""What a policy checkpoint holds and how every runtime describes it.
+
+A checkpoint is LeRobot's `pretrained_model` folder plus our feature specs (`koch_features.json`:
+dtype, shape and joint names of the policy's inputs and action), so the robot knows which joint each
+action column drives and at what size each camera was recorded. `CheckpointInfo` reads the same
+properties for the PyTorch and the onnxruntime runtime alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from lerobot.configs.policies import PreTrainedConfig
+
+from koch_runtime.observation import ACTION_KEY, ObservationChecker
+
+# LeRobot's checkpoint layout: <output_dir>/checkpoints/<step>/pretrained_model/{config.json,
+# model.safetensors, policy_preprocessor.json, policy_postprocessor.json, *.safetensors}.
+PRETRAINED_MODEL_DIR = "pretrained_model"
+# Our addition to that layout: the dataset's feature specs (dtype, shape, joint names) for the
+# policy's inputs and action, so the robot knows which joint each action column drives.
+FEATURE_SPECS_FILE = "koch_features.json"
+REQUIRED_CHECKPOINT_FILES = ("config.json", "model.safetensors", "policy_preprocessor.json",
+                             "policy_postprocessor.json", FEATURE_SPECS_FILE)
+
+
+def resolve_pretrained_dir(checkpoint_dir: Path | str) -> Path:
+    """The folder holding config.json etc.: `checkpoint_dir` or its `pretrained_model` child."""
+    path = Path(checkpoint_dir).expanduser()
+    if not (path / "config.json").is_file() and (path / PRETRAINED_MODEL_DIR).is_dir():
+        path = path / PRETRAINED_MODEL_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist; pass <run>/checkpoints/last")
+    missing = [name for name in REQUIRED_CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a complete policy checkpoint: missing {missing}. Pass a "
+            f"<output_dir>/checkpoints/<step> (or .../last) folder written by the `train` command"
+        )
+    return path.resolve()
+
+
+def read_feature_specs(pretrained_dir: Path) -> dict[str, dict[str, Any]]:
+    """The checkpoint's dataset feature specs ({dtype, shape, names, resize, crop, kind} per key)."""
+    specs: dict[str, dict[str, Any]] = json.loads((pretrained_dir / FEATURE_SPECS_FILE).read_text(encoding="utf-8"))
+    return specs
+
+
+def write_feature_specs(pretrained_dir: Path, feature_specs: dict[str, dict[str, Any]]) -> None:
+    (pretrained_dir / FEATURE_SPECS_FILE).write_text(json.dumps(feature_specs, indent=2), encoding="utf-8")
+
+
+class CheckpointInfo:
+    """What every runtime reads from a checkpoint's config.json and feature specs.
+
+    Shared by PolicyRuntime (PyTorch) and OnnxRuntime so both describe a checkpoint the same way;
+    subclasses provide `config` (LeRobot's PreTrainedConfig) and `feature_specs`.
+    """
+
+    config: PreTrainedConfig
+    feature_specs: dict[str, dict[str, Any]]
+    # Seconds the model itself took in the last predict_chunk (the forward, or every ONNX session
+    # run; the ACT graph's run includes its traced pre/post-processing); the rest of predict_chunk
+    # is Python pre/post-processing. Latency figures split on it.
+    last_forward_s: float = float("nan")
+    # The CPUs the thread calling predict_chunk should run on (OnnxRuntime: the core its pinned pool
+    # leaves free, see koch_runtime.threads.ThreadLayout); None: wherever the OS puts it.
+    caller_cpus: frozenset[int] | None = None
+
+    @property
+    def input_features(self) -> dict[str, Any]:
+        """Feature key -> PolicyFeature (type, shape; images channel-first)."""
+        return dict(self.config.input_features)
+
+    @functools.cached_property
+    def check_observation(self) -> ObservationChecker:
+        """This checkpoint's `ObservationChecker` (its layouts worked out once, not per inference)."""
+        return ObservationChecker(self.config.input_features, self.feature_specs)
+
+    @property
+    def action_names(self) -> list[str]:
+        """Name of each action column (the dataset's joint names), in order."""
+        names = self.feature_specs[ACTION_KEY].get("names")
+        return list(names) if names else [f"action_{i}" for i in range(self.action_dim)]
+
+    def feature_names(self, key: str) -> list[str] | None:
+        """The dataset's names for feature `key` (e.g. joint order of observation.state)."""
+        spec = self.feature_specs.get(key)
+        return list(spec["names"]) if spec and spec.get("names") is not None else None
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.config.output_features[ACTION_KEY].shape[0])
+
+    @property
+    def chunk_size(self) -> int:
+        """Length of the chunk predict_chunk returns (ACT: chunk_size; diffusion: n_action_steps)."""
+        return int(getattr(self.config, "chunk_size", None) or self.config.n_action_steps)
+
+    @property
+    def n_action_steps(self) -> int:
+        return int(self.config.n_action_steps)

@@ -1,0 +1,278 @@
+"""Every use of LeRobot internals in the workspace: private names, private attributes, monkeypatches.
+
+LeRobot's public API does not reach everything this project needs (a lossless offline video encoder, a
+decoded-frame cache, ONNX export of the diffusion encoder, a diffusion model with our own observation
+encoder). Each such reach into LeRobot lives here, once, as a small named function or class whose
+docstring says what LeRobot 0.4.4 lacks and what the 0.5 / 0.6 line offers instead, and each has a test
+in test/runtime/test_lerobot_compat.py that runs it against the installed LeRobot. koch_convert,
+kuavo_train and koch_runtime go through this module; nothing else names a LeRobot `_private` name.
+
+Importing this module checks the installed LeRobot version first, so an upgrade fails here with a
+message saying what to do, instead of somewhere deep inside a conversion or a training run. To move to
+a new LeRobot: run test_lerobot_compat.py against it, adapt the seams below, then add its version to
+SUPPORTED_LEROBOT_VERSIONS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import queue
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lerobot
+import numpy as np
+import torch
+from torch import nn
+
+SUPPORTED_LEROBOT_VERSIONS = ("0.4.4",)
+
+
+class LeRobotVersionError(ImportError):
+    """The installed LeRobot is not a version the seams in this module were written and tested for."""
+
+
+def check_lerobot_version(installed: str | None = None) -> None:
+    """Raise LeRobotVersionError unless `installed` (default: `lerobot.__version__`) is supported."""
+    installed = lerobot.__version__ if installed is None else installed
+    if installed not in SUPPORTED_LEROBOT_VERSIONS:
+        raise LeRobotVersionError(
+            f"LeRobot {installed} is installed but this workspace supports LeRobot "
+            f"{', '.join(SUPPORTED_LEROBOT_VERSIONS)} only: it relies on LeRobot internals that change between "
+            f"releases. Install lerobot=={SUPPORTED_LEROBOT_VERSIONS[-1]} (constraints.txt), or update "
+            "koch_runtime/lerobot_compat.py for the new version (run test/runtime/test_lerobot_compat.py "
+            "against it) and add it to SUPPORTED_LEROBOT_VERSIONS"
+        )
+
+
+# Before importing LeRobot's submodules: another version may lack the names below, and the version
+# error says more than an ImportError of one of them would.
+check_lerobot_version()
+
+import lerobot.datasets.aggregate as aggregate_module  # noqa: E402
+import lerobot.datasets.lerobot_dataset as lerobot_dataset_module  # noqa: E402
+from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
+from lerobot.datasets.video_utils import StreamingVideoEncoder, _default_decoder_cache  # noqa: E402
+from lerobot.policies.diffusion.modeling_diffusion import (  # noqa: E402
+    DiffusionModel,
+    _make_noise_scheduler,
+    _replace_submodules,
+)
+from lerobot.policies.utils import populate_queues  # noqa: E402
+from lerobot.utils.constants import OBS_IMAGES  # noqa: E402
+
+from koch_runtime.observation import with_stacked_cameras  # noqa: E402
+
+# --- policies -----------------------------------------------------------------------------------------
+
+
+def make_noise_scheduler(config: Any) -> Any:
+    """The diffusers DDPM / DDIM scheduler a LeRobot DiffusionConfig (or subclass) describes.
+
+    LeRobot 0.4.4 builds it with the private `modeling_diffusion._make_noise_scheduler`; the ONNX
+    runtime's host-side denoising loop and the rgbd_diffusion model need exactly the same scheduler.
+    0.5 and 0.6 keep the function private (same name and arguments); the public alternative is to build
+    diffusers' DDPMScheduler / DDIMScheduler here from the config fields.
+    """
+    return _make_noise_scheduler(
+        config.noise_scheduler_type, num_train_timesteps=config.num_train_timesteps,
+        beta_start=config.beta_start, beta_end=config.beta_end, beta_schedule=config.beta_schedule,
+        clip_sample=config.clip_sample, clip_sample_range=config.clip_sample_range,
+        prediction_type=config.prediction_type,
+    )
+
+
+def replace_submodules(
+    root: nn.Module, predicate: Callable[[nn.Module], bool], replace: Callable[[nn.Module], nn.Module]
+) -> nn.Module:
+    """`root` with every submodule matching `predicate` replaced by `replace(submodule)` (the
+    BatchNorm -> GroupNorm swap of LeRobot's diffusion vision backbone).
+
+    LeRobot 0.4.4 has it only as the private `modeling_diffusion._replace_submodules`; 0.5 and 0.6
+    still do (vqbet keeps a private copy too). A plain walk over `named_modules` would replace it.
+    """
+    return _replace_submodules(root, predicate, replace)
+
+
+class EncoderDiffusionModel(DiffusionModel):
+    """LeRobot's DiffusionModel (noise scheduler, training loss, sampling loop) with the observation
+    encoder a subclass supplies as `encode_observations(batch) -> (B, global_cond_dim)`.
+
+    LeRobot 0.4.4's compute_loss and generate_actions get their conditioning from the private method
+    `_prepare_global_conditioning`, with no public hook for another encoder: this class overrides it.
+    0.5 and 0.6 keep the same private method, called the same way.
+    """
+
+    def encode_observations(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define encode_observations(batch)")
+
+    def _prepare_global_conditioning(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encode_observations(batch)
+
+
+def global_conditioning(diffusion: DiffusionModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The conditioning vector `diffusion` (a LeRobot DiffusionModel) computes for an observation history.
+
+    The ONNX export traces it as the encoder graph. LeRobot 0.4.4 computes it only in the private
+    `_prepare_global_conditioning` (0.5 and 0.6 too); there is no public encoder entry point.
+    """
+    return diffusion._prepare_global_conditioning(batch)
+
+
+def push_observation_history(policy: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Push one observation into a LeRobot policy's history, as its select_action would, and return the
+    batch in the layout its predict_action_chunk reads (diffusion: every camera stacked under
+    `observation.images`). Policies without a history come back unchanged.
+
+    LeRobot 0.4.4 policies with an n_obs_steps history (diffusion) keep it in the private `_queues`, and
+    only select_action fills it, which also pops a single action from its own action queue; the
+    runtimes predict a whole chunk, so they fill the history themselves. 0.5 and 0.6 keep `_queues`
+    (still private, still filled only by select_action).
+    """
+    queues = getattr(policy, "_queues", None)
+    if queues is None:
+        return batch
+    if OBS_IMAGES in queues:  # LeRobot's diffusion keeps every camera stacked in one queue
+        batch = with_stacked_cameras(batch, policy.config)
+    policy._queues = populate_queues(queues, batch)
+    return batch
+
+
+# --- datasets -----------------------------------------------------------------------------------------
+
+
+def needs_embedding(feature: Any) -> bool:
+    """True if a (nested) `datasets` feature stores files that `embed_table_storage` would embed."""
+    if isinstance(feature, dict):
+        return any(needs_embedding(f) for f in feature.values())
+    inner = getattr(feature, "feature", None)  # List / LargeList / Sequence
+    return needs_embedding(inner) if inner is not None else hasattr(feature, "embed_storage")
+
+
+@contextlib.contextmanager
+def embedding_only_for_image_columns() -> Iterator[None]:
+    """While open, LeRobotDataset.save_episode skips `embed_images` for tables with no image column.
+
+    `embed_images` is a per-row `datasets.map` that copies image files into the table; it costs about a
+    second of CPU per few hundred frames even when, as in the converter, no column holds an image
+    (images are videos, depth a float column), and on a busy host that second comes out of the video
+    encoders' share. LeRobot 0.4.4 calls it unconditionally from `_save_episode_data` with no switch, so
+    this swaps the name `lerobot.datasets.lerobot_dataset.embed_images` (a monkeypatch, process-wide
+    while open). 0.6 moved the call into `lerobot.datasets.dataset_writer` (imported there from
+    `io_utils`), still unconditional: the patch target would move with it.
+    """
+    embed_images = lerobot_dataset_module.embed_images
+
+    def embed_when_needed(dataset: Any) -> Any:
+        return embed_images(dataset) if needs_embedding(dataset.features) else dataset
+
+    lerobot_dataset_module.embed_images = embed_when_needed
+    try:
+        yield
+    finally:
+        lerobot_dataset_module.embed_images = embed_images
+
+
+@contextlib.contextmanager
+def aggregate_without_progress_bars() -> Iterator[None]:
+    """While open, LeRobot's `aggregate_datasets` shows no progress bars of its own.
+
+    The converter shows one bar for its joining stage; LeRobot's (meta data checked, files copied)
+    would print under it. LeRobot 0.4.4 has no switch for them, so this swaps the `tqdm` module that
+    `lerobot.datasets.aggregate` imported for one whose `tqdm` is disabled (a monkeypatch, process-wide
+    while open). 0.6 still calls `tqdm.tqdm` there unconditionally.
+    """
+    shown = aggregate_module.tqdm
+    aggregate_module.tqdm = types.SimpleNamespace(tqdm=functools.partial(shown.tqdm, disable=True))
+    try:
+        yield
+    finally:
+        aggregate_module.tqdm = shown
+
+
+class LosslessStreamingEncoder(StreamingVideoEncoder):
+    """LeRobot's streaming video encoder that never drops a frame and does not copy it.
+
+    LeRobot's was written for live capture, where a full queue means the camera must not wait: after
+    0.1 s it drops the frame and logs a warning. Offline there is no deadline, and a dropped frame would
+    leave the video shorter than the parquet rows, so this one waits instead. LeRobot's also copies
+    every frame in case a camera driver reuses its buffer; the converter's frames are fresh arrays that
+    nothing writes, so they are queued as they are. LeRobot 0.4.4 offers neither as an option, so this
+    overrides `feed_frame` with the encoder's private state (`_episode_active`, `_threads`,
+    `_frame_queues`); `create(encoder_queue_maxsize=...)` only deepens the queue. 0.6 keeps the same
+    private state and the same drop-after-0.1 s behaviour.
+    """
+
+    def feed_frame(self, video_key: str, image: np.ndarray) -> None:
+        if not self._episode_active:
+            raise RuntimeError("no active episode: call start_episode() first")
+        frame = np.ascontiguousarray(image)
+        while True:
+            if not self._threads[video_key].is_alive():
+                raise RuntimeError(f"the video encoder for {video_key} stopped; see the log above")
+            try:
+                self._frame_queues[video_key].put(frame, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+
+def lossless_encoder(encoder: StreamingVideoEncoder) -> LosslessStreamingEncoder:
+    """A LosslessStreamingEncoder with `encoder`'s settings (codec, pixel format, GOP, CRF, threads)."""
+    return LosslessStreamingEncoder(
+        fps=encoder.fps, vcodec=encoder.vcodec, pix_fmt=encoder.pix_fmt, g=encoder.g, crf=encoder.crf,
+        preset=encoder.preset, queue_maxsize=encoder.queue_maxsize, encoder_threads=encoder.encoder_threads,
+    )
+
+
+def use_lossless_streaming_encoder(dataset: LeRobotDataset) -> None:
+    """Make a dataset created with `streaming_encoding=True` encode through a LosslessStreamingEncoder.
+
+    LeRobot 0.4.4 builds its encoder inside `LeRobotDataset.create` and keeps it in the private
+    `_streaming_encoder`, with no way to pass another; this swaps it before the first frame. 0.6 builds
+    it in the (private, static) `LeRobotDataset._build_streaming_encoder` and keeps it on the dataset's
+    writer (`DatasetWriter._streaming_encoder`).
+    """
+    if dataset._streaming_encoder is not None:
+        dataset._streaming_encoder = lossless_encoder(dataset._streaming_encoder)
+
+
+def load_hf_dataset(dataset: LeRobotDataset) -> Any:
+    """The dataset's parquet table (`hf_dataset`), loaded now if LeRobot deferred it.
+
+    LeRobot 0.4.4 loads the table lazily on the first item, through the private
+    `_ensure_hf_dataset_loaded`; the frame cache reads the episode and timestamp columns before any
+    item. 0.6 moves reading into `lerobot.datasets.dataset_reader.DatasetReader` (`dataset.reader`,
+    with `try_load` / `load_and_activate`).
+    """
+    dataset._ensure_hf_dataset_loaded()
+    return dataset.hf_dataset
+
+
+def clear_video_decoder_cache() -> None:
+    """Close the video decoders LeRobot's `decode_video_frames` keeps open in this process.
+
+    Decoders opened in the main process must not leak into forked DataLoader workers (LeRobot warns of
+    segmentation faults). LeRobot 0.4.4 caches them in the module-private
+    `video_utils._default_decoder_cache`, with no public way to release them; 0.6 still does.
+    """
+    _default_decoder_cache.clear()
+
+
+class FrameSourceDataset(LeRobotDataset):
+    """A LeRobotDataset whose video frames come from `video_frames(query_timestamps, ep_idx)`, a method
+    subclasses define (same arguments and result as LeRobot's own video query).
+
+    Everything else (timestamps, padding, history windows) stays LeRobot's own code. LeRobot 0.4.4 has
+    no hook for where frames come from but its private `_query_videos`, which this overrides. 0.6 moves
+    the method to `lerobot.datasets.dataset_reader.DatasetReader._query_videos` (still private) and adds
+    `return_uint8` reading.
+    """
+
+    def video_frames(self, query_timestamps: dict[str, list[float]], ep_idx: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define video_frames(query_timestamps, ep_idx)")
+
+    def _query_videos(self, query_timestamps: dict[str, list[float]], ep_idx: int) -> dict[str, torch.Tensor]:
+        return self.video_frames(query_timestamps, ep_idx)

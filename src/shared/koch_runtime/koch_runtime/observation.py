@@ -1,0 +1,168 @@
+"""Robot observation -> the tensors LeRobotDataset yields, written once for training and the robot.
+
+`ObservationChecker` checks a numpy observation against what the checkpoint was trained on and
+batches it; `arrays_to_batch` and `transform_image` turn the checked arrays into the dataset's layout
+(channel-first float images in [0, 1], the training resize and crop). The PyTorch runtime runs them
+eagerly, the ONNX export traces them into the deployed graph, and training's data pipeline applies the
+same `transform_image`, so every path frames its images the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from lerobot.utils.constants import ACTION, OBS_IMAGES
+
+from koch_common.feature_mapping import IMAGE_PREFIX
+
+ACTION_KEY = ACTION
+
+__all__ = [
+    "ACTION_KEY",
+    "IMAGE_PREFIX",
+    "ObservationChecker",
+    "PolicyInputError",
+    "arrays_to_batch",
+    "image_output_shape",
+    "transform_image",
+    "with_stacked_cameras",
+]
+
+
+class PolicyInputError(ValueError):
+    """An observation handed to the policy does not match what it was trained on."""
+
+
+def image_output_shape(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(height, width) the policy sees for an image feature spec after resize and crop."""
+    height, width = (spec.get("crop") or spec.get("resize") or list(spec["shape"][:2]))
+    return int(height), int(width)
+
+
+def transform_image(image: torch.Tensor, spec: Mapping[str, Any], generator: torch.Generator | None) -> torch.Tensor:
+    """Resize then crop a float (..., C, H, W) image as configured in `spec` (resize/crop keys).
+
+    Training passes a generator (random crop); inference passes None (centre crop), so the robot
+    sees the same framing as the average training sample.
+    """
+    resize, crop = spec.get("resize"), spec.get("crop")
+    if resize and tuple(image.shape[-2:]) != tuple(resize):
+        lead = image.shape[:-3]
+        flat = image.reshape(-1, *image.shape[-3:])
+        flat = torch.nn.functional.interpolate(flat, size=tuple(resize), mode="bilinear", antialias=True,
+                                               align_corners=False)
+        image = flat.reshape(*lead, *flat.shape[-3:])
+    if crop:
+        height, width = image.shape[-2:]
+        ch, cw = crop
+        if ch > height or cw > width:
+            raise ValueError(f"crop {crop} is larger than the image {(height, width)}; lower dataset.crop")
+        if generator is not None:
+            top = int(torch.randint(0, height - ch + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - cw + 1, (1,), generator=generator))
+        else:
+            top, left = (height - ch) // 2, (width - cw) // 2
+        image = image[..., top:top + ch, left:left + cw]
+    return image
+
+
+class ObservationChecker:
+    """Checks robot observations against what the policy was trained on and batches them (one).
+
+    Images: uint8 (1, H, W, C) as recorded (with `feature_specs`, the checkpoint's dataset specs,
+    before the training resize / crop). Everything else: finite float32 (1, *shape).
+    This is the input of `arrays_to_batch` and of the exported ONNX graph alike. The expected
+    layouts are worked out once, here, not on every inference.
+    """
+
+    def __init__(self, input_features: Mapping[str, Any],
+                 feature_specs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self.input_features = input_features
+        self.feature_specs = feature_specs
+        self.features = tuple(input_features)
+        self._images: list[tuple[str, tuple[int, int, int]]] = []
+        self._vectors: list[tuple[str, tuple[int, ...]]] = []
+        for key, feature in input_features.items():
+            expected = tuple(feature.shape)
+            if key.startswith(IMAGE_PREFIX):
+                spec = (feature_specs or {}).get(key, {})
+                if spec.get("resize") or spec.get("crop"):
+                    height, width, channels = spec["shape"]
+                else:
+                    channels, height, width = expected
+                self._images.append((key, (height, width, channels)))
+            else:
+                self._vectors.append((key, expected))
+
+    def __call__(self, observation: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        try:
+            for key, shape in self._images:
+                value = np.asarray(observation[key])
+                if value.ndim == 2 and shape[2] == 1:
+                    value = value[:, :, None]
+                if value.dtype != np.uint8 or value.shape != shape:
+                    raise PolicyInputError(
+                        f"{key}: expected a uint8 image of shape {shape} (HxWxC, as "
+                        f"recorded), got {value.dtype} {value.shape}; fix the camera resolution"
+                    )
+                arrays[key] = np.ascontiguousarray(value)[None]
+            for key, vector_shape in self._vectors:
+                value = np.asarray(observation[key])
+                if value.shape != vector_shape:
+                    raise PolicyInputError(f"{key}: expected shape {vector_shape}, got {value.shape}")
+                batch = value.astype(np.float32)[None]  # a copy: the caller may reuse its buffer
+                if not np.isfinite(batch).all():
+                    raise PolicyInputError(f"{key}: contains non-finite values {value}")
+                arrays[key] = batch
+        except KeyError:
+            missing = [key for key in self.features if key not in observation]
+            raise PolicyInputError(
+                f"observation lacks {missing}; the policy needs {sorted(self.features)}, "
+                f"got {sorted(observation)}"
+            ) from None
+        return arrays
+
+    def batch(self, observation: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Numpy robot observation -> a batch of one, in the layout LeRobotDataset produces.
+
+        State: float32 (D,) -> (1, D). Images: uint8 HxWxC -> float32 (1, C, H, W) in [0, 1].
+        With `feature_specs` images arrive at the recorded size and get the training resize / centre crop.
+        """
+        arrays = self(observation)
+        return arrays_to_batch({k: torch.from_numpy(v) for k, v in arrays.items()}, self.input_features,
+                               self.feature_specs)
+
+
+def arrays_to_batch(
+    arrays: Mapping[str, torch.Tensor],
+    input_features: Mapping[str, Any],
+    feature_specs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """`ObservationChecker`'s output as tensors -> the batch layout LeRobotDataset produces.
+
+    Images: uint8 (B, H, W, C) -> float32 (B, C, h, w) in [0, 1] (the `/ 255` of the dataset's video
+    decoder), then the training resize / centre crop. Pure torch, so the ONNX export traces this very
+    function into the deployed graph.
+    """
+    batch = {}
+    for key in input_features:
+        tensor = arrays[key]
+        if key.startswith(IMAGE_PREFIX):
+            tensor = tensor.permute(0, 3, 1, 2).float() / 255.0
+            spec = (feature_specs or {}).get(key)
+            if spec:
+                tensor = transform_image(tensor, spec, None)
+        batch[key] = tensor
+    return batch
+
+
+def with_stacked_cameras(batch: dict[str, Any], config: Any) -> dict[str, Any]:
+    """The batch plus `observation.images`: every camera stacked, the layout LeRobot's diffusion reads.
+
+    `config`: the policy's LeRobot config (its `image_features` give the cameras and their order).
+    """
+    return {**batch, OBS_IMAGES: torch.stack([batch[k] for k in config.image_features], dim=-4)}

@@ -1,0 +1,60 @@
+"""The interface every policy runtime offers its callers (the policy node and runner, evaluation,
+the benchmarks), whichever engine runs the model: PolicyRuntime (PyTorch) and OnnxRuntime both
+satisfy it, and `koch_runtime.factory.load_runtime` returns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from koch_runtime.observation import ObservationChecker
+
+
+class ChunkPredictor(Protocol):
+    """A loaded policy checkpoint that turns one robot observation into a chunk of actions."""
+
+    # Seconds the model itself took in the last predict_chunk (the rest is pre/post-processing).
+    last_forward_s: float
+    # CPUs the thread calling predict_chunk should run on; None: wherever the OS puts it.
+    caller_cpus: frozenset[int] | None
+
+    def predict_chunk(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Actions (chunk_size, action_dim) float32 in robot units for one observation
+        (images uint8 HxWxC as recorded, everything else float32); PolicyInputError if it does not fit."""
+        ...
+
+    def reset(self) -> None:
+        """Forget per-episode state (observation history, stateful processors)."""
+        ...
+
+    @property
+    def n_action_steps(self) -> int:
+        """How many actions of a chunk the policy was trained to execute before predicting again."""
+        ...
+
+    @property
+    def chunk_size(self) -> int:
+        """Length of the chunk predict_chunk returns."""
+        ...
+
+    @property
+    def action_names(self) -> list[str]:
+        """Name of each action column (the dataset's joint names), in order."""
+        ...
+
+    def feature_names(self, key: str) -> list[str] | None:
+        """The dataset's names for feature `key` (e.g. the joint order of observation.state)."""
+        ...
+
+    @property
+    def input_features(self) -> dict[str, Any]:
+        """Feature key -> LeRobot PolicyFeature (type, shape; images channel-first)."""
+        ...
+
+    @property
+    def check_observation(self) -> ObservationChecker:
+        """The checker predict_chunk runs first (callable; `.batch` gives the dataset's tensors)."""
+        ...

@@ -1,0 +1,115 @@
+"""The PyTorch policy runtime that training and the robot's policy node share.
+
+Pre-processing (numpy observation -> the tensors LeRobotDataset yields), normalisation (LeRobot's
+processor pipelines holding the dataset stats), the model, and post-processing (unnormalisation back
+to robot units) are run here exactly once, so what was trained is what runs. Training builds a
+PolicyRuntime with koch_runtime.build.build_policy and saves it; the robot loads it (or its ONNX
+export, koch_runtime.onnx_runtime) through koch_runtime.factory.load_runtime.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.processor import PolicyProcessorPipeline
+
+from koch_runtime import lerobot_compat
+from koch_runtime.checkpoint import CheckpointInfo, read_feature_specs, resolve_pretrained_dir, write_feature_specs
+from koch_runtime.observation import ACTION_KEY
+from koch_runtime.plugins import register_policy_plugins
+
+
+class PolicyRuntime(CheckpointInfo):
+    """A LeRobot policy with its pre- and post-processor pipelines."""
+
+    def __init__(
+        self,
+        policy: PreTrainedPolicy,
+        preprocessor: PolicyProcessorPipeline,
+        postprocessor: PolicyProcessorPipeline,
+        feature_specs: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        self.policy = policy
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+        # Dataset feature specs ({dtype, shape, names}) of the inputs and the action.
+        self.feature_specs = {key: dict(spec) for key, spec in feature_specs.items()}
+
+    @classmethod
+    def load(cls, checkpoint_dir: Path | str, device: str = "cpu") -> PolicyRuntime:
+        """Load a checkpoint saved by `save` (LeRobot's `pretrained_model` layout).
+
+        `checkpoint_dir` may be the `pretrained_model` folder itself or a step folder / `last`
+        link that contains one. Only JSON and safetensors are read, never pickles.
+        """
+        path = resolve_pretrained_dir(checkpoint_dir)
+        register_policy_plugins()
+        config = PreTrainedConfig.from_pretrained(path)
+        config.device = device
+        # strict: every weight must match the architecture in config.json, none silently left random.
+        policy = get_policy_class(config.type).from_pretrained(path, config=config, strict=True)
+        preprocessor, postprocessor = make_pre_post_processors(
+            config,
+            pretrained_path=str(path),
+            # The device the checkpoint was trained on need not be the one it runs on.
+            preprocessor_overrides={"device_processor": {"device": device}},
+        )
+        runtime = cls(policy, preprocessor, postprocessor, read_feature_specs(path))
+        runtime.reset()
+        return runtime
+
+    def save(self, directory: Path | str) -> None:
+        """Write the policy (config.json + model.safetensors) and both processors into `directory`."""
+        directory = Path(directory)
+        self.policy.save_pretrained(directory)
+        self.preprocessor.save_pretrained(directory)
+        self.postprocessor.save_pretrained(directory)
+        write_feature_specs(directory, self.feature_specs)
+
+    @property
+    def config(self) -> PreTrainedConfig:  # the policy's own, not a separate copy
+        return self.policy.config
+
+    def reset(self) -> None:
+        """Forget per-episode state (action queue, temporal ensembler, stateful processors).
+
+        Call at the start of every episode. For ACT `predict_chunk` is stateless; policies that
+        condition on an observation history (diffusion, n_obs_steps) keep it here.
+        """
+        self.policy.reset()
+        self.preprocessor.reset()
+        self.postprocessor.reset()
+
+    def predict_chunk(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Actions (chunk_size, action_dim) float32 in robot units for one observation."""
+        batch = self.check_observation.batch(observation)
+        with torch.inference_mode():
+            # The processors' batch carries an empty 'action' entry; a queue-based policy would read it.
+            batch = {k: v for k, v in self.preprocessor(batch).items() if k != ACTION_KEY}
+            batch = self._observe(batch)
+            started = time.perf_counter()
+            actions = self.policy.predict_action_chunk(batch)
+            self.last_forward_s = time.perf_counter() - started
+            actions = self.postprocessor(actions)
+        chunk: np.ndarray = actions[0].detach().cpu().numpy().astype(np.float32)
+        return chunk
+
+    def _observe(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Push the observation into the policy's history, as its select_action would (diffusion).
+
+        Returns the batch in the layout the policy's predict_action_chunk reads. Plugin policies
+        (rgbd_diffusion) offer `observe`; LeRobot's own keep the history in private queues.
+        """
+        observe = getattr(self.policy, "observe", None)
+        if observe is not None:
+            observe(batch)
+            return batch
+        return lerobot_compat.push_observation_history(self.policy, batch)
