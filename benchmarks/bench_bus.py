@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_log import Comparison, Figure, Target, record
 
 from koch_common.robot import load_koch
 from koch_driver.bus import STATE_LENGTH, DynamixelBus
@@ -103,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"/joint_states read rate (driver default, Fast Sync Read): {fast_rate:.1f} Hz = "
           f"{fast_rate * fast_wire:.2f} x the wire limit (target >= 0.8); at the median read latency "
           f"{fast_wire / np.percentile(fast_latencies, 50):.2f} x (the mean includes the host's scheduling stalls)")
+    figures = []
+    for fast, rate, latencies, wire in rows:
+        mode = "Fast Sync Read" if fast else "Sync Read"
+        figures += [
+            Figure(f"{mode} rate", rate, "reads/s"),
+            Figure(f"{mode} wire limit", 1.0 / wire, "reads/s"),
+            Figure(f"{mode} rate / wire limit", rate * wire, "x", Target(Comparison.AT_LEAST, 0.8) if fast else None),
+            Figure(f"{mode} wire time / median latency", wire / np.percentile(latencies, 50), "x"),
+            Figure(f"{mode} latency p50", np.percentile(latencies, 50) * 1e3, "ms"),
+            Figure(f"{mode} latency p99", np.percentile(latencies, 99) * 1e3, "ms"),
+        ]
+    record("bus", figures, quick=args.quick)
     return 0
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_log import Figure, record
 
 WIDTH, HEIGHT, FPS, STREAMS = 640, 480, 30.0, 3
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -170,6 +171,7 @@ def main() -> None:
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(101, 200)))
     print(f"{STREAMS} camera processes x {WIDTH}x{HEIGHT} rgb8 @ {FPS:.0f} Hz over DDS, {seconds:.0f} s per source, "
           f"{os.cpu_count()} CPUs")
+    figures = []
     with tempfile.TemporaryDirectory() as tmp:
         video = make_video(Path(tmp) / "recording.mp4")
         for kind in ("sim", "file"):
@@ -188,7 +190,22 @@ def main() -> None:
                   f"(total {sum(r['cpu']):.1f}%)")
             print(f"  CPU per frame: {np.mean(per_frame_cpu) * 1e3:.2f} ms; reference ({kind} frame without ROS): "
                   f"{ref * 1e3:.2f} ms; ratio {np.mean(per_frame_cpu) / ref:.1f}x")
+            source = {"sim": "sim renderer", "file": "file source"}[kind]
+            figures += [
+                Figure(f"{source}: capture->publish latency p50 (node)", r["publish_p50"], "ms"),
+                Figure(f"{source}: capture->publish latency p99 (node)", r["publish_p99"], "ms"),
+                Figure(f"{source}: capture->receive latency p50 (probe, over DDS)", r["recv_p50"], "ms"),
+                Figure(f"{source}: capture->receive latency p99 (probe, over DDS)", r["recv_p99"], "ms"),
+                Figure(f"{source}: published rate per stream (mean)", float(np.mean(r["fps"])), "fps"),
+                # a stream without diagnostics windows reports -1: no count, left out below
+                Figure(f"{source}: dropped frames, all streams",
+                       sum(r["dropped"]) if min(r["dropped"]) >= 0 else float("nan"), "frames"),
+                Figure(f"{source}: CPU of the camera processes", sum(r["cpu"]), "% of one core"),
+                Figure(f"{source}: CPU per frame", np.mean(per_frame_cpu) * 1e3, "ms"),
+                Figure(f"{source}: CPU per frame / the frame without ROS", np.mean(per_frame_cpu) / ref, "x"),
+            ]
     sys.stdout.flush()
+    record("cameras", [f for f in figures if np.isfinite(f.value)], quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ for package_dir in sorted(ROOT.glob("src/*/*/package.xml")):
 os.environ.setdefault("KOCH_CONFIG_DIR", str(ROOT / "config"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from results_log import Comparison, Figure, Target, record  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
 from koch_common.feature_mapping import FeatureConfig, MappingConfig, resolve  # noqa: E402
@@ -103,7 +104,7 @@ def encode_alone(frames: int, vcodec: str, work: Path) -> float:
     converter uses (LeRobot's streaming encoder: one thread per camera, g=2, crf=30, yuv420p)."""
     from lerobot.datasets.video_utils import StreamingVideoEncoder
 
-    from koch_convert.convert import lossless_encoder
+    from koch_runtime.lerobot_compat import lossless_encoder
 
     images = {cam: [frame_image(c, k) for k in range(frames)] for c, cam in enumerate(CAMERAS)}
     encoder = lossless_encoder(StreamingVideoEncoder(fps=FPS, vcodec=vcodec))
@@ -162,6 +163,14 @@ def main() -> None:
     print(f"median cycle ({median + 1}): conversion {frames / convert_s:.1f} frames/s ({convert_s:.2f} s), "
           f"encoding alone {frames / encode_s:.1f} frames/s ({encode_s:.2f} s)")
     print(f"ratio conversion/encoding: {cycle_ratios[median]:.2f} (median of {args.cycles} cycles; target >= 0.9)")
+    record("convert", [
+        Figure("conversion / encoding alone (median cycle)", cycle_ratios[median], "x",
+               Target(Comparison.AT_LEAST, 0.9)),
+        Figure("conversion / encoding alone, lowest cycle", min(cycle_ratios), "x"),
+        Figure("conversion / encoding alone, highest cycle", max(cycle_ratios), "x"),
+        Figure("conversion rate (median cycle)", frames / convert_s, "frames/s"),
+        Figure("encoding alone rate (median cycle)", frames / encode_s, "frames/s"),
+    ], quick=args.quick)
 
 
 if __name__ == "__main__":

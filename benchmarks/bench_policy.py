@@ -50,7 +50,7 @@ import argparse
 import contextlib
 import gc
 import logging
-import pickle  # noqa: S403 - LeRobot's async inference protocol is pickled payloads
+import pickle  # LeRobot's async inference protocol is pickled payloads
 import socket
 import sys
 import tempfile
@@ -60,9 +60,8 @@ from concurrent import futures
 from pathlib import Path
 
 import numpy as np
+from results_log import Comparison, Figure, Target, record
 
-from koch_common import policy_runtime
-from koch_common.policy_runtime import PolicyRuntime, build_policy
 from koch_common.realtime import make_current_thread_realtime
 from koch_common.resample import StreamSpec
 from koch_common.robot import load_koch
@@ -70,6 +69,9 @@ from koch_common.safety import SafetyLimits
 from koch_policy.policy_node import clock_now_ns
 from koch_policy.runner import PolicyRunner, resolve_trigger
 from koch_policy.trajectory_cdr import safe_chunk_cdr
+from koch_runtime.build import build_policy
+from koch_runtime.factory import load_runtime
+from koch_runtime.torch_runtime import PolicyRuntime
 
 FPS = 30.0
 HEIGHT, WIDTH = 96, 128
@@ -427,7 +429,7 @@ def lerobot_async(checkpoint: Path, threads: int):
                                                        log_prefix="[bench]", silent=True))
             reply = stub.GetActions(services_pb2.Empty())
             elapsed = time.perf_counter() - t
-            actions = pickle.loads(reply.data)  # noqa: S301 - our own server on localhost
+            actions = pickle.loads(reply.data)  # our own server on localhost
             assert len(actions) == ACT["chunk_size"]
             return elapsed
 
@@ -442,8 +444,9 @@ def lerobot_async(checkpoint: Path, threads: int):
             server.terminate()
 
 
-def print_latency(label: str, lat: dict[str, list[float]], in_graph_s: float = 0.0) -> None:
-    """`in_graph_s`: the pre/post-processing inside the runtime's model run (deployed graph - model alone)."""
+def print_latency(label: str, lat: dict[str, list[float]], in_graph_s: float = 0.0) -> tuple[float, float]:
+    """`in_graph_s`: the pre/post-processing inside the runtime's model run (deployed graph - model alone).
+    Returns the node's overhead over the bare model forward, p50 and p99 in ms."""
     e50, e99 = pct(lat["e2e"])
     i50, i99 = pct(lat["inference"])
     o50, o99 = pct(list(np.asarray(lat["e2e"]) - np.asarray(lat["inference"])))
@@ -452,7 +455,7 @@ def print_latency(label: str, lat: dict[str, list[float]], in_graph_s: float = 0
     t50, t99 = pct(lat["timer"])
     print(f"2. node ({label}): observation arrival -> safe chunk published: p50 {e50:7.2f} ms  p99 {e99:7.2f} ms")
     print(f"   safety interventions over {len(lat['e2e'])} chunks: "
-          f"{ {k: v for k, v in lat['interventions'].items() if v} or 'none'}")
+          f"{ {str(k): v for k, v in lat['interventions'].items() if v} or 'none'}")
     print(f"   of which inference (predict_chunk on the worker)  : p50 {i50:7.2f} ms  p99 {i99:7.2f} ms")
     print(f"   node overhead (assembly, hand-off, safety, queue) : p50 {o50:7.3f} ms  p99 {o99:7.3f} ms")
     print(f"   node overhead over the bare model forward, same sample (pre/post-processing"
@@ -461,6 +464,7 @@ def print_latency(label: str, lat: dict[str, list[float]], in_graph_s: float = 0
     print(f"   ... over a bare forward timed just before (adds the forward's run-to-run spread): p50 {g50:7.3f} ms  "
           f"p99 {g99:7.3f} ms")
     print(f"   ... publish_on_arrival:=false (next 30 Hz tick)   : p50 {t50:7.2f} ms  p99 {t99:7.2f} ms")
+    return m50, m99
 
 
 def main() -> None:
@@ -491,7 +495,7 @@ def main() -> None:
 
     import torch
 
-    from koch_common.onnx_runtime import OnnxRuntime
+    from koch_runtime.onnx_runtime import OnnxRuntime
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(args.checkpoint) if args.checkpoint else build_checkpoint(Path(tmp), args.fit_steps)
@@ -501,7 +505,7 @@ def main() -> None:
         if onnx_dir is None:
             onnx_dir = export(checkpoint, Path(tmp) / "onnx")
         model_graph = export_act_model(checkpoint, Path(tmp) / "act_model_alone.onnx")
-        torch_runtime = policy_runtime.load_runtime(checkpoint, "cpu", args.threads)
+        torch_runtime = load_runtime(checkpoint, "cpu", args.threads)
         onnx_runtime = OnnxRuntime.load(onnx_dir, "cpu", args.threads)
         print(f"checkpoint: {checkpoint} (ACT chunk {torch_runtime.chunk_size}, n_action_steps "
               f"{torch_runtime.n_action_steps}); ONNX export: {onnx_dir}")
@@ -546,8 +550,10 @@ def main() -> None:
                 paired = reference and bench_node_latency(onnx_runtime, dds, n_latency // 2, reference, model_graph)
                 away_lat = bench_node_latency(onnx_runtime, dds, n, None, model_graph, steady=False)
                 torch_lat = bench_node_latency(torch_runtime, dds, max(n // 2, 10))
-            print_latency("onnxruntime, the deployed export; arm where the last chunk led it", onnx_lat, in_graph_s)
-            print_latency("onnxruntime; arm at a random state, as when the policy is enabled", away_lat, in_graph_s)
+            overhead = print_latency("onnxruntime, the deployed export; arm where the last chunk led it", onnx_lat,
+                                     in_graph_s)
+            away_overhead = print_latency("onnxruntime; arm at a random state, as when the policy is enabled",
+                                          away_lat, in_graph_s)
             print_latency("PyTorch eager, same checkpoint; arm where the last chunk led it", torch_lat)
             d = bench_deadlines(onnx_runtime, dds, ticks, args.time_scale, args.realtime_priority)
         finally:
@@ -572,6 +578,40 @@ def main() -> None:
             print(f"   ratio LeRobot async / this node: p50 {l50 / e50:.2f}x  p99 {l99 / e99:.2f}x (target >= 3x)")
             print(f"   ratio LeRobot async / this node, publish_on_arrival:=false: p50 {l50 / t50:.2f}x  "
                   f"p99 {l99 / t99:.2f}x")
+
+        (torch_b50, _), _ = figures["PyTorch eager"]
+        (onnx_b50, _), _ = figures["onnxruntime"]
+        inference = pct(onnx_lat["inference"])
+        logged = [
+            Figure("bare forward p50, PyTorch eager", torch_b50, "ms"),
+            Figure("bare forward p50, onnxruntime", onnx_b50, "ms"),
+            Figure("ONNX vs PyTorch eager, bare forward p50", speedup, "x", Target(Comparison.AT_LEAST, 1.5)),
+            Figure("pre/post-processing inside the deployed graph", in_graph_s * 1e3, "ms"),
+            Figure("node overhead over the bare forward p50, node alone", overhead[0], "ms"),
+            Figure("node overhead over the bare forward p99, node alone", overhead[1], "ms",
+                   Target(Comparison.AT_MOST, 1.0)),
+            Figure("node overhead p50, arm at a random state", away_overhead[0], "ms"),
+            Figure("node overhead p99, arm at a random state", away_overhead[1], "ms"),
+            Figure("node inference (predict_chunk on its worker) p50", inference[0], "ms"),
+            Figure("node inference (predict_chunk on its worker) p99", inference[1], "ms"),
+            Figure("30 Hz deadline misses", d["misses"], "ticks", Target(Comparison.AT_MOST, 0)),
+            Figure("30 Hz schedule, ticks run", d["ticks"], "ticks"),
+            Figure("tick p50", d["tick_p50_ms"], "ms"),
+            Figure("tick p99", d["tick_p99_ms"], "ms"),
+            Figure("tick max", d["tick_max_ms"], "ms"),
+        ]
+        if paired:
+            logged += [
+                Figure("node overhead p50, paired with LeRobot", o50, "ms"),
+                Figure("node overhead p99, paired with LeRobot", o99, "ms"),
+                Figure("LeRobot async, observation -> chunk p50 (paired run)", l50, "ms"),
+                Figure("node, arrival -> chunk published p50 (paired run)", e50, "ms"),
+                Figure("LeRobot async / node p50", l50 / e50, "x", Target(Comparison.AT_LEAST, 3.0)),
+                Figure("LeRobot async, observation -> chunk p99 (paired run)", l99, "ms"),
+                Figure("node, arrival -> chunk published p99 (paired run)", e99, "ms"),
+                Figure("LeRobot async / node p99", l99 / e99, "x"),
+            ]
+        record("policy", logged, quick=args.quick)
 
 
 if __name__ == "__main__":

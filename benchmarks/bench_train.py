@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from results_log import Comparison, Figure, Target, record
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "test"))
 
@@ -76,8 +78,8 @@ def run_lerobot(dataset: Path, repo_id: str, out: Path, steps: int, batch: int, 
 
 def env() -> dict[str, str]:
     out = dict(os.environ, HF_HUB_OFFLINE="1", KOCH_CONFIG_DIR=str(ROOT / "config"))
-    out["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src/4_train/kuavo_train"), str(ROOT / "src/shared/koch_common"),
-                                         out.get("PYTHONPATH", "")])
+    sources = [ROOT / "src/4_train/kuavo_train", ROOT / "src/shared/koch_runtime", ROOT / "src/shared/koch_common"]
+    out["PYTHONPATH"] = os.pathsep.join([*(str(path) for path in sources), out.get("PYTHONPATH", "")])
     return out
 
 
@@ -109,6 +111,12 @@ def main() -> int:
         print(f"{name:14s} {samples:8.1f} samples/s   data-wait fraction {wait:6.1%}")
     ratio = figures["kuavo_train"][0] / figures["lerobot-train"][0]
     print(f"ratio kuavo_train / lerobot-train: {ratio:.2f}x (target >= 1.2x)")
+    figures_logged = []
+    for name, (samples, wait) in figures.items():
+        figures_logged += [Figure(f"{name} throughput", samples, "samples/s"),
+                           Figure(f"{name} data wait", wait * 100, "% of step time")]
+    figures_logged.append(Figure("kuavo_train / lerobot-train", ratio, "x", Target(Comparison.AT_LEAST, 1.2)))
+    record("train", figures_logged, quick=args.quick)
     return 0
 
 

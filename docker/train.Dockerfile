@@ -11,7 +11,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /ws
-COPY requirements.txt requirements-ros.txt colcon.meta ./
+COPY requirements.txt requirements-ros.txt constraints.txt colcon.meta ./
 COPY config ./config
 COPY launch ./launch
 COPY scripts ./scripts
