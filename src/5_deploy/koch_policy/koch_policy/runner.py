@@ -246,7 +246,7 @@ class PolicyRunner:
             output = self._out(now, TickKind.CHUNK, command, prediction=due)
         # Last, and without waiting for the worker: woken earlier it would only wait for this thread's
         # GIL, and a tick that waited on the (normal-priority) worker would inherit its scheduling
-        # delays (tried: tick p99 20 ms and 60 deadline misses in 10,000 ticks).
+        # delays and miss deadlines.
         if wants_chunk:
             self._want_inference(now)
         return output
@@ -306,10 +306,10 @@ class PolicyRunner:
                     self.queue.accept(chunk, t_obs, self.clock())
                 if self.on_chunk is not None:
                     self.on_chunk()
-                # The young generations, now that the chunk is out: ~10 us here. Left to Python, a
-                # collection starts in whichever thread allocates past gen0's threshold, often on this
-                # path (one in ~10 chunks in the benchmark, up to 2.4 ms), or in a tick. Survivors move
-                # to the old generation as they would; Python's own policy still decides its collections.
+                # The young generations, now that the chunk is out (microseconds). Left to Python, a
+                # collection starts in whichever thread allocates past gen0's threshold, often between
+                # the forward and the publish, or in a tick. Survivors move to the old generation as they
+                # would; Python's own policy still decides its full collections.
                 gc.collect(1)
             except Exception as err:  # a failed inference holds, never crashes the loop
                 self.last_error = f"{type(err).__name__}: {err}"

@@ -15,7 +15,9 @@ from typing import Any
 
 def run_node(factory: Callable[[], Any], args: list[str] | None = None, threads: int = 1) -> None:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    from koch_common.ros_executor import DrainingExecutor
 
     rclpy.init(args=args)
     try:
@@ -41,7 +43,7 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None, threads:
             node.get_logger().warning(problem)
         else:
             node.get_logger().info(f"callbacks run under SCHED_FIFO priority {priority}")
-    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    executor = DrainingExecutor(threads) if threads > 1 else SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()

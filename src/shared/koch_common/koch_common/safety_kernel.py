@@ -141,9 +141,9 @@ def braking_distance(velocity: np.ndarray, a_dt: np.ndarray, dt: float) -> np.nd
 
 def as_compiled(array: np.ndarray) -> np.ndarray:
     """`array` as the one array type the kernels are compiled for: C-contiguous, writable float64.
-    numba compiles a read-only array as another type, inside the call that first passes one (~1 s on a
-    fresh install, 7-10 ms from its cache: in a tick); the runner's initial velocity is one, a row of
-    the last command's cached read-only velocities, so a read-only array is copied (a few floats)."""
+    numba compiles a read-only array as another type, inside the call that first passes one (a stall in
+    a tick: up to a second on a fresh install); the runner's initial velocity is one, a row of the last
+    command's cached read-only velocities, so a read-only array is copied (a few floats)."""
     array = np.ascontiguousarray(array, dtype=np.float64)
     return array if array.flags.writeable else array.copy()
 
