@@ -44,3 +44,50 @@ def test_overrides_win_and_bad_values_name_the_key(tmp_path: Path) -> None:
         load_config(Run, path, ["optim.lr2=1"])
     with pytest.raises(ConfigError, match=r"optim\.steps: expected int"):
         load_config(Run, path, ["optim.steps=many"])
+
+
+def test_booleans_are_not_integers_and_numbers_must_be_finite(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: a\n")
+    with pytest.raises(ConfigError, match=r"optim\.steps: expected int, got the boolean True"):
+        load_config(Run, path, ["optim.steps=true"])  # would have trained one step
+    for value in (".nan", ".inf", "-.inf", "nan"):
+        with pytest.raises(ConfigError, match=r"optim\.lr: .* is not a finite number"):
+            load_config(Run, path, [f"optim.lr={value}"])
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number, got the boolean False"):
+        load_config(Run, path, ["optim.lr=false"])
+
+
+def _koch_yaml(tmp_path: Path, joint: int, **changes: object) -> Path:
+    """config/koch.yaml with `changes` made to the follower's joint number `joint` (and `safety.*` keys)."""
+    import yaml
+
+    from koch_common.config import read_yaml
+
+    data = read_yaml("koch.yaml")
+    for key, value in changes.items():
+        if key.startswith("safety_"):
+            data.setdefault("safety", {})[key.removeprefix("safety_")] = value
+        else:
+            data["follower"]["joints"][joint][key] = value
+    path = tmp_path / "koch.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"max_velocity": float("nan")}, r"koch\.yaml\.follower\.joints\[1\]\.max_velocity: nan is not a finite number"),
+    ({"upper": float("nan")}, r"koch\.yaml\.follower\.joints\[1\]\.upper: nan is not a finite number"),
+    ({"max_velocity": -1.0}, r"joints\[1\]: joint \w+: max_velocity -1.0 must be a positive number"),
+    ({"lower": 1.0, "upper": 0.5}, r"joints\[1\]: joint \w+: limits lower 1.0 and upper 0.5 must be finite, lower <"),
+    ({"safety_position_margin": -0.05}, r"koch\.yaml\.safety: position_margin -0.05 must be >= 0"),
+    ({"safety_position_margin": 2.0}, r"koch\.yaml: safety\.position_margin 2.0 leaves no range for follower joint"),
+    ({"safety_max_acceleration": float("nan")}, r"safety\.max_acceleration: nan is not a finite number"),
+    ({"safety_max_step_from_present": 0}, r"max_step_from_present 0.0 must be a positive number"),
+])
+def test_robot_limits_are_checked_when_koch_yaml_loads(tmp_path: Path, changes: dict, message: str) -> None:
+    # each of these would have reached SafetyLimits: a NaN switches a limit off, a negative margin widens them
+    from koch_common.robot import load_koch
+
+    with pytest.raises(ConfigError, match=message):
+        load_koch(str(_koch_yaml(tmp_path, 1, **changes)))
+    load_koch(str(_koch_yaml(tmp_path, 1)))  # the file itself loads

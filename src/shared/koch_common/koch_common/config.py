@@ -3,11 +3,17 @@
 One config story for every stage: a YAML file gives the defaults, `key.sub=value`
 overrides come from the command line (or ROS parameters with the same names), and an
 unknown key is an error that names the key and the file rather than being ignored.
+
+Values are checked as they load: a float must be a finite number (YAML's `.nan` and `.inf`
+would make every comparison of a safety limit false, switching it off without a word), an int
+is not a boolean (`steps=true`), and a dataclass that checks its own ranges in `__post_init__`
+(raising ConfigError) has its message prefixed with the file and key it came from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -110,7 +116,10 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
                 raise ConfigError(f"{key_path}: required key is missing")
             continue
         kwargs[name] = _convert(hints[name], data[name], key_path)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # the dataclass's own range checks (__post_init__)
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -131,19 +140,39 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return {k: _convert(args[1], v, f"{where}.{k}") for k, v in value.items()} if args else value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it obviously is.
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is float:
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return _finite_float(value, where)
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got the boolean {value!r}; write a number")
     if tp in (int, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _finite_float(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got the boolean {value!r}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it obviously is.
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    else:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {value!r} is not a finite number; write the value itself")
+    return number
+
+
+def require(condition: bool, message: str) -> None:
+    """A range check of a config dataclass (in its `__post_init__`): ConfigError(message) unless `condition`.
+
+    Written so that NaN fails it too (`not (x > 0)` rather than `x <= 0`)."""
+    if not condition:
+        raise ConfigError(message)
 
 
 def load_config(cls: type[T], path: str | os.PathLike[str], overrides: list[str] | None = None) -> T:

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from koch_common.config import load_config, read_yaml
+from koch_common.config import load_config, read_yaml, require
 from koch_common.dynamixel_models import POSITION_TICKS_PER_TURN
 
 RAD_PER_TICK = 2.0 * math.pi / POSITION_TICKS_PER_TURN
@@ -33,6 +33,17 @@ class JointSpec:
     # the force the joint pushes with (a gripper closing on an object); None keeps the servo's.
     goal_current: int | None = None
 
+    def __post_init__(self) -> None:
+        # Written so that NaN fails each check: the safety limits are built from these numbers.
+        require(math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper,
+                f"joint {self.name}: limits lower {self.lower} and upper {self.upper} must be finite, lower < upper")
+        require(self.max_velocity > 0 and math.isfinite(self.max_velocity),
+                f"joint {self.name}: max_velocity {self.max_velocity} must be a positive number (rad/s)")
+        require(self.sign in (-1, 1), f"joint {self.name}: sign {self.sign} must be 1 or -1")
+        require(0 <= self.id <= 252, f"joint {self.name}: servo id {self.id} must be in 0..252")
+        require(self.goal_current is None or self.goal_current > 0,
+                f"joint {self.name}: goal_current {self.goal_current} must be positive (or left out)")
+
 
 @dataclass
 class ArmConfig:
@@ -51,6 +62,19 @@ class ArmConfig:
     # YAML written by koch_driver's `calibrate` (relative to config/ or absolute); "" = none.
     # It sets each joint's zero_raw and narrows lower/upper to the recorded range.
     calibration: str = ""
+
+    def __post_init__(self) -> None:
+        require(len(self.joints) > 0, "an arm needs at least one joint")
+        require(len(set(self.names)) == len(self.joints), f"joint names repeat: {self.names}")
+        require(len(set(self.ids)) == len(self.joints), f"servo ids repeat: {self.ids}")
+        for key in ("control_rate_hz", "error_timeout_s", "reconnect_min_s", "reconnect_max_s"):
+            value = getattr(self, key)
+            require(value > 0 and math.isfinite(value), f"{key} {value} must be a positive number")
+        require(0 <= self.hardware_error_poll_s < math.inf,
+                f"hardware_error_poll_s {self.hardware_error_poll_s} must be >= 0 (0: every control cycle)")
+        require(self.reconnect_min_s <= self.reconnect_max_s,
+                f"reconnect_min_s {self.reconnect_min_s} must not exceed reconnect_max_s {self.reconnect_max_s}")
+        require(0 <= self.return_delay_time <= 254, f"return_delay_time {self.return_delay_time} must be in 0..254")
 
     @property
     def names(self) -> list[str]:
@@ -104,6 +128,14 @@ class SafetyConfig:
     max_step_from_present: float = 0.35
     max_acceleration: float = 50.0  # rad/s^2 between consecutive points of a chunk (policy node)
 
+    def __post_init__(self) -> None:
+        # A negative margin would widen the limits past the joints' range; NaN would switch them off.
+        require(0 <= self.position_margin < math.inf, f"position_margin {self.position_margin} must be >= 0 (rad)")
+        require(0 < self.max_step_from_present < math.inf,
+                f"max_step_from_present {self.max_step_from_present} must be a positive number (rad)")
+        require(0 < self.max_acceleration < math.inf,
+                f"max_acceleration {self.max_acceleration} must be a positive number (rad/s^2)")
+
 
 @dataclass
 class KochConfig:
@@ -111,6 +143,15 @@ class KochConfig:
     leader: ArmConfig
     kinematics: KinematicsConfig
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def __post_init__(self) -> None:
+        margin = self.safety.position_margin
+        for arm_name, arm in (("follower", self.follower), ("leader", self.leader)):
+            for joint in arm.joints:
+                half_range = (joint.upper - joint.lower) / 2
+                require(margin < half_range,
+                        f"safety.position_margin {margin} leaves no range for {arm_name} joint {joint.name} "
+                        f"([{joint.lower}, {joint.upper}]): it must be smaller than half the range ({half_range:.4g})")
 
 
 def apply_calibration(arm: ArmConfig) -> ArmConfig:
