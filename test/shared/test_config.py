@@ -91,3 +91,27 @@ def test_robot_limits_are_checked_when_koch_yaml_loads(tmp_path: Path, changes: 
     with pytest.raises(ConfigError, match=message):
         load_koch(str(_koch_yaml(tmp_path, 1, **changes)))
     load_koch(str(_koch_yaml(tmp_path, 1)))  # the file itself loads
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("fps=0", r"koch_sim\.yaml: fps 0 must be positive"),
+    ("limits.max_dropped_fraction=1.5", r"koch_sim\.yaml\.limits: max_dropped_fraction 1.5 must be a fraction"),
+    ("limits.max_gap_s=-1", r"koch_sim\.yaml\.limits: max_gap_s -1.0 must be positive"),
+    ("limits.max_stale_fraction=.nan", r"koch_sim\.yaml\.limits\.max_stale_fraction: nan is not a finite number"),
+    ("limits.min_frames=true", r"koch_sim\.yaml\.limits\.min_frames: expected int, got the boolean True"),
+])
+def test_mapping_numbers_are_checked_when_it_loads(override: str, message: str) -> None:
+    from koch_common.feature_mapping import DEFAULT_MAPPING, load_mapping
+
+    with pytest.raises(ConfigError, match=message):
+        load_mapping(DEFAULT_MAPPING, [override])
+    load_mapping(DEFAULT_MAPPING)
+
+
+def test_a_stream_needs_a_positive_staleness_and_tolerance() -> None:
+    from koch_common.feature_mapping import FeatureConfig
+
+    with pytest.raises(ConfigError, match=r"max_staleness_s -0.1 must be positive"):
+        FeatureConfig(topic="/x", type="sensor_msgs/msg/JointState", max_staleness_s=-0.1)
+    with pytest.raises(ConfigError, match=r"tolerance_s 0.0 must be positive"):
+        FeatureConfig(topic="/x", type="sensor_msgs/msg/JointState", tolerance_s=0.0)

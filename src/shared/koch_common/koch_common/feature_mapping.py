@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from koch_common.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, resolve_config_path
+from koch_common.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, require, resolve_config_path
 from koch_common.resample import ALIGN_CHOICES, Align, StreamSpec
 from koch_common.robot import load_koch
 from koch_common.topics import topic
@@ -41,6 +41,13 @@ class LimitsConfig:
     max_dropped_fraction: float = 0.05  # drop streams: frames left out
     max_gap_s: float | None = None  # longest allowed silence of any input stream (None: unchecked)
 
+    def __post_init__(self) -> None:
+        require(self.min_frames >= 1, f"min_frames {self.min_frames} must be at least 1")
+        for key in ("max_stale_fraction", "max_dropped_fraction"):
+            value = getattr(self, key)
+            require(0.0 <= value <= 1.0, f"{key} {value} must be a fraction in [0, 1]")
+        require(self.max_gap_s is None or self.max_gap_s > 0, f"max_gap_s {self.max_gap_s} must be positive (or null)")
+
 
 @dataclass
 class FeatureConfig:
@@ -51,6 +58,11 @@ class FeatureConfig:
     tolerance_s: float | None = None  # asof/drop: oldest usable sample (default max_staleness_s)
     # JointState/JointTrajectory only: 'follower' | 'leader' (names from koch.yaml) or an explicit name list.
     joints: str | list[str] | None = None
+
+    def __post_init__(self) -> None:
+        require(self.max_staleness_s > 0, f"max_staleness_s {self.max_staleness_s} must be positive (seconds)")
+        require(self.tolerance_s is None or self.tolerance_s > 0,
+                f"tolerance_s {self.tolerance_s} must be positive (seconds; or null for max_staleness_s)")
 
 
 @dataclass
@@ -64,6 +76,10 @@ class MappingConfig:
     # Any topic: each message on it (stamped with the receive clock) starts a new episode in the bag.
     episode_marker_topic: str = ""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        require(self.fps > 0, f"fps {self.fps} must be positive (frames per second)")
+        require(len(self.features) > 0, "a mapping needs at least one feature")
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,10 @@ class Mapping:
     task_topic: str = ""
     episode_marker_topic: str = ""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        require(self.fps > 0, f"fps {self.fps} must be positive (frames per second)")
+        require(len(self.features) > 0, "a mapping needs at least one feature")
 
     @property
     def topics(self) -> dict[str, str]:
