@@ -281,7 +281,7 @@ def convert_bags(
     _check_options(bag_dirs, overwrite, append, jobs, image_memory_gb)
     output_root = Path(output_root)
     exists = output_root.exists()
-    _check_output(output_root, exists, overwrite, append, mapping, repo_id)
+    first_index = _check_output(output_root, exists, overwrite, append, mapping, repo_id)
     append = append and exists
     set_codec_logs(verbose)
     work = _new_work_folder(output_root)
@@ -289,7 +289,7 @@ def convert_bags(
         bag_jobs = [_BagJob(Path(bag), mapping, work / "bags" / f"{i:05d}", repo_id, vcodec, image_memory_gb, verbose)
                     for i, bag in enumerate(bag_dirs)]
         results = _convert_each_bag(bag_jobs, jobs, progress)
-        summaries = _episode_summaries(results, _first_new_episode(output_root, repo_id, append), mapping.fps)
+        summaries = _episode_summaries(results, first_index, mapping.fps)
         sources = [job.root for job in bag_jobs if job.root.exists()]
         if not sources:
             reasons = "; ".join(f"{s.bag.name}: {s.refused}" for s in summaries)
@@ -319,8 +319,9 @@ def _check_options(bag_dirs: Sequence[Path], overwrite: bool, append: bool, jobs
 
 
 def _check_output(output_root: Path, exists: bool, overwrite: bool, append: bool, mapping: Mapping,
-                  repo_id: str) -> None:
-    """An existing output is replaced only when asked, and appended to only when it is a dataset at the same fps."""
+                  repo_id: str) -> int:
+    """An existing output is replaced only when asked, and appended to only when it is a dataset at the same fps.
+    Returns the dataset index of the first episode written: after the existing ones when appending."""
     if exists and not (overwrite or append):
         raise ConversionError(
             f"{output_root} already exists; choose another --output, --append to add episodes, or --overwrite"
@@ -334,6 +335,8 @@ def _check_output(output_root: Path, exists: bool, overwrite: bool, append: bool
             raise ConversionError(f"cannot append: {output_root} is not a readable LeRobot dataset ({err})") from err
         if existing.fps != mapping.fps:
             raise ConversionError(f"cannot append: {output_root} has fps {existing.fps}, the mapping {mapping.fps}")
+        return int(existing.total_episodes)
+    return 0
 
 
 def _new_work_folder(output_root: Path) -> Path:
@@ -367,15 +370,6 @@ def _convert_each_bag(bag_jobs: list[_BagJob], jobs: int, progress: bool) -> lis
                     future.cancel()
                 raise
     return results
-
-
-def _first_new_episode(output_root: Path, repo_id: str, append: bool) -> int:
-    """The dataset index of the first episode written: after the existing ones when appending."""
-    if not append:
-        return 0
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-
-    return LeRobotDatasetMetadata(repo_id, root=output_root).total_episodes
 
 
 def _episode_summaries(results: list[list[dict[str, Any]]], first_index: int, fps: int) -> list[EpisodeSummary]:

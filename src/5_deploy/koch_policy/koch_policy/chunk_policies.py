@@ -26,13 +26,14 @@ in ticks), and how a newly arrived chunk merges with what is planned (`accept`).
 from __future__ import annotations
 
 import math
-from enum import Enum
 from typing import ClassVar
 
 import numpy as np
 
+from koch_common.enums import StrEnum
 
-class ChunkPolicyName(str, Enum):
+
+class ChunkPolicyName(StrEnum):
     """A chunk policy's name: the policy node's `chunk_policy` parameter and the launch argument."""
 
     EXECUTE_K = "execute_k"
@@ -40,9 +41,6 @@ class ChunkPolicyName(str, Enum):
     OVERLAP_BLEND = "overlap_blend"
     LATEST_ONLY = "latest_only"
     RTC = "rtc"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 DEFAULT_CHUNK_POLICY = ChunkPolicyName.EXECUTE_K

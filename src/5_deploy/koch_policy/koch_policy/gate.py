@@ -10,20 +10,18 @@ return (it is a hold-to-run switch, not a latch).
 from __future__ import annotations
 
 import threading
-from enum import Enum
 
 import numpy as np
 
+from koch_common.enums import StrEnum
 
-class GateState(str, Enum):
+
+class GateState(StrEnum):
     """Whether commands may flow; the value is the policy node's `gate` diagnostic."""
 
     OPEN = "open"
     ESTOP = "estop"  # latched until reset_estop
     DEADMAN = "deadman"  # no heartbeat within deadman_timeout_s
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class SafetyGate:

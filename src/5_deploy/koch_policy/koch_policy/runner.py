@@ -27,10 +27,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 
+from koch_common.enums import StrEnum
 from koch_common.feature_mapping import IMAGE_PREFIX
 from koch_common.realtime import pin_current_thread
 from koch_common.resample import StreamBuffer, StreamSpec
@@ -60,7 +60,7 @@ def resolve_trigger(choice: str, streams: Iterable[str]) -> str | None:
     return choice
 
 
-class TickKind(str, Enum):
+class TickKind(StrEnum):
     """What a tick decided (in `tick`'s order of precedence after WAIT)."""
 
     WAIT = "wait"  # no joint state yet: nothing to send
@@ -70,20 +70,14 @@ class TickKind(str, Enum):
     HOLD = "hold"  # no chunk yet: hold the measured position
     CHUNK = "chunk"  # the chunk policy's due actions, through the safety filter
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class RunnerIntervention(str, Enum):
+class RunnerIntervention(StrEnum):
     """Why the runner held instead of executing a chunk; counted in `SafetyLimits.interventions` beside the
     safety layer's own kinds (`koch_common.safety.InterventionKind`), the value is the key on `/diagnostics`."""
 
     ESTOP = "estop"
     DEADMAN = "deadman"
     STALE_OBSERVATION = "stale_observation"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _INTERVENTION = {TickKind.ESTOP: RunnerIntervention.ESTOP, TickKind.DEADMAN: RunnerIntervention.DEADMAN,

@@ -27,24 +27,22 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
+from koch_common.enums import StrEnum
+
 SAME_INSTANT_S = 1e-6
 
 
-class Align(str, Enum):
+class Align(StrEnum):
     """How a stream's samples are aligned to a frame time (see the module docstring); the value is the
     mapping YAML's `align`."""
 
     HOLD = "hold"
     ASOF = "asof"
     DROP = "drop"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 ALIGN_CHOICES = tuple(a.value for a in Align)

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from enum import Enum
 
 import numpy as np
 
 from koch_common import safety_kernel
+from koch_common.enums import StrEnum
 from koch_common.robot import ArmConfig, SafetyConfig
 
 
-class InterventionKind(str, Enum):
+class InterventionKind(StrEnum):
     """Why the safety layer changed a command; the value is the key on `/diagnostics`.
 
     The order is the compiled kernel's flag order (`safety_kernel.NON_FINITE` ...)."""
@@ -39,9 +39,6 @@ class InterventionKind(str, Enum):
     MAX_STEP = "max_step"
     VELOCITY_LIMIT = "velocity_limit"
     ACCELERATION_LIMIT = "acceleration_limit"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 INTERVENTION_KINDS = tuple(InterventionKind)
