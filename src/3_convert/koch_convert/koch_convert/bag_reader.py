@@ -6,20 +6,27 @@ win, and bags without them (old sqlite3) fall back to the ROS 2 Kilted typestore
 mapping does not name are never deserialized, so unknown custom types in a bag are harmless
 unless mapped. Any storage or decoding failure (a truncated file, a bad chunk) becomes a
 `BagReadError` naming the bag, so a caller can refuse it before writing anything.
+
+A bag folder without metadata.yaml (what a killed `ros2 bag record` leaves) is read from its storage
+files directly when they describe themselves (MCAP with a summary, sqlite3 with its topics table),
+as `ros2 bag reindex` would rebuild it; otherwise the error names the reindex command.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import struct
 import tempfile
 import weakref
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
+import yaml
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.typesys import Stores, get_typestore
 
@@ -27,6 +34,8 @@ CLOCKS = ("header", "receive")
 # Types whose CDR starts with std_msgs/Header, so header.stamp is readable without deserializing.
 HEADER_FIRST_TYPES = frozenset({"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"})
 _CDR_STAMP = {b"\x00\x01": struct.Struct("<iI"), b"\x00\x00": struct.Struct(">iI")}  # CDR LE / BE
+METADATA = "metadata.yaml"
+STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}  # storage files that describe themselves
 
 
 class BagReadError(ValueError):
@@ -142,20 +151,78 @@ def has_header(msg: Any) -> bool:
     return hasattr(msg, "header") and hasattr(msg.header, "stamp")
 
 
-def _open(bag_dir: Path) -> AnyReader:
+@dataclass(frozen=True)
+class BagFiles:
+    """A bag folder's storage: its plugin, its files (in order) and whether metadata.yaml lists them."""
+
+    bag: Path
+    storage: str  # mcap | sqlite3
+    paths: tuple[Path, ...]
+    has_metadata: bool
+
+    @property
+    def reindex(self) -> str:
+        """The command that rebuilds this bag's metadata.yaml."""
+        return f"`ros2 bag reindex {self.bag} -s {self.storage}`"
+
+
+def _natural(path: Path) -> list[Any]:
+    """wbag_2 before wbag_10, as rosbag2 numbers split files."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def bag_files(bag_dir: Path) -> BagFiles:
+    """The storage files of a bag folder: as its metadata.yaml lists them, or, without one, its
+    self-describing `.mcap` or `.db3` files."""
     bag_dir = Path(bag_dir)
-    if not (bag_dir / "metadata.yaml").is_file():
+    metadata = bag_dir / METADATA
+    if metadata.is_file():
+        try:
+            info = yaml.safe_load(metadata.read_text())["rosbag2_bagfile_information"]
+            storage = str(info["storage_identifier"])
+            paths = tuple(bag_dir / PurePath(name).name for name in info["relative_file_paths"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+            raise BagReadError(
+                f"bag {bag_dir}: {METADATA} cannot be read ({type(err).__name__}: {err}); move it away and "
+                f"rebuild it with `ros2 bag reindex {bag_dir} -s mcap` (or `-s sqlite3`), then convert again"
+            ) from err
+        return BagFiles(bag_dir, storage, paths, has_metadata=True)
+    found: dict[str, list[Path]] = {}
+    for path in bag_dir.iterdir() if bag_dir.is_dir() else ():
+        if path.suffix in STORAGE_SUFFIXES and path.is_file():
+            found.setdefault(STORAGE_SUFFIXES[path.suffix], []).append(path)
+    if len(found) != 1:
+        what = "both .mcap and .db3 files" if found else "no .mcap or .db3 storage file"
         raise BagReadError(
-            f"{bag_dir} is not a rosbag2 directory (no metadata.yaml); pass the folder that "
-            "`ros2 bag record` or the recorder created"
+            f"{bag_dir} is not a rosbag2 directory (no {METADATA}, {what}); pass the folder that "
+            f"`ros2 bag record` or the recorder created, or rebuild its metadata with `ros2 bag reindex {bag_dir} "
+            "-s mcap` (or `-s sqlite3`)"
         )
-    return AnyReader([bag_dir], default_typestore=get_typestore(Stores.ROS2_KILTED))
+    ((storage, storage_files),) = found.items()
+    return BagFiles(bag_dir, storage, tuple(sorted(storage_files, key=_natural)), has_metadata=False)
+
+
+def _open(files: BagFiles) -> AnyReader:
+    paths = [files.bag] if files.has_metadata else list(files.paths)
+    reader = AnyReader(paths, default_typestore=get_typestore(Stores.ROS2_KILTED))
+    reader.open()
+    return reader
+
+
+@dataclass(frozen=True)
+class ZeroStampFallback:
+    """Topics whose zero header stamps take the receive time instead (`zero_stamps: receive_time`),
+    and how many messages of each did (for the quality report)."""
+
+    topics: frozenset[str] = frozenset()
+    counts: Counter[str] = field(default_factory=Counter)
 
 
 def read_topics(
     bag_dir: Path, topics: Mapping[str, str | None], clock: str = "header", optional: Collection[str] = (),
     lazy: Collection[str] = (),
     spill: ImageSpill | None = None,
+    zero_stamps: ZeroStampFallback | None = None,
 ) -> dict[str, TopicStream]:
     """Deserialize the requested topics (name -> expected type, None = any type) of one bag.
     Topics in `optional` (task, episode marker) may be absent: they come back with no messages.
@@ -164,12 +231,14 @@ def read_topics(
 
     `clock='header'` stamps each message with its header.stamp (capture time); `'receive'`
     with the bag's receive time. Messages without a header (std_msgs/String task or marker
-    topics) always take the receive time. Topics not requested are skipped without deserializing.
+    topics) always take the receive time, and so do zero header stamps on the topics of
+    `zero_stamps` (counted there); on other topics a zero stamp is an error. Topics not requested
+    are skipped without deserializing.
     """
     with _bag_errors(bag_dir), _opened(Path(bag_dir)) as reader:
         present = _resolve(reader, Path(bag_dir), topics, set(optional))
         pairs: dict[str, list[tuple[int, Any]]] = {name: [] for name in present}
-        for topic, stamp, msg in _messages(reader, Path(bag_dir), present, clock, set(lazy), spill):
+        for topic, stamp, msg in _messages(reader, Path(bag_dir), present, clock, set(lazy), spill, zero_stamps):
             pairs[topic].append((stamp, msg))
     streams: dict[str, TopicStream] = {}
     for name, items in pairs.items():
@@ -183,14 +252,14 @@ def read_topics(
 
 def iter_messages(
     bag_dir: Path, topics: Mapping[str, str | None], clock: str = "header", lazy: Collection[str] = (),
-    spill: ImageSpill | None = None,
+    spill: ImageSpill | None = None, zero_stamps: ZeroStampFallback | None = None,
 ) -> Iterator[tuple[str, int, Any]]:
     """`read_topics` as a stream: (topic, stamp_ns, message) in the bag's storage order (receive
     time), so a caller can work while the bag is still being read. Stamps on the header clock are
     not sorted: within a topic they usually rise, and the caller checks that they do."""
     with _bag_errors(bag_dir), _opened(Path(bag_dir)) as reader:
         present = _resolve(reader, Path(bag_dir), topics, set())
-        yield from _messages(reader, Path(bag_dir), present, clock, set(lazy), spill)
+        yield from _messages(reader, Path(bag_dir), present, clock, set(lazy), spill, zero_stamps)
 
 
 @contextlib.contextmanager
@@ -208,10 +277,16 @@ def _bag_errors(bag_dir: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _opened(bag_dir: Path) -> Iterator[AnyReader]:
+    files = bag_files(bag_dir)
     try:
-        reader = _open(bag_dir)
-        reader.open()
+        reader = _open(files)
     except AnyReaderError as err:
+        if not files.has_metadata:
+            raise BagReadError(
+                f"cannot open bag {bag_dir}: it has no {METADATA} and its storage file(s) cannot be read on their "
+                f"own ({err}); rebuild its metadata with {files.reindex} (an MCAP file that ends without its "
+                "summary needs `mcap recover` first), then convert again"
+            ) from err
         raise BagReadError(
             f"cannot open bag {bag_dir}: it is truncated or corrupt, or its stored message definitions are "
             f"inconsistent ({err}); re-record it or repair it (`ros2 bag reindex`), then convert again"
@@ -244,10 +319,11 @@ def _resolve(reader: AnyReader, bag_dir: Path, topics: Mapping[str, str | None],
 
 def _messages(
     reader: AnyReader, bag_dir: Path, topics: Mapping[str, str], clock: str, lazy: set[str],
-    spill: ImageSpill | None,
+    spill: ImageSpill | None, zero_stamps: ZeroStampFallback | None,
 ) -> Iterator[tuple[str, int, Any]]:
     if clock not in CLOCKS:
         raise BagReadError(f"clock {clock!r} is unknown; use one of {CLOCKS}")
+    zero_stamps = zero_stamps or ZeroStampFallback()
     wanted = [c for c in reader.connections if c.topic in topics]
     deserialize = reader.typestore.deserialize_cdr
     for connection, receive_ns, raw in reader.messages(connections=wanted):
@@ -259,9 +335,13 @@ def _messages(
         else:
             msg = reader.deserialize(raw, connection.msgtype)
             stamp = header_stamp_ns(msg) if clock == "header" and has_header(msg) else receive_ns
+        if stamp == 0 and topic in zero_stamps.topics:
+            stamp = receive_ns
+            zero_stamps.counts[topic] += 1
         if stamp == 0:
             raise BagReadError(
-                f"bag {bag_dir}: {topic} has messages with an unset header.stamp; "
-                "fix the publisher or set `clock: receive` in the mapping"
+                f"bag {bag_dir}: {topic} has messages with an unset header.stamp; fix the publisher, or stamp them "
+                f"with their receive time (`zero_stamps: receive_time` on the features of {topic}), or set "
+                "`clock: receive` in the mapping"
             )
         yield topic, stamp, msg

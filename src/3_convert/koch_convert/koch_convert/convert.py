@@ -4,10 +4,13 @@ Each bag is converted on its own (in worker processes when `jobs > 1`; a one-epi
 streamed, its frames encoded while it is read) into a small LeRobot dataset in a work folder
 beside the output; LeRobot's `aggregate_datasets` then joins them, after the existing dataset
 when appending, into a staging dataset that is moved into place
-only when everything succeeded. A bag that cannot be read, or any crash, leaves the existing
-dataset untouched (the work folder is removed); an episode that violates the mapping's
-quality limits is refused, reported and not written. `quality_report.json` beside the data
-(in the dataset root) lists every episode converted or refused, with the reason.
+only when everything succeeded. Any crash leaves the existing dataset untouched (the work folder
+is removed, and work folders of killed conversions are swept at the next start); an episode that
+violates the mapping's quality limits is refused, reported and not written. Each bag's storage is
+checked first (`bag_integrity`: CRCs where it has them). A bag that fails, for any reason, stops
+the conversion with nothing written when `strict`, and is otherwise refused like an episode, so
+one bad recording does not cost a batch. `quality_report.json` beside the data (in the dataset
+root) lists every episode converted or refused, with the reason.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,8 @@ from tqdm import tqdm
 
 from koch_common.feature_mapping import Mapping
 from koch_common.resample import ResampleReport, StreamReport
-from koch_convert.bag_reader import ImageSpill
+from koch_convert.bag_integrity import check_bag
+from koch_convert.bag_reader import BagReadError, ImageSpill
 from koch_convert.codec_logs import set_codec_logs
 from koch_convert.episodes import (
     ConversionError,
@@ -52,6 +56,7 @@ __all__ = [
 
 QUALITY_REPORT = "quality_report.json"
 IMAGE_MEMORY_GB = 4.0  # per bag being converted (so per --jobs process)
+WORK_FOLDER = ".{name}.converting-"  # + the converting process's id: `.<output name>.converting-<pid>`
 
 
 @dataclass
@@ -64,6 +69,13 @@ class EpisodeSummary:
     report: ResampleReport
     refused: str | None = None
     quality: dict[str, Any] | None = None
+    bag_failed: bool = False  # the whole bag was refused (unreadable, damaged, not convertible), not one episode
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the bag's integrity check found worth saying (no CRCs, no metadata.yaml)."""
+        integrity = (self.quality or {}).get("integrity") or {}
+        return list(integrity.get("warnings", []))
 
 
 def dataset_features(mapping: Mapping, first: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -115,11 +127,16 @@ def convert_one_bag(
     A bag that is one episode with the mapping's task text (no marker or task topic) is streamed:
     each frame is encoded as soon as no later message can change it, while the bag is still read,
     and the episode is discarded if its verdict at the end refuses it. Otherwise, or when a stream's
-    stamps go backwards (only sorting the whole bag puts them in order), the bag is read first."""
+    stamps go backwards (only sorting the whole bag puts them in order), the bag is read first.
+
+    The bag's storage is checked before anything is read (`check_bag`: BagReadError when damaged);
+    what the check found goes into each episode's report as `integrity`."""
+    integrity = check_bag(bag).report()
     budget = int(image_memory_gb * 2**30)
     if not mapping.extra_topics:
         try:
-            return [_stream_one_bag(bag, mapping, root, repo_id, vcodec, ImageSpill(root.parent, budget))]
+            quality = _stream_one_bag(bag, mapping, root, repo_id, vcodec, ImageSpill(root.parent, budget))
+            return [{**quality, "integrity": integrity}]
         except OutOfOrderStamps:
             shutil.rmtree(root, ignore_errors=True)  # the frames streamed so far; convert from the sorted bag
     episodes = resample_episodes(bag, mapping, ImageSpill(root.parent, budget))
@@ -130,7 +147,15 @@ def convert_one_bag(
                 for i in range(len(episode)):
                     writer.add_frame(episode, i)
                 writer.save_episode()
-    return [e.quality() for e in episodes]
+    return [{**e.quality(), "integrity": integrity} for e in episodes]
+
+
+def refused_bag_quality(bag: Path, error: Exception) -> dict[str, Any]:
+    """The quality report entry of a bag that could not be converted: its reason, on one line."""
+    known = isinstance(error, BagReadError | ConversionError)
+    reason = " ".join((str(error) if known else f"{type(error).__name__}: {error}").split())
+    return {"bag": str(bag), "segment": None, "task": None, "frames": 0, "grid_frames": 0, "duration_s": 0.0,
+            "skipped_head_s": 0.0, "frames_dropped": {}, "streams": {}, "refused": reason, "integrity": None}
 
 
 def _stream_one_bag(
@@ -227,14 +252,17 @@ def _convert_job(job: _BagJob) -> list[dict[str, Any]]:
     return convert_one_bag(job.bag, job.mapping, job.root, job.repo_id, job.vcodec, job.image_memory_gb)
 
 
+_STREAM_REPORT_FIELDS = frozenset(f.name for f in fields(StreamReport))
+
+
 def _summaries(reports: list[dict[str, Any]], first_index: int, fps: int) -> list[EpisodeSummary]:
     out = []
     index = first_index
     for quality in reports:
         streams = {}
         for name, s in quality["streams"].items():
-            fields = {k: v for k, v in s.items() if k not in ("align", "max_staleness_s")}
-            streams[name] = StreamReport(name=name, **fields)
+            counts = {k: v for k, v in s.items() if k in _STREAM_REPORT_FIELDS and k != "name"}
+            streams[name] = StreamReport(name=name, **counts)
         report = ResampleReport(frames=quality["grid_frames"], streams=streams)
         accepted = quality["refused"] is None
         out.append(
@@ -247,6 +275,7 @@ def _summaries(reports: list[dict[str, Any]], first_index: int, fps: int) -> lis
                 report=report,
                 refused=quality["refused"],
                 quality=quality,
+                bag_failed=quality["segment"] is None,
             )
         )
         index += int(accepted)
@@ -271,10 +300,14 @@ def convert_bags(
     jobs: int = 1,
     image_memory_gb: float = IMAGE_MEMORY_GB,
     verbose: bool = False,
+    strict: bool = True,
 ) -> Path:
     """Convert bags (one or more episodes each, in the given order) into the LeRobot v3.0 dataset
-    at `output_root`, or append them to it (`append=True`). Nothing at `output_root` changes
-    unless every bag was read and converted (refused episodes are reported, not written).
+    at `output_root`, or append them to it (`append=True`). Refused episodes are reported, not written.
+
+    `strict`: nothing at `output_root` changes unless every bag was read and converted (a bag that
+    fails raises its error). Otherwise a bag that fails, for any reason, is refused with its reason
+    (`EpisodeSummary.bag_failed`) and the other bags are written.
 
     `progress`: one bar per stage (converting the bags, joining them); `verbose`: ffmpeg's own
     logs too (encoder statistics, muxer notes), which are otherwise quiet (`codec_logs`)."""
@@ -288,7 +321,7 @@ def convert_bags(
     try:
         bag_jobs = [_BagJob(Path(bag), mapping, work / "bags" / f"{i:05d}", repo_id, vcodec, image_memory_gb, verbose)
                     for i, bag in enumerate(bag_dirs)]
-        results = _convert_each_bag(bag_jobs, jobs, progress)
+        results = _convert_each_bag(bag_jobs, jobs, progress, strict)
         summaries = _episode_summaries(results, first_index, mapping.fps)
         sources = [job.root for job in bag_jobs if job.root.exists()]
         if not sources:
@@ -340,21 +373,55 @@ def _check_output(output_root: Path, exists: bool, overwrite: bool, append: bool
 
 
 def _new_work_folder(output_root: Path) -> Path:
-    """An empty folder beside the output (same file system, so the result moves into place by renaming)."""
+    """An empty folder beside the output (same file system, so the result moves into place by renaming),
+    named after this process; the work folders of conversions that were killed are swept first."""
     output_root.parent.mkdir(parents=True, exist_ok=True)
-    work = output_root.parent / f".{output_root.name}.converting-{os.getpid()}"
+    _sweep_stale_work_folders(output_root)
+    work = output_root.parent / f"{WORK_FOLDER.format(name=output_root.name)}{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     return work
 
 
-def _convert_each_bag(bag_jobs: list[_BagJob], jobs: int, progress: bool) -> list[list[dict[str, Any]]]:
-    """Every bag's quality reports, in the bags' order; up to `jobs` bags at once in worker processes."""
+def _sweep_stale_work_folders(output_root: Path) -> None:
+    """Remove the work folders a killed conversion into `output_root` left (no `finally` runs on SIGKILL):
+    only folders named like ours, and only when the process in the name no longer runs (a live one may
+    be converting into the same output right now)."""
+    prefix = WORK_FOLDER.format(name=output_root.name)
+    for folder in output_root.parent.iterdir():
+        pid = folder.name.removeprefix(prefix)
+        if folder.name.startswith(prefix) and pid.isdigit() and folder.is_dir() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _convert_each_bag(bag_jobs: list[_BagJob], jobs: int, progress: bool, strict: bool) -> list[list[dict[str, Any]]]:
+    """Every bag's quality reports, in the bags' order; up to `jobs` bags at once in worker processes.
+    A bag that fails raises when `strict`, else its one entry says why (and its partial dataset goes)."""
     results: list[list[dict[str, Any]]] = [[] for _ in bag_jobs]
+
+    def refused(job: _BagJob, error: Exception) -> list[dict[str, Any]]:
+        shutil.rmtree(job.root, ignore_errors=True)  # frames a streamed bag wrote before it failed
+        return [refused_bag_quality(job.bag, error)]
+
     with tqdm(total=len(bag_jobs), desc="converting", unit="bag", disable=not progress) as bar:
         if jobs == 1 or len(bag_jobs) == 1:
             for i, job in enumerate(bag_jobs):
-                results[i] = _convert_job(job)
+                try:
+                    results[i] = _convert_job(job)
+                except Exception as err:
+                    if strict:
+                        raise
+                    results[i] = refused(job, err)
                 bar.update()
             return results
         # spawn, not fork: the parent may hold threads (tqdm, torch) that fork would copy broken.
@@ -363,7 +430,15 @@ def _convert_each_bag(bag_jobs: list[_BagJob], jobs: int, progress: bool) -> lis
             futures = {pool.submit(_convert_job, job): i for i, job in enumerate(bag_jobs)}
             try:
                 for future in concurrent.futures.as_completed(futures):
-                    results[futures[future]] = future.result()
+                    i = futures[future]
+                    try:
+                        results[i] = future.result()
+                    except concurrent.futures.BrokenExecutor:
+                        raise  # the pool itself is gone: not one bag's fault
+                    except Exception as err:
+                        if strict:
+                            raise
+                        results[i] = refused(bag_jobs[i], err)
                     bar.update()
             except BaseException:
                 for future in futures:

@@ -25,7 +25,7 @@ import numpy as np
 
 from koch_common.feature_mapping import Mapping
 from koch_common.resample import Align, FrameAssembler, ResampleReport, Sample, StreamBuffer
-from koch_convert.bag_reader import ImageSpill, TopicStream, iter_messages, read_topics
+from koch_convert.bag_reader import ImageSpill, TopicStream, ZeroStampFallback, iter_messages, read_topics
 from koch_convert.extract import ExtractError, JointVector, decoder_for
 
 
@@ -52,6 +52,8 @@ class Episode:
     report: ResampleReport = field(default_factory=lambda: ResampleReport(frames=0))
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> frames left out
     refused: str | None = None  # why the episode violates the mapping's limits, None if it passes
+    # feature key -> messages of its topic in the bag stamped with their receive time (zero header stamps)
+    receive_stamped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for feature in self.mapping.features:
@@ -100,6 +102,7 @@ class Episode:
             stream.pop("name")
             stream["align"] = self.mapping.feature(name).stream.align.value
             stream["max_staleness_s"] = self.mapping.feature(name).stream.max_staleness_s
+            stream["receive_stamped"] = self.receive_stamped.get(name, 0)
             streams[name] = stream
         return {
             "bag": str(self.bag),
@@ -113,6 +116,11 @@ class Episode:
             "streams": streams,
             "refused": self.refused,
         }
+
+
+def _receive_stamped(mapping: Mapping, fallback: ZeroStampFallback) -> dict[str, int]:
+    """Per feature, how many of its topic's messages took their receive time for a zero header stamp."""
+    return {f.key: fallback.counts[f.topic] for f in mapping.features}
 
 
 def _extractor(feature: Any, bag: Path) -> Callable[[Any], Any]:
@@ -229,7 +237,9 @@ def resample_episodes(bag: Path, mapping: Mapping, spill: ImageSpill | None = No
         wanted.setdefault(extra, None)
     # A bag without markers is one episode; without task messages it takes the mapping's text.
     images = [f.topic for f in mapping.features if f.is_image]  # deserialized only for the frames that use them
-    streams = read_topics(bag, wanted, clock=mapping.clock, optional=extras, lazy=images, spill=spill)
+    fallback = ZeroStampFallback(mapping.receive_time_topics)
+    streams = read_topics(bag, wanted, clock=mapping.clock, optional=extras, lazy=images, spill=spill,
+                          zero_stamps=fallback)
     feature_streams = [streams[f.topic] for f in mapping.features]
     for feature, stream in zip(mapping.features, feature_streams, strict=True):
         if not stream.stamps_ns:
@@ -263,6 +273,7 @@ def resample_episodes(bag: Path, mapping: Mapping, spill: ImageSpill | None = No
         last = min(b.last_stamp for b in buffers.values())
         task = _task(mapping, streams, t_ref_ns, last, bag)
         episodes.append(EpisodeBuilder(bag, mapping, buffers, len(episodes), task).finish())
+        episodes[-1].receive_stamped = _receive_stamped(mapping, fallback)
     if not episodes:
         raise ConversionError(f"bag {bag}: no episode has messages on every mapped topic")
     return episodes
@@ -315,7 +326,9 @@ def stream_episode(
             buffer.release_before(episode.samples[key][-1].stamp_s)
 
     t_ref_ns: int | None = None  # float seconds from the first stamp read keep sub-microsecond resolution
-    for topic, stamp_ns, msg in iter_messages(bag, mapping.topics, mapping.clock, lazy=images, spill=spill):
+    fallback = ZeroStampFallback(mapping.receive_time_topics)
+    messages = iter_messages(bag, mapping.topics, mapping.clock, lazy=images, spill=spill, zero_stamps=fallback)
+    for topic, stamp_ns, msg in messages:
         t_ref_ns = stamp_ns if t_ref_ns is None else t_ref_ns
         stamp_s = (stamp_ns - t_ref_ns) / 1e9
         for key, extract in consumers[topic]:
@@ -334,5 +347,6 @@ def stream_episode(
         if len(buffers[feature.key]) == 0:
             raise ConversionError(f"bag {bag}: topic {feature.topic} ({feature.key}) has no messages")
     episode = builder.finish()
+    episode.receive_stamped = _receive_stamped(mapping, fallback)
     pass_on()
     return episode

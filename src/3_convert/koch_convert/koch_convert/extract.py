@@ -1,6 +1,7 @@
 """Message -> feature value, for every message type the mapping accepts (ROS-free).
 
-Joint vectors are taken by joint *name* (publishers may order joints differently); colour
+Joint vectors are taken by joint *name* (publishers may order joints differently), or by index from
+messages without names where the mapping allows it (`Feature.joint_indices`); colour
 images become uint8 RGB (H, W, 3); depth becomes float32 metres (H, W, 1) exactly as the
 policy node decodes it live (16UC1 millimetres and 32FC1 metres are both exact in float32).
 """
@@ -12,7 +13,7 @@ from typing import Any
 import av
 import numpy as np
 
-from koch_common.feature_mapping import JOINT_TRAJECTORY, Feature
+from koch_common.feature_mapping import JOINT_TRAJECTORY, Feature, JointLookupError
 from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_metres, from_fields, to_rgb
 from koch_convert.bag_reader import loaded
 
@@ -31,7 +32,7 @@ class JointVector:
         self.feature = feature
         self.where = where
         self.trajectory = feature.msgtype == JOINT_TRAJECTORY
-        self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
+        self._index_cache: dict[tuple[tuple[str, ...], int], np.ndarray] = {}
 
     def __call__(self, msg: Any) -> np.ndarray:
         if self.trajectory:
@@ -43,18 +44,14 @@ class JointVector:
         else:
             names = tuple(msg.name)
             values = np.asarray(msg.position, dtype=np.float64)
-        index = self._index_cache.get(names)
+        key = (names, values.shape[0])
+        index = self._index_cache.get(key)
         if index is None:
-            missing = [j for j in self.feature.joint_names if j not in names]
-            if missing:
-                raise ExtractError(
-                    f"{self.where}: message lacks joint(s) {missing} needed by {self.feature.key}; "
-                    f"it has {list(names)}. Fix the mapping's joints or the publisher."
-                )
-            index = np.array([names.index(j) for j in self.feature.joint_names])
-            self._index_cache[names] = index
-        if values.shape[0] != len(names):
-            raise ExtractError(f"{self.where}: {len(names)} names but {values.shape[0]} positions")
+            try:
+                index = np.array(self.feature.joint_indices(names, values.shape[0]), dtype=np.intp)
+            except JointLookupError as err:
+                raise ExtractError(f"{self.where}: {err}") from None
+            self._index_cache[key] = index
         return values[index].astype(np.float32)
 
 

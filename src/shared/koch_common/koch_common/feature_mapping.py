@@ -5,15 +5,22 @@
 list from koch.yaml, and each feature gets the `StreamSpec` the resampler uses (its `align`:
 hold, asof or drop). The policy node reads the same file, so a feature means the same thing
 offline and live.
+
+Real publishers vary: some leave JointState's `name` empty (positions in a fixed order) or send
+zero header stamps. Neither is guessed around: a stream says so explicitly (`unnamed_joints:
+by_index`, `zero_stamps: receive_time`), and without it such a message is an error saying which
+option to set.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from koch_common.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, require, resolve_config_path
+from koch_common.enums import StrEnum
 from koch_common.resample import ALIGN_CHOICES, Align, StreamSpec
 from koch_common.robot import load_koch
 from koch_common.topics import topic
@@ -30,6 +37,28 @@ DEPTH_PREFIX = "observation.depth."
 # The simulated Koch's mapping (under config/): what the converter, record.launch.py and the policy node use
 # unless told otherwise.
 DEFAULT_MAPPING = "mapping/koch_sim.yaml"
+
+
+class UnnamedJoints(StrEnum):
+    """What a joint stream does with a message whose joint names are empty (the YAML's `unnamed_joints`)."""
+
+    REFUSE = "refuse"  # an error: without names the positions' order is a guess
+    BY_INDEX = "by_index"  # the positions are in the order of `joints`, exactly one per joint
+
+
+class ZeroStamps(StrEnum):
+    """What a stream does with a zero header stamp on the header clock (the YAML's `zero_stamps`)."""
+
+    REFUSE = "refuse"  # an error: a zero stamp would put the message at the epoch
+    RECEIVE_TIME = "receive_time"  # the bag's receive time instead (the recorder's clock; reported)
+
+
+UNNAMED_JOINTS_CHOICES = tuple(u.value for u in UnnamedJoints)
+ZERO_STAMPS_CHOICES = tuple(z.value for z in ZeroStamps)
+
+
+class JointLookupError(ValueError):
+    """A joint message cannot give a feature's joints; the message says which option or fix applies."""
 
 
 @dataclass
@@ -58,11 +87,18 @@ class FeatureConfig:
     tolerance_s: float | None = None  # asof/drop: oldest usable sample (default max_staleness_s)
     # JointState/JointTrajectory only: 'follower' | 'leader' (names from koch.yaml) or an explicit name list.
     joints: str | list[str] | None = None
+    # Joint types only: refuse | by_index (positions in the order of `joints` when a message has no names).
+    unnamed_joints: str | None = None
+    zero_stamps: str = ZeroStamps.REFUSE.value  # refuse | receive_time (header clock: a zero stamp)
 
     def __post_init__(self) -> None:
         require(self.max_staleness_s > 0, f"max_staleness_s {self.max_staleness_s} must be positive (seconds)")
         require(self.tolerance_s is None or self.tolerance_s > 0,
                 f"tolerance_s {self.tolerance_s} must be positive (seconds; or null for max_staleness_s)")
+        require(self.unnamed_joints is None or self.unnamed_joints in UNNAMED_JOINTS_CHOICES,
+                f"unnamed_joints {self.unnamed_joints!r} is unknown; use one of {UNNAMED_JOINTS_CHOICES}")
+        require(self.zero_stamps in ZERO_STAMPS_CHOICES,
+                f"zero_stamps {self.zero_stamps!r} is unknown; use one of {ZERO_STAMPS_CHOICES}")
 
 
 @dataclass
@@ -89,6 +125,8 @@ class Feature:
     msgtype: str
     stream: StreamSpec
     joint_names: tuple[str, ...] = ()  # JointState: the order of the feature vector
+    unnamed_joints: UnnamedJoints = UnnamedJoints.REFUSE
+    zero_stamps: ZeroStamps = ZeroStamps.REFUSE
 
     @property
     def is_image(self) -> bool:
@@ -108,6 +146,35 @@ class Feature:
     @property
     def camera(self) -> str:
         return self.key.removeprefix(DEPTH_PREFIX if self.is_depth else IMAGE_PREFIX)
+
+    def joint_indices(self, names: Sequence[str], count: int) -> list[int]:
+        """Where this feature's joints are in a message's positions (`names`: the message's joint
+        names, `count`: its number of positions), by name, or by index when the names are empty and
+        the stream allows it. Here, beside the mapping, so that the converter (which uses it) and the
+        policy node can read a stream the same way offline and live. Raises JointLookupError saying
+        what to fix."""
+        if not names:
+            if self.unnamed_joints is UnnamedJoints.REFUSE:
+                raise JointLookupError(
+                    f"message has an empty `name` (joint names) but {count} positions; if the publisher sends them "
+                    f"in the order {list(self.joint_names)}, set features.{self.key}.unnamed_joints: by_index"
+                )
+            if count != len(self.joint_names):
+                raise JointLookupError(
+                    f"message without joint names has {count} positions, but {self.key} (unnamed_joints: "
+                    f"by_index) has {len(self.joint_names)} joints {list(self.joint_names)}; fix the publisher "
+                    "or the mapping's joints"
+                )
+            return list(range(count))
+        if count != len(names):
+            raise JointLookupError(f"message has {len(names)} joint names but {count} positions")
+        missing = [j for j in self.joint_names if j not in names]
+        if missing:
+            raise JointLookupError(
+                f"message lacks joint(s) {missing} needed by {self.key}; it has {list(names)}. "
+                "Fix the mapping's joints or the publisher."
+            )
+        return [list(names).index(j) for j in self.joint_names]
 
 
 @dataclass(frozen=True)
@@ -138,6 +205,11 @@ class Mapping:
     def recorded_topics(self) -> list[str]:
         """Every topic a bag needs for this mapping: the features' plus the extra topics."""
         return [*self.topics, *(t for t in self.extra_topics if t not in self.topics)]
+
+    @property
+    def receive_time_topics(self) -> frozenset[str]:
+        """Topics whose zero header stamps take the receive time (`zero_stamps: receive_time`)."""
+        return frozenset(f.topic for f in self.features if f.zero_stamps is ZeroStamps.RECEIVE_TIME)
 
     def feature(self, key: str) -> Feature:
         for f in self.features:
@@ -187,8 +259,9 @@ def resolve(config: MappingConfig, source: str = "mapping") -> Mapping:
                     f"{where}: image features must be named {IMAGE_PREFIX}<camera> (colour) or "
                     f"{DEPTH_PREFIX}<camera> (depth)"
                 )
-            if fc.joints is not None:
-                raise ConfigError(f"{where}.joints only applies to {JOINT_TYPES} features")
+            for name in ("joints", "unnamed_joints"):
+                if getattr(fc, name) is not None:
+                    raise ConfigError(f"{where}.{name} only applies to {JOINT_TYPES} features")
             joint_names = ()
         else:
             raise ConfigError(
@@ -203,12 +276,18 @@ def resolve(config: MappingConfig, source: str = "mapping") -> Mapping:
                     name=key, align=Align(fc.align), max_staleness_s=fc.max_staleness_s, tolerance_s=fc.tolerance_s
                 ),
                 joint_names=joint_names,
+                unnamed_joints=UnnamedJoints(fc.unnamed_joints or UnnamedJoints.REFUSE),
+                zero_stamps=ZeroStamps(fc.zero_stamps),
             )
         )
-    topics_seen: dict[str, str] = {}
+    topics_seen: dict[str, Feature] = {}
     for f in features:
-        if topics_seen.setdefault(f.topic, f.msgtype) != f.msgtype:
+        first = topics_seen.setdefault(f.topic, f)
+        if first.msgtype != f.msgtype:
             raise ConfigError(f"{source}: topic {f.topic} is mapped with two message types")
+        if first.zero_stamps != f.zero_stamps:
+            raise ConfigError(f"{source}: topic {f.topic} is mapped twice with different zero_stamps "
+                              f"({first.key}: {first.zero_stamps}, {f.key}: {f.zero_stamps}); give both the same")
     limits = config.limits
     if limits.min_frames < 1 or not 0 <= limits.max_stale_fraction <= 1 or not 0 <= limits.max_dropped_fraction <= 1:
         raise ConfigError(f"{source}: limits need min_frames >= 1 and fractions in [0, 1], got {limits}")
