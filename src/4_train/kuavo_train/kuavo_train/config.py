@@ -8,11 +8,20 @@ over the base's. Merges that cannot mean what the author wants are refused by na
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from koch_common.config import ConfigError, from_dict, merge, parse_overrides, read_yaml, resolve_config_path
+from koch_common.config import (
+    ConfigError,
+    from_dict,
+    merge,
+    parse_overrides,
+    read_yaml,
+    require,
+    resolve_config_path,
+)
 from kuavo_train.augment import AugmentConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -58,6 +67,10 @@ class LoaderConfig:
     prefetch_factor: int = 2
     pin_memory: bool = True
     persistent_workers: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        require(self.prefetch_factor > 0, f"prefetch_factor must be > 0, got {self.prefetch_factor}")
 
 
 @dataclass
@@ -121,26 +134,30 @@ class TrainConfig:
     stop_after: int = 0
 
     def __post_init__(self) -> None:
+        # Written so that NaN fails every check (`require(x >= 0)`, not `x < 0`): a TrainConfig built in
+        # Python, or read back from a checkpoint, is held to the same ranges as one loaded from YAML.
         positive = {"steps": self.steps, "batch_size": self.batch_size, "log_every": self.log_every,
-                    "grad_accum_steps": self.grad_accum_steps}
+                    "grad_accum_steps": self.grad_accum_steps, "val_batches": self.val_batches}
         for name, count in positive.items():
-            if count <= 0:
-                raise ConfigError(f"{name} must be > 0, got {count}")
+            require(count > 0, f"{name} must be > 0, got {count}")
+        require(math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
         non_negative = {
-            "warmup_steps": self.warmup_steps, "save_every": self.save_every, "lr": self.lr,
-            "weight_decay": self.weight_decay, "grad_clip_norm": self.grad_clip_norm,
-            "keep_last": self.keep_last, "val_every": self.val_every, "stop_after": self.stop_after,
+            "warmup_steps": self.warmup_steps, "save_every": self.save_every, "weight_decay": self.weight_decay,
+            "grad_clip_norm": self.grad_clip_norm, "keep_last": self.keep_last, "val_every": self.val_every,
+            "stop_after": self.stop_after,
         }
         for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
+            require(value >= 0 and math.isfinite(value), f"{name} must be a finite number >= 0, got {value}")
+        require(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        require(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        require(self.torch_threads is None or self.torch_threads > 0,
+                f"torch_threads must be > 0 (or null for torch's default), got {self.torch_threads}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.num_workers is not None:
+            require(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
             self.loader.num_workers = self.num_workers
         if self.resume and self.overwrite:
             raise ConfigError("resume=true and overwrite=true contradict each other; pick one")

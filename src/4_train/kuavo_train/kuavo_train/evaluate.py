@@ -20,6 +20,7 @@ import torch
 
 from koch_common.config import ConfigError, from_dict
 from koch_runtime.checkpoint import PRETRAINED_MODEL_DIR, resolve_pretrained_dir
+from koch_runtime.checkpoint_trust import CheckpointError, read_json_object
 from koch_runtime.observation import IMAGE_PREFIX, with_stacked_cameras
 from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.config import TrainConfig
@@ -32,6 +33,7 @@ from kuavo_train.data import (
     select_episodes,
     split_episodes,
 )
+from kuavo_train.errors import WRITE_FAILURES, OutputError, check_writable, is_write_failure, reason
 from kuavo_train.train import TRAIN_CONFIG_FILE
 
 
@@ -49,15 +51,20 @@ def evaluate(checkpoint: Path | str, episodes: list[int] | None = None, output: 
              max_batches: int = 0, batch_size: int = 16, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
     """Evaluate `checkpoint` on `episodes` (default: the run's held-out ones); writes and returns the report."""
     pretrained = resolve_pretrained_dir(checkpoint)
-    saved = json.loads((pretrained / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
-    cfg: TrainConfig = from_dict(TrainConfig, saved["config"])
+    fix = "kuavo_eval needs a checkpoint written by `train`"
+    saved = read_json_object(pretrained / TRAIN_CONFIG_FILE, fix)
+    if not isinstance(saved.get("config"), dict):
+        raise CheckpointError(f"{pretrained / TRAIN_CONFIG_FILE} holds no training config; {fix}")
+    cfg: TrainConfig = from_dict(TrainConfig, saved["config"], where=str(pretrained / TRAIN_CONFIG_FILE))
     if episodes is None:
         meta = load_metadata(cfg.dataset)
         selected = select_episodes(meta.total_episodes, cfg.dataset.episodes_to_use)
         episodes = split_episodes(selected, cfg.dataset.val_episodes, cfg.seed)[1]
         if not episodes:
             raise ConfigError("the run held out no episodes (dataset.val_episodes=0); pass --episodes i j ...")
-    runtime = PolicyRuntime.load(pretrained, device)
+    runtime = PolicyRuntime.load(pretrained, device)  # checked: a refused checkpoint is never run
+    out_dir = Path(output) if output else pretrained.parent / "eval"
+    check_writable(out_dir, "the evaluation folder", "--output DIR")  # before the work, not after
     dataset = open_dataset(cfg.dataset, runtime.config, cfg.policy.input_features, episodes, cfg.output_dir)
     transforms = {k: v for k, v in runtime.feature_specs.items() if k.startswith(IMAGE_PREFIX)}
     sampler = ResumableBatchSampler(len(dataset), min(batch_size, len(dataset)), seed, shuffle=False)
@@ -91,8 +98,6 @@ def evaluate(checkpoint: Path | str, episodes: list[int] | None = None, output: 
         "mse_per_step": (sq_sum.sum(1) / count.sum(1).clamp(min=1)).tolist(),
         "mae_per_step": (abs_sum.sum(1) / count.sum(1).clamp(min=1)).tolist(),
     }
-    out_dir = Path(output) if output else pretrained.parent / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     plot(report, out_dir / "eval.png")
     return report
@@ -134,6 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"kuavo_eval: error: {exc}", file=sys.stderr)
         return 2
+    except OutputError as exc:
+        print(f"kuavo_eval: error: {exc}", file=sys.stderr)
+        return 1
+    except WRITE_FAILURES as exc:
+        if not is_write_failure(exc):
+            raise
+        print(f"kuavo_eval: error: cannot write the report: {reason(exc)}; free space or pass another --output",
+              file=sys.stderr)
+        return 1
     print(json.dumps({k: report[k] for k in ("episodes", "frames", "mse", "mae")}))
     return 0
 

@@ -33,6 +33,7 @@ from koch_runtime.lerobot_compat import global_conditioning
 from koch_runtime.observation import IMAGE_PREFIX, arrays_to_batch, with_stacked_cameras
 from koch_runtime.onnx_runtime import BATCH_AXIS, ONNX_DIR, ONNX_FORMAT, ONNX_MANIFEST, providers_for
 from koch_runtime.torch_runtime import PolicyRuntime
+from kuavo_train.errors import WRITE_FAILURES, OutputError, check_writable, is_write_failure, reason
 
 # Agreement required between onnxruntime and PyTorch outputs (float32; ACT in robot units, diffusion
 # graphs in normalised units).
@@ -114,9 +115,9 @@ def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
     """Write the ONNX graphs + manifest for `checkpoint`; returns the export folder."""
     _register_antialiased_resize()
     pretrained = resolve_pretrained_dir(checkpoint)
+    runtime = PolicyRuntime.load(pretrained, "cpu")  # checked: a refused checkpoint is never exported
     out_dir = Path(output) if output else pretrained / ONNX_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runtime = PolicyRuntime.load(pretrained, "cpu")
+    check_writable(out_dir, "the export folder", "--output DIR")
     policy = runtime.policy.eval()
     keys = list(runtime.input_features)
     graphs: dict[str, str] = {}
@@ -236,9 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export(args.checkpoint, args.output)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except OutputError as exc:
         print(f"kuavo_export: error: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"kuavo_export: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except WRITE_FAILURES as exc:
+        if not is_write_failure(exc):
+            raise
+        print(f"kuavo_export: error: cannot write the export: {reason(exc)}; free space or pass another --output",
+              file=sys.stderr)
+        return 1
     manifest = json.loads((out / ONNX_MANIFEST).read_text())
     print(f"wrote {out} ({', '.join(manifest['graphs'].values())}); max |onnx - torch| "
           f"{manifest['max_abs_error']} within atol {ATOL} + rtol {RTOL}")

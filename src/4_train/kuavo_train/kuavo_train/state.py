@@ -1,7 +1,9 @@
 """Training state (optimiser, scheduler, scaler, EMA, RNG, data position) as safetensors + JSON.
 
-Nothing here uses pickle: tensors go to safetensors, everything else to JSON, so a checkpoint
-from an untrusted source cannot execute code when resumed.
+Nothing here uses pickle: tensors go to safetensors, everything else to JSON (read back as plain data,
+naming no class), so resuming reads no code from the checkpoint; a truncated or corrupt file is a
+one-line CheckpointError naming it. (The policy half of a checkpoint names classes and steps: that is
+checked by koch_runtime.checkpoint_trust.)
 """
 
 from __future__ import annotations
@@ -130,13 +132,17 @@ def load_training_state(
     """Restore what `save_training_state` wrote; returns the saved progress (step, epoch, batch)."""
     from safetensors.torch import load_file
 
+    from koch_runtime.checkpoint_trust import check_safetensors_file, read_json_object
+
     if not (directory / TENSORS_FILE).is_file() or not (directory / JSON_FILE).is_file():
         raise FileNotFoundError(
             f"{directory} lacks {TENSORS_FILE} / {JSON_FILE}; this checkpoint cannot be resumed "
             "(only the model was saved). Start a new run with a new output_dir"
         )
+    # A truncated or corrupt file is a one-line error naming it (CheckpointError), not safetensors' own.
+    check_safetensors_file(directory / TENSORS_FILE)
     tensors = load_file(str(directory / TENSORS_FILE))
-    meta = json.loads((directory / JSON_FILE).read_text(encoding="utf-8"))
+    meta = read_json_object(directory / JSON_FILE, "resume from another checkpoint or start a new run")
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     if ema is not None:
         shadow = {k[len("ema."):]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from koch_common.config import ConfigError
 from koch_runtime.build import build_policy
 from koch_runtime.checkpoint import PRETRAINED_MODEL_DIR
+from koch_runtime.checkpoint_trust import read_json_object
 from koch_runtime.observation import IMAGE_PREFIX
 from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.config import TrainConfig, load_train_config
@@ -45,6 +47,7 @@ from kuavo_train.data import (
     select_episodes,
     split_episodes,
 )
+from kuavo_train.errors import WRITE_FAILURES, OutputError, check_writable, is_write_failure, reason
 from kuavo_train.frame_cache import CachedFramesDataset, FrameCache
 from kuavo_train.state import EMA, STATE_DIR, load_training_state, save_training_state
 
@@ -195,6 +198,18 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / CHECKPOINTS_DIR / f"{step:06d}"
 
 
+def staging_name(kind: str, pid: int | None = None, step: int | None = None) -> str:
+    """Hidden names in checkpoints/ for what a save writes before it is in place; each ends with the PID
+    of the process writing it, so a later run can tell a dead run's leftovers from a live run's work."""
+    pid = os.getpid() if pid is None else pid
+    return f".{kind}-{step:06d}-{pid}" if step is not None else f".{kind}-{pid}"
+
+
+# .tmp-<step>-<pid>: a checkpoint being written; .old-<step>-<pid>: one being replaced; .last-<pid>: the
+# new `last` link before it is swapped in.
+STAGING_PATTERN = re.compile(r"^\.(tmp|old|last)-(?:(\d+)-)?(\d+)$")
+
+
 def save_checkpoint(
     runtime: PolicyRuntime, cfg: TrainConfig, step: int, training_state: dict[str, Any] | None = None
 ) -> Path:
@@ -202,14 +217,47 @@ def save_checkpoint(
 
     pretrained_model holds the EMA weights when EMA is on (what the robot should run);
     training_state the raw weights and everything else needed to resume. Everything is written
-    into a hidden temp folder first and renamed into place, so an interrupted save leaves either
-    the previous checkpoint set or the complete new one. Older step folders beyond keep_last go.
+    into a hidden staging folder (`.tmp-<step>-<pid>`) first and renamed into place, so an interrupted
+    save leaves either the previous checkpoint set or the complete new one. A save that fails (disk
+    full, folder read-only) or is interrupted removes its staging folder and raises an OutputError
+    naming the folder and the fix; a process killed outright leaves it for the next run to sweep
+    (`sweep_staging`). Older step folders beyond keep_last go.
     """
     checkpoints = Path(cfg.output_dir) / CHECKPOINTS_DIR
-    checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(Path(cfg.output_dir), step)
-    staging = checkpoints / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = checkpoints / staging_name("tmp", step=step)
+    link_tmp = checkpoints / staging_name(LAST_LINK)
+    try:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        write_checkpoint(staging, runtime, cfg, step, training_state)
+        publish_checkpoint(staging, final, link_tmp)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            link_tmp.unlink(missing_ok=True)
+        if not isinstance(exc, WRITE_FAILURES):
+            raise
+        last = checkpoints / LAST_LINK
+        if last.is_symlink():
+            previous, resume = f"{last} still points to {os.readlink(last)}", "continue with resume=true"
+        else:
+            previous, resume = "no checkpoint was saved before", "run again"
+        raise OutputError(
+            f"cannot save checkpoint {final.name} in {checkpoints}: {reason(exc)}; its staging folder was removed "
+            f"and {previous}. Free space on that disk (or make the folder writable, or set another output_dir) and "
+            f"{resume}"
+        ) from None
+    if cfg.keep_last > 0:
+        steps = sorted(p for p in checkpoints.iterdir() if p.name.isdigit() and not p.is_symlink())
+        for old in steps[:-cfg.keep_last]:
+            shutil.rmtree(old)
+    return final
+
+
+def write_checkpoint(staging: Path, runtime: PolicyRuntime, cfg: TrainConfig, step: int,
+                     training_state: dict[str, Any] | None) -> None:
+    """The checkpoint's files, into `staging`."""
     pretrained = staging / PRETRAINED_MODEL_DIR
     ema: EMA | None = (training_state or {}).get("ema")
     raw = ema.swap_into(runtime.policy) if ema is not None else None
@@ -223,35 +271,79 @@ def save_checkpoint(
     )
     if training_state is not None:
         save_training_state(staging / STATE_DIR, model=runtime.policy, **training_state)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    link_tmp = checkpoints / f".{LAST_LINK}-{os.getpid()}"
+
+
+def publish_checkpoint(staging: Path, final: Path, link_tmp: Path) -> None:
+    """Rename the complete `staging` folder to `final` and swap `last` to it (each step one rename)."""
+    if final.exists():  # the same step saved again: set the old one aside, drop it once replaced
+        aside = final.parent / staging_name("old", step=int(final.name))
+        os.replace(final, aside)
+        os.replace(staging, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(staging, final)
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()
     link_tmp.symlink_to(final.name, target_is_directory=True)
-    os.replace(link_tmp, checkpoints / LAST_LINK)
-    if cfg.keep_last > 0:
-        steps = sorted(p for p in checkpoints.iterdir() if p.name.isdigit() and not p.is_symlink())
-        for old in steps[:-cfg.keep_last]:
-            shutil.rmtree(old)
-    return final
+    os.replace(link_tmp, final.parent / LAST_LINK)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (ours counts as dead: a run sweeps before it saves)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_staging(checkpoints: Path) -> list[str]:
+    """Remove what interrupted saves left in `checkpoints` (staging folders, `last` links in the making):
+    only names of STAGING_PATTERN, and only those whose writing process is gone. A step folder set aside
+    for replacement whose replacement never arrived is put back instead. Returns the names removed."""
+    removed: list[str] = []
+    if not checkpoints.is_dir():
+        return removed
+    for entry in sorted(checkpoints.iterdir()):
+        match = STAGING_PATTERN.match(entry.name)
+        if match is None or process_alive(int(match.group(3))):
+            continue
+        kind, step = match.group(1), match.group(2)
+        if kind == "old" and step is not None and not (checkpoints / step).exists():
+            os.replace(entry, checkpoints / step)  # killed between setting it aside and replacing it
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
 
 
 def prepare_output_dir(cfg: TrainConfig) -> Path:
+    """The run folder, checked writable, with a dead run's unfinished checkpoints swept, and refused
+    when it holds checkpoints unless resume=true or overwrite=true."""
     output_dir = Path(cfg.output_dir)
     checkpoints = output_dir / CHECKPOINTS_DIR
-    has_checkpoints = checkpoints.is_dir() and any(checkpoints.iterdir())
+    if cfg.resume and not (checkpoints / LAST_LINK).exists():
+        raise ConfigError(f"resume=true but {checkpoints / LAST_LINK} does not exist; nothing to resume")
+    check_writable(output_dir, "output_dir", "output_dir=...")
+    swept = sweep_staging(checkpoints)
+    if swept:
+        print(f"removed {len(swept)} unfinished checkpoint(s) an interrupted run left in {checkpoints}: {swept}",
+              file=sys.stderr)
     if cfg.resume:
-        if not (checkpoints / LAST_LINK).exists():
-            raise ConfigError(f"resume=true but {checkpoints / LAST_LINK} does not exist; nothing to resume")
         return output_dir
+    has_checkpoints = checkpoints.is_dir() and any(checkpoints.iterdir())
     if has_checkpoints and not cfg.overwrite:
         raise ConfigError(
             f"output_dir {output_dir} already holds checkpoints; pass resume=true to continue, pick a new "
             "output_dir=... or pass overwrite=true"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite:
         shutil.rmtree(checkpoints, ignore_errors=True)
         (output_dir / LOG_FILE).unlink(missing_ok=True)
@@ -260,7 +352,11 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
 
 def check_resume_config(cfg: TrainConfig, checkpoint: Path) -> None:
     """Refuse to resume with settings that change the model or the data order."""
-    saved = json.loads((checkpoint / PRETRAINED_MODEL_DIR / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))
+    saved = read_json_object(checkpoint / PRETRAINED_MODEL_DIR / TRAIN_CONFIG_FILE,
+                             "resume from another checkpoint or start a new run")
+    if not isinstance(saved.get("config"), dict):
+        raise ConfigError(f"{checkpoint / PRETRAINED_MODEL_DIR / TRAIN_CONFIG_FILE} holds no training config; "
+                          "resume from another checkpoint or start a new run")
     now = cfg.to_dict()
     for config in (saved["config"], now):
         for key in RESUME_FREE_DATASET_KEYS:
@@ -573,6 +669,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done, 2 configuration or checkpoint error, 1 output error (disk full, read-only),
+    130 interrupted; every error is one line on stderr."""
     args = parse_args(argv)
     try:
         cfg = load_train_config(args.config, args.overrides)
@@ -580,6 +678,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
+    except OutputError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 1
+    except WRITE_FAILURES as exc:
+        if not is_write_failure(exc):
+            raise
+        print(f"train: error: cannot write the run's output: {reason(exc)}; free space on that disk or make "
+              "output_dir writable, then continue with resume=true", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("train: interrupted; resume from checkpoints/last with resume=true", file=sys.stderr)
         return 130

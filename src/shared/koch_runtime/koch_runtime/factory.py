@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from koch_runtime.checkpoint_trust import check_joint_names
 from koch_runtime.onnx_runtime import ONNX_MANIFEST, OnnxRuntime, find_onnx_dir
 from koch_runtime.protocols import ChunkPredictor
 from koch_runtime.torch_runtime import PolicyRuntime
 
 
-def load_runtime(path: Path | str, device: str = "cpu", threads: int = 0) -> ChunkPredictor:
+def robot_joint_names() -> list[str]:
+    """The joints the robot's commands address, in order: koch.yaml's follower joints."""
+    from koch_common.robot import load_koch
+
+    return list(load_koch().follower.names)
+
+
+def load_runtime(path: Path | str, device: str = "cpu", threads: int = 0,
+                 joint_names: Sequence[str] | None = None) -> ChunkPredictor:
     """The runtime for `path`: OnnxRuntime when it holds an ONNX export (`onnx/manifest.json`, written by
     `kuavo_export`), else the PyTorch PolicyRuntime. Both offer the ChunkPredictor interface.
 
     `path` may be a pretrained_model folder, a step folder / `last` link, or an export folder.
     `threads` > 0 caps the CPU threads inference uses (onnxruntime's session, or torch's process-wide
     intra-op pool); 0 keeps the library's default.
+    `joint_names`: the joints the robot drives, in order (default: koch.yaml's follower joints). The
+    checkpoint's action joints (and state joints, when the state is an input) must be exactly these, or
+    loading fails naming both lists (`checkpoint_trust.check_joint_names`).
     """
     onnx_dir = find_onnx_dir(Path(path).expanduser())
+    runtime: OnnxRuntime | PolicyRuntime
     if onnx_dir is not None and (onnx_dir / ONNX_MANIFEST).is_file():
-        return OnnxRuntime.load(onnx_dir, device, threads)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    return PolicyRuntime.load(path, device)
+        runtime = OnnxRuntime.load(onnx_dir, device, threads)
+    else:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        runtime = PolicyRuntime.load(path, device)
+    robot = robot_joint_names() if joint_names is None else joint_names
+    check_joint_names(runtime.feature_specs, runtime.input_features, robot, path)
+    return runtime

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -22,19 +21,19 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from lerobot.configs.policies import PreTrainedConfig
-from lerobot.policies.factory import make_pre_post_processors
 
 from koch_runtime import lerobot_compat
-from koch_runtime.checkpoint import PRETRAINED_MODEL_DIR, CheckpointInfo, read_feature_specs
+from koch_runtime.checkpoint import PRETRAINED_MODEL_DIR, CheckpointInfo, resolve_pretrained_dir
+from koch_runtime.checkpoint_trust import CheckpointError, check_checkpoint_files, load_processors, read_json_object
 from koch_runtime.observation import ACTION_KEY
-from koch_runtime.plugins import register_policy_plugins
 from koch_runtime.threads import ThreadLayout
 
 ONNX_DIR = "onnx"
 ONNX_MANIFEST = "manifest.json"
 # Version of the export layout; 2: the ACT graph takes raw observation arrays and returns robot units.
 ONNX_FORMAT = 2
+# The graphs of each kind of export.
+EXPORT_GRAPHS = {"act": ("policy",), "diffusion": ("encoder", "denoiser")}
 # Every graph's leading axis is exported as this free dimension (other consumers may batch).
 BATCH_AXIS = "batch"
 
@@ -45,6 +44,27 @@ def find_onnx_dir(path: Path) -> Path | None:
         if (candidate / ONNX_MANIFEST).is_file():
             return candidate
     return None
+
+
+def read_manifest(onnx_dir: Path) -> dict[str, Any]:
+    """The export's manifest, checked to name only graph files inside `onnx_dir` and a known kind."""
+    path = onnx_dir / ONNX_MANIFEST
+    fix = "export again: kuavo_export --checkpoint <the checkpoint>"
+    manifest = read_json_object(path, fix)
+    if manifest.get("format") != ONNX_FORMAT:
+        return manifest  # an older export: OnnxRuntime says how to redo it
+    graphs = manifest.get("graphs")
+    expected = EXPORT_GRAPHS.get(str(manifest.get("kind")))
+    if expected is None or not isinstance(graphs, dict) or set(graphs) != set(expected):
+        raise CheckpointError(f"{path}: kind {manifest.get('kind')!r} with graphs {graphs!r} is not an export this "
+                              f"runtime runs (kinds: {EXPORT_GRAPHS}); {fix}")
+    for name, file in graphs.items():
+        if not isinstance(file, str) or Path(file).name != file or not file.endswith(".onnx") \
+                or not (onnx_dir / file).is_file():
+            raise CheckpointError(f"{path}: graph {name!r} is {file!r}, not a .onnx file in {onnx_dir}; {fix}")
+    if not isinstance(manifest.get("inputs"), list) or not isinstance(manifest.get("pretrained_model"), str):
+        raise CheckpointError(f"{path} lacks its 'inputs' list or 'pretrained_model' folder; {fix}")
+    return manifest
 
 
 def providers_for(device: str) -> list[str]:
@@ -74,21 +94,17 @@ class OnnxRuntime(CheckpointInfo):
 
     def __init__(self, onnx_dir: Path, device: str = "cpu", threads: int = 0) -> None:
         self.onnx_dir = onnx_dir
-        self.manifest: dict[str, Any] = json.loads((onnx_dir / ONNX_MANIFEST).read_text(encoding="utf-8"))
-        pretrained = (onnx_dir / self.manifest["pretrained_model"]).resolve()
-        register_policy_plugins()
-        self.config = PreTrainedConfig.from_pretrained(pretrained)
-        self.config.device = "cpu"  # processors feed numpy to onnxruntime
+        self.manifest = read_manifest(onnx_dir)
+        pretrained = (onnx_dir / str(self.manifest.get("pretrained_model", ".."))).resolve()
         if self.manifest.get("format") != ONNX_FORMAT:
             raise ValueError(
                 f"{onnx_dir} was written by an older kuavo_export (format {self.manifest.get('format', 1)}, "
                 f"this runtime reads {ONNX_FORMAT}); export again: kuavo_export --checkpoint {pretrained}"
             )
-        self.preprocessor, self.postprocessor = make_pre_post_processors(
-            self.config, pretrained_path=str(pretrained),
-            preprocessor_overrides={"device_processor": {"device": "cpu"}},
-        )
-        self.feature_specs = read_feature_specs(pretrained)
+        # The checkpoint the graphs were exported from: its processors run here, so it is checked like any.
+        self.config, self.feature_specs = check_checkpoint_files(resolve_pretrained_dir(pretrained))
+        self.config.device = "cpu"  # processors feed numpy to onnxruntime
+        self.preprocessor, self.postprocessor = load_processors(pretrained, self.config, "cpu")
         self.providers = providers_for(device)
         # 0 = one thread per physical core (onnxruntime's default); a robot computer may keep a core free
         # for the control loop by asking for fewer. The pool is pinned, and whoever calls predict_chunk

@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 from lerobot.configs.policies import PreTrainedConfig
-from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+from lerobot.policies.factory import get_policy_class
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.processor import PolicyProcessorPipeline
+from safetensors import SafetensorError
 
 from koch_runtime import lerobot_compat
-from koch_runtime.checkpoint import CheckpointInfo, read_feature_specs, resolve_pretrained_dir, write_feature_specs
+from koch_runtime.checkpoint import CheckpointInfo, resolve_pretrained_dir, write_feature_specs
+from koch_runtime.checkpoint_trust import CheckpointError, check_checkpoint_files, load_processors, one_line
 from koch_runtime.observation import ACTION_KEY
-from koch_runtime.plugins import register_policy_plugins
 
 
 class PolicyRuntime(CheckpointInfo):
@@ -48,21 +49,24 @@ class PolicyRuntime(CheckpointInfo):
         """Load a checkpoint saved by `save` (LeRobot's `pretrained_model` layout).
 
         `checkpoint_dir` may be the `pretrained_model` folder itself or a step folder / `last`
-        link that contains one. Only JSON and safetensors are read, never pickles.
+        link that contains one. Only JSON and safetensors are read, never pickles, and every name the
+        JSON holds (policy type, processor steps, backbone) is checked against allow-lists before
+        LeRobot reads it (koch_runtime.checkpoint_trust): a checkpoint cannot name code to run. A
+        refused, incomplete or corrupt checkpoint is a one-line CheckpointError naming the file.
         """
         path = resolve_pretrained_dir(checkpoint_dir)
-        register_policy_plugins()
-        config = PreTrainedConfig.from_pretrained(path)
+        config, feature_specs = check_checkpoint_files(path)
         config.device = device
-        # strict: every weight must match the architecture in config.json, none silently left random.
-        policy = get_policy_class(config.type).from_pretrained(path, config=config, strict=True)
-        preprocessor, postprocessor = make_pre_post_processors(
-            config,
-            pretrained_path=str(path),
-            # The device the checkpoint was trained on need not be the one it runs on.
-            preprocessor_overrides={"device_processor": {"device": device}},
-        )
-        runtime = cls(policy, preprocessor, postprocessor, read_feature_specs(path))
+        try:
+            # strict: every weight must match the architecture in config.json, none silently left random.
+            policy = get_policy_class(config.type).from_pretrained(path, config=config, strict=True)
+        except (RuntimeError, ValueError, KeyError, TypeError, OSError, SafetensorError) as exc:
+            raise CheckpointError(
+                f"{path / 'model.safetensors'} cannot be loaded into the {config.type} model config.json describes: "
+                f"{one_line(exc)}; use a checkpoint written by `train` (weights and config.json of one run)"
+            ) from None
+        preprocessor, postprocessor = load_processors(path, config, device)
+        runtime = cls(policy, preprocessor, postprocessor, feature_specs)
         runtime.reset()
         return runtime
 
