@@ -68,3 +68,59 @@ def test_calibration_for_other_ids_is_refused(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"joints": joints}))
     with pytest.raises(ValueError, match="shoulder_pan was recorded on servo ID 11 but koch.yaml says ID 1"):
         load_koch("koch.yaml", [f"follower.calibration={bad}"])
+
+
+def _calibration(path: Path, drop: str | None = None, joint: str = "elbow_flex") -> Path:
+    joints = {j.name: {"id": j.id, "zero_raw": 2048, "homing_offset": 0, "range_min": 0, "range_max": 4095}
+              for j in ARM.joints}
+    if drop is not None:
+        del joints[joint][drop]
+    path.write_text(yaml.safe_dump({"arm": "follower", "joints": joints}))
+    return path
+
+
+@pytest.mark.parametrize("key", ["id", "zero_raw", "range_min", "range_max"])
+def test_a_calibration_missing_a_key_names_the_file_the_key_and_the_fix(tmp_path: Path, key: str) -> None:
+    """It used to surface as `KeyError: 'zero_raw'` (a traceback, or a node's one line naming neither the
+    file nor what to do)."""
+    broken = _calibration(tmp_path / "follower.yaml", drop=key)
+    with pytest.raises(ValueError) as raised:
+        load_koch("koch.yaml", [f"follower.calibration={broken}"])
+    message = str(raised.value)
+    assert "\n" not in message
+    assert str(broken) in message and f"elbow_flex has no {key!r}" in message, message
+    assert "run `calibrate --arm follower`" in message, message
+
+
+def test_a_calibration_value_that_is_not_an_integer_is_named(tmp_path: Path) -> None:
+    broken = _calibration(tmp_path / "follower.yaml")
+    data = yaml.safe_load(broken.read_text())
+    data["joints"]["shoulder_pan"]["zero_raw"] = "twelve"
+    broken.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=rf"{broken}: joint shoulder_pan's 'zero_raw' is 'twelve', not an integer.*"
+                                         r"run `calibrate --arm follower`"):
+        load_koch("koch.yaml", [f"follower.calibration={broken}"])
+
+
+def test_calibrate_runs_while_the_configured_calibration_is_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """The fix the error names must work: `calibrate` reads koch.yaml without applying the file it rewrites."""
+    from koch_common import robot
+    from koch_common.config import config_dir
+
+    broken = _calibration(tmp_path / "broken.yaml", drop="zero_raw")
+    config = tmp_path / "config"
+    config.mkdir()
+    text = (config_dir() / "koch.yaml").read_text()
+    (config / "koch.yaml").write_text(text.replace("follower:\n", f"follower:\n  calibration: {broken}\n", 1))
+    monkeypatch.setenv("KOCH_CONFIG_DIR", str(config))
+    robot._load_cached.cache_clear()  # load_koch caches by name: "koch.yaml" must be read from `config`
+    servos = [(j.id, model_by_name(j.model).model_number) for j in ARM.joints]
+    try:
+        with DynamixelBusEmulator(servos, link_path=str(tmp_path / "follower")):
+            code = calibrate(["--arm", "follower", "--port", str(tmp_path / "follower"), "--yes", "--duration",
+                              "0.2", "--output", str(broken)])
+    finally:
+        robot._load_cached.cache_clear()  # nothing loaded from `config` outlives the test
+    assert code == 0, capsys.readouterr().err
+    assert yaml.safe_load(broken.read_text())["joints"]["elbow_flex"]["zero_raw"] == 2048

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 
-from koch_common.dynamixel_models import OPERATING_MODES, model_by_name
+from koch_common.dynamixel_models import OPERATING_MODES, model_by_name, shared_field
 from koch_common.robot import ArmConfig, load_koch
 from koch_common.safety import SafetyLimits
 from koch_driver.bus import BusError, DynamixelBus
@@ -261,3 +261,50 @@ def test_permission_denied_is_named(tmp_path: Path, emulator: DynamixelBusEmulat
     message = bus._open_error(serial.SerialException(errno.EACCES, f"could not open port {emulator.port}: "
                                                                    "[Errno 13] Permission denied"))
     assert message.startswith(f"permission denied opening {emulator.port}") and "dialout" in message
+
+
+class CrosstalkEmulator(DynamixelBusEmulator):
+    """Answers the next `crosstalk` sync reads as if they had asked for Hardware_Error_Status: well-formed
+    packets with valid CRCs but 1 byte per servo where 10 were asked for, the reply a driver reads when
+    another master on the same line sent the request (what two drivers on one port saw)."""
+
+    crosstalk = 0
+
+    def _handle(self, packet):  # type: ignore[no-untyped-def]
+        from koch_sim import protocol2 as p2
+
+        if self.crosstalk > 0 and packet.instruction in (p2.INST_SYNC_READ, p2.INST_FAST_SYNC_READ):
+            self.crosstalk -= 1
+            address, length = shared_field("Hardware_Error_Status")
+            params = bytes([address & 0xFF, address >> 8, length, 0]) + packet.params[4:]
+            packet = dataclasses.replace(packet, params=params)
+        return super()._handle(packet)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast_sync_read", "sync_read"])
+def test_malformed_replies_are_counted_bus_errors_never_exceptions(tmp_path: Path, fast: bool) -> None:
+    """A short reply used to reach the state decoding and raise ValueError out of step(). Now it is a
+    failed attempt of the read: retried, then a bus error counted like any other, and after
+    error_timeout_s the bus is lost and reconnected, the goals synced to the present pose."""
+    arm = dataclasses.replace(KOCH.follower, port=str(tmp_path / "follower"), error_timeout_s=0.2,
+                              reconnect_min_s=0.05, reconnect_max_s=0.2, hardware_error_poll_s=1.0,
+                              fast_sync_read=fast)
+    with CrosstalkEmulator(follower_servos(arm), link_path=arm.port) as emulator:
+        driver = RecordingDriver(arm, SafetyLimits.for_arm(arm, KOCH.safety))
+        driver.connect(timeout_s=5.0)
+        try:
+            assert driver.bus.uses_fast_sync_read is fast
+            far_command(driver)
+            emulator.crosstalk = 1  # one bad reply: the bus's retry answers the read
+            assert driver.step(DT) is not None
+            assert driver.bus.retries >= 1 and driver.health.total_errors == 0
+            emulator.crosstalk = 10_000  # every reply: errors, then the bus is lost
+            run(driver, 5.0, until=lambda: not driver.health.connected)
+            assert not driver.health.connected and driver.health.total_errors > 0
+            assert "malformed" in driver.health.last_error and str(arm.port) in driver.health.last_error
+            emulator.crosstalk = 0
+            run(driver, 5.0, until=lambda: driver.health.connected)
+            assert driver.health.connected and driver.step(DT) is not None
+            driver.assert_goals_within_limits()
+        finally:
+            driver.close()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
+import yaml
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -27,11 +28,13 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
 from koch_bringup.ros_session import RosSession, ros_session, wait_for
+from koch_common.config import config_dir
+from koch_common.feature_mapping import DEFAULT_MAPPING
 from koch_common.image_codec import to_fields
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
 from koch_policy.policy_node import PolicyNode
-from koch_policy.runner import TickKind
+from koch_policy.runner import RunnerFault, TickKind
 from koch_runtime.build import build_policy
 
 pytestmark = [pytest.mark.dds, pytest.mark.training]
@@ -72,6 +75,7 @@ class FakeWorld:
         self.image = Image(height=fields.height, width=fields.width, encoding="rgb8", step=fields.step,
                            data=fields.data)
         self.publishing = True
+        self.named_and_stamped_states = True  # False: as some robots publish: empty `name`, zero stamps
         self.node.create_timer(1 / FPS, self.tick)
 
     def tick(self) -> None:
@@ -79,7 +83,10 @@ class FakeWorld:
             return
         stamp = self.node.get_clock().now().to_msg()
         state = JointState(name=ARM.names, position=[float(v) for v in self.position])
-        state.header.stamp = stamp
+        if self.named_and_stamped_states:
+            state.header.stamp = stamp
+        else:
+            state.name = []
         self.image.header.stamp = stamp
         self.state_pub.publish(state)
         self.image_pub.publish(self.image)
@@ -276,3 +283,102 @@ def test_switching_chunk_policy_changes_behaviour(checkpoint: Path) -> None:
         for _, msg in chunks:
             _check_limits(msg, world.position)
         assert not node.set_parameters([Parameter("chunk_policy", value="bogus")])[0].successful
+
+
+def _policy_status(diagnostics: list[DiagnosticArray], key: str) -> tuple[int, dict[str, str]] | None:
+    """The latest policy status (level, values) whose counter `key` is above zero, if any."""
+    for array in reversed(list(diagnostics)):
+        for status in array.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name.endswith(": policy") and int(values.get(key, "0")) > 0:
+                return status.level, values
+    return None
+
+
+def test_a_bad_model_output_holds_and_is_counted_on_diagnostics(checkpoint: Path) -> None:
+    """A model that returns one (n_joints,) point instead of a chunk once had it published as a trajectory.
+    Now it is dropped where the worker takes it: every message is a hold of the measured position, the node
+    keeps ticking, and /diagnostics counts it. A tick that raises anywhere else is held and counted too, and an
+    input message that cannot be decoded is dropped and counted."""
+    with ros_session() as ros:
+        node, world, chunks = _start(ros, checkpoint)
+        assert not any(service.srv_name.endswith("/inject_model_fault") for service in node.services)
+        node.runner.predict = lambda obs: np.full(len(ARM.names), 0.4)  # type: ignore[method-assign]
+        diagnostics: list[DiagnosticArray] = []
+        ros.nodes[-1].create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+        _enable(ros, True)
+        wait_for(lambda: _policy_status(diagnostics, f"fault_{RunnerFault.MODEL_SHAPE}"), 60.0,
+                 "the bad chunk counted on /diagnostics")
+        level, values = _policy_status(diagnostics, f"fault_{RunnerFault.MODEL_SHAPE}")  # type: ignore[misc]
+        assert level == DiagnosticStatus.WARN and values["last_fault"].startswith("model_shape: "), values
+        assert all(values[f"fault_{kind}"] == "0" for kind in RunnerFault if kind is not RunnerFault.MODEL_SHAPE)
+        assert chunks and all(len(m.points) == 1 for _, m in list(chunks)), "only holds, never the model's point"
+        for _, msg in list(chunks):
+            np.testing.assert_allclose(msg.points[0].positions, world.position, atol=1e-6)
+
+        tick = node.runner.tick
+        calls = []
+
+        def raises_once(now: float):
+            calls.append(now)
+            if len(calls) == 1:
+                raise RuntimeError("injected")
+            return tick(now)
+
+        node.runner.tick = raises_once  # type: ignore[method-assign]
+        wait_for(lambda: _policy_status(diagnostics, f"fault_{RunnerFault.INTERNAL}"), 30.0, "the internal fault")
+        n = len(chunks)
+        wait_for(lambda: len(chunks) > n + 5, 10.0, "holds after the tick raised")
+        assert node.runner.faults[RunnerFault.INTERNAL] == 1 and len(calls) > 1
+
+        # an input message the node cannot decode is dropped and counted; it never stops the executor
+        images = ros.nodes[-1].create_publisher(Image, "/head/color/image_raw", qos_profile_sensor_data)
+        short = Image(height=HEIGHT, width=WIDTH, encoding="rgb8", step=WIDTH * 3, data=bytes(10))
+
+        def sent_a_short_image() -> bool:
+            images.publish(short)  # best effort: sent until one is taken
+            return node.runner.faults[RunnerFault.OBSERVATION] > 0
+
+        wait_for(sent_a_short_image, 10.0, "the undecodable image counted")
+        ticks = node.runner.ticks
+        wait_for(lambda: node.runner.ticks > ticks + 5, 10.0, "ticks after the undecodable image")
+
+
+def test_the_model_fault_injection_service_holds_the_arm(checkpoint: Path) -> None:
+    """`fault_injection:=true` offers ~/inject_model_fault (the fault drill's handle): the real model's chunks
+    turn NaN and are dropped as `model_non_finite`, the arm holds; switched off, the model drives again.
+    Without the parameter the service does not exist (checked in the test above)."""
+    with ros_session() as ros:
+        node, world, chunks = _start(ros, checkpoint, enabled=True, fault_injection=True)
+        probe = ros.nodes[-1]
+        assert any(service.srv_name.endswith("/inject_model_fault") for service in node.services)
+        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks), 60.0, "a model chunk")
+        assert ros.call(probe, SetBool, "/policy/policy/inject_model_fault", SetBool.Request(data=True)).success
+        wait_for(lambda: node.runner.faults[RunnerFault.MODEL_NON_FINITE] >= 2, 60.0, "NaN chunks dropped")
+        n = len(chunks)
+        wait_for(lambda: len(chunks) > n + 5, 10.0, "commands while the model's chunks are NaN")
+        assert all(len(m.points) == 1 for _, m in chunks[n:]), "only holds while the model emits NaN"
+        np.testing.assert_allclose(chunks[-1][1].points[0].positions, world.position, atol=1e-6)
+        assert ros.call(probe, SetBool, "/policy/policy/inject_model_fault", SetBool.Request(data=False)).success
+        n = len(chunks)
+        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks[n:]), 60.0, "model chunks again")
+
+
+def test_unnamed_unstamped_joint_states_are_read_as_the_mapping_says(checkpoint: Path, tmp_path: Path) -> None:
+    """The converter's `unnamed_joints: by_index` and `zero_stamps: receive_time`, live: such a joint state
+    feeds the policy; with the default mapping it is refused as an observation fault and the node holds."""
+    mapping = yaml.safe_load((config_dir() / DEFAULT_MAPPING).read_text())
+    mapping["features"]["observation.state"].update(unnamed_joints="by_index", zero_stamps="receive_time")
+    path = tmp_path / "mapping.yaml"
+    path.write_text(yaml.safe_dump(mapping))
+    for mapping_file, feeds in ((str(path), True), (DEFAULT_MAPPING, False)):
+        with ros_session() as ros:
+            node, world, chunks = _start(ros, checkpoint, mapping=mapping_file)
+            world.named_and_stamped_states = False
+            _enable(ros, True)
+            if feeds:
+                wait_for(lambda c=chunks: any(len(m.points) > 1 for _, m in c), 60.0, "a chunk from unnamed states")
+                assert node.runner.faults[RunnerFault.OBSERVATION] == 0
+            else:
+                wait_for(lambda n=node: n.runner.faults[RunnerFault.OBSERVATION] > 3, 60.0, "refused joint states")
+                assert node.runner.measured_position() is None and not chunks

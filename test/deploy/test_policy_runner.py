@@ -6,6 +6,7 @@ about scheduling and safety whatever a model outputs; the node test runs a real 
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -16,9 +17,9 @@ import pytest
 from koch_bringup.ros_session import wait_for
 from koch_common.resample import Align, StreamSpec
 from koch_common.robot import load_koch
-from koch_common.safety import SafetyLimits
+from koch_common.safety import InterventionKind, SafetyLimits
 from koch_policy.chunk_policies import ExecuteKThenReplan
-from koch_policy.runner import PolicyRunner, RunnerIntervention, TickKind, resolve_trigger
+from koch_policy.runner import PolicyRunner, RunnerFault, RunnerIntervention, TickKind, resolve_trigger
 
 KOCH = load_koch()
 FPS = 30.0
@@ -277,3 +278,189 @@ def test_inference_trigger_parameter() -> None:
     assert resolve_trigger("observation.state", STREAMS) == "observation.state"
     with pytest.raises(ValueError, match="inference_trigger='camera'.*auto, tick"):
         resolve_trigger("camera", STREAMS)
+
+
+# -- faults: every failure inside a tick or in the model's output becomes a counted hold ------------------------
+
+MEASURED = np.array([0.2, 0.1, -0.1, 0.0, 0.05, 0.3])
+
+
+def _idle(runner: PolicyRunner, inferences: int = 1) -> None:
+    """Wait until `inferences` chunks came back and the worker accepted or dropped the last one."""
+    wait_for(lambda: runner.inferences >= inferences and not runner._busy, 5.0, f"inference {inferences}")
+
+
+def _held(output, position: np.ndarray) -> None:
+    assert output.positions is not None and output.positions.shape == (1, 6), output
+    np.testing.assert_allclose(output.positions[0], position, atol=1e-9)
+
+
+def _only_fault(runner: PolicyRunner, kind: RunnerFault, count: int = 1) -> None:
+    assert runner.faults[kind] == count, dict(runner.faults)
+    assert sum(runner.faults.values()) == count, dict(runner.faults)
+
+
+BAD_MODEL_OUTPUTS = {
+    "one_dimensional": (np.zeros(6), RunnerFault.MODEL_SHAPE),  # one point without its steps axis
+    "wrong_joint_count": (np.zeros((20, 5)), RunnerFault.MODEL_SHAPE),
+    "batch_axis_left_in": (np.zeros((1, 20, 6)), RunnerFault.MODEL_SHAPE),
+    "no_steps": (np.zeros((0, 6)), RunnerFault.MODEL_SHAPE),
+    "nan": (np.where(np.arange(6) == 2, np.nan, 0.1) * np.ones((20, 1)), RunnerFault.MODEL_NON_FINITE),
+    "inf": (np.full((20, 6), np.inf), RunnerFault.MODEL_NON_FINITE),
+    "complex": (np.zeros((20, 6), complex), RunnerFault.MODEL_DTYPE),
+    "strings": (np.full((20, 6), "0.1", object), RunnerFault.MODEL_DTYPE),
+    "none": (None, RunnerFault.MODEL_DTYPE),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_MODEL_OUTPUTS))
+def test_a_bad_model_output_is_dropped_counted_and_held(name: str) -> None:
+    """Checked where the worker accepts it, so it is never queued: the arm holds the measured position
+    (the safety layer never sees it: no `non_finite` intervention), the fault is counted by kind and
+    its reason logged once however often the model repeats it."""
+    bad, kind = BAD_MODEL_OUTPUTS[name]
+    may_return = threading.Semaphore(0)  # one inference finishes per release: the counts are exact
+
+    def model(obs: dict[str, np.ndarray]) -> np.ndarray:
+        may_return.acquire(timeout=5.0)
+        return bad
+
+    logged: list[str] = []
+    runner = _runner(model)
+    runner.log = logged.append
+    try:
+        now = time.time()
+        _feed(runner, now, MEASURED)
+        runner.tick(now)
+        may_return.release()
+        _idle(runner)
+        output = runner.tick(now + 0.001)  # and asks for the next chunk
+        assert output.kind is TickKind.HOLD
+        _held(output, MEASURED)
+        _only_fault(runner, kind)
+        assert runner.limits.interventions[InterventionKind.NON_FINITE] == 0
+        for k in range(1, 4):  # the model keeps failing the same way: counted each time, logged once
+            may_return.release()
+            _idle(runner, k + 1)
+            _feed(runner, now + k / FPS, MEASURED)
+            _held(runner.tick(now + k / FPS + 0.001), MEASURED)
+        _only_fault(runner, kind, 4)
+        assert len(logged) == 1 and logged[0].startswith(kind), logged
+        assert runner.last_fault == logged[0]
+    finally:
+        for _ in range(3):
+            may_return.release()
+        runner.close()
+
+
+def _executing(runner: PolicyRunner, now: float):
+    """Feed MEASURED, run one inference and return the first tick that executes its chunk."""
+    _feed(runner, now, MEASURED)
+    runner.tick(now)
+    _idle(runner)
+    output = runner.tick(now + 0.001)
+    assert output.kind is TickKind.CHUNK
+    return output
+
+
+def test_a_non_finite_measured_state_holds_the_last_commanded_position() -> None:
+    """The measurement cannot be trusted, so neither can a hold of it: the arm is held where it was last
+    commanded to be at this instant (what it was tracking), not sent towards an older measurement."""
+    target = MEASURED + 0.2
+    runner = _runner(lambda obs: np.linspace(MEASURED, target, 20))
+    try:
+        now = time.time()
+        first = _executing(runner, now)
+        bad = MEASURED.copy()
+        bad[3] = np.nan
+        _feed(runner, now + 1 / FPS, bad)
+        output = runner.tick(now + 0.001 + 1 / FPS)
+        assert output.kind is TickKind.FAULT and "not finite" in output.reason
+        _held(output, first.positions[1])
+        _only_fault(runner, RunnerFault.STATE_NON_FINITE)
+        _feed(runner, now + 2 / FPS, MEASURED)
+        assert runner.tick(now + 0.001 + 2 / FPS).kind is not TickKind.FAULT  # a good state again: no fault
+    finally:
+        runner.close()
+
+
+def test_a_non_finite_first_state_sends_nothing() -> None:
+    """No valid measurement and nothing commanded since the start: there is no safe position to send,
+    so nothing is (the driver keeps holding its own goal)."""
+    runner = _runner(lambda obs: np.zeros((20, 6)))
+    try:
+        now = time.time()
+        _feed(runner, now, np.full(6, np.nan))
+        output = runner.tick(now)
+        assert output.kind is TickKind.FAULT and output.command is None
+        _only_fault(runner, RunnerFault.STATE_NON_FINITE)
+        time.sleep(0.05)
+        assert runner.inferences == 0  # never inferred from a broken state
+    finally:
+        runner.close()
+
+
+def test_a_measured_state_of_the_wrong_length_holds_the_last_finite_measurement() -> None:
+    runner = _runner(lambda obs: np.zeros((20, 6)))
+    try:
+        now = time.time()
+        _feed(runner, now, MEASURED)
+        _held(runner.tick(now), MEASURED)  # waiting for a chunk: holds (and so commands) MEASURED
+        _feed(runner, now + 1 / FPS, np.zeros(5))
+        output = runner.tick(now + 1 / FPS)
+        assert output.kind is TickKind.FAULT and "5" in output.reason
+        _held(output, MEASURED)
+        _only_fault(runner, RunnerFault.STATE_SHAPE)
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize("bad_time", ["backwards", "nan", "inf"])
+def test_a_clock_going_backwards_or_non_finite_holds_the_measured_position(bad_time: str) -> None:
+    runner = _runner(lambda obs: np.linspace(MEASURED, MEASURED + 0.2, 20))
+    try:
+        now = time.time()
+        _executing(runner, now)
+        when = {"backwards": now - 0.5, "nan": math.nan, "inf": math.inf}[bad_time]
+        output = runner.tick(when)
+        assert output.kind is TickKind.FAULT and RunnerFault.CLOCK in output.reason
+        _held(output, MEASURED)
+        _only_fault(runner, RunnerFault.CLOCK)
+        _feed(runner, now + 2 / FPS, MEASURED)
+        assert runner.tick(now + 2 / FPS).kind is not TickKind.FAULT  # time goes on: the runner does too
+    finally:
+        runner.close()
+
+
+def test_a_one_dimensional_chunk_past_the_worker_is_refused_by_the_safety_layer() -> None:
+    """Defence in depth: a (n_joints,) array reaching the safety layer is refused (not read as one
+    point), and the runner holds."""
+    runner = _runner(lambda obs: np.zeros((20, 6)))
+    try:
+        now = time.time()
+        _feed(runner, now, MEASURED)
+        runner.queue.accept(np.full(6, 0.25), now)  # straight into the plan, as a buggy chunk policy might
+        output = runner.tick(now)
+        assert output.kind is TickKind.FAULT
+        _held(output, MEASURED)
+        _only_fault(runner, RunnerFault.MODEL_SHAPE)
+    finally:
+        runner.close()
+
+
+def test_anything_else_raising_in_a_tick_holds_as_an_internal_fault() -> None:
+    runner = _runner(lambda obs: np.zeros((20, 6)))
+    try:
+        now = time.time()
+        _feed(runner, now, MEASURED)
+
+        def broken(now: float) -> np.ndarray:
+            raise RuntimeError("a bug")
+
+        runner.queue.due = broken  # type: ignore[method-assign]
+        output = runner.tick(now)
+        assert output.kind is TickKind.FAULT and "RuntimeError: a bug" in output.reason
+        _held(output, MEASURED)
+        _only_fault(runner, RunnerFault.INTERNAL)
+    finally:
+        runner.close()

@@ -254,12 +254,35 @@ def test_safe_chunk_is_untouched() -> None:
     assert not +limits.interventions
 
 
-def test_rate_limit_moves_no_faster_than_max_velocity_and_rejects_non_finite() -> None:
+def test_next_goal_bounds_velocity_and_acceleration_and_rejects_non_finite() -> None:
     limits = _limits()
-    goal = limits.limit_rate(np.zeros(6), np.ones(6), 0.02)
-    np.testing.assert_allclose(goal, ARM.max_velocity * 0.02)
-    np.testing.assert_array_equal(limits.limit_rate(goal, np.full(6, np.nan), 0.02), goal)
+    dt, dv = 0.02, KOCH.safety.max_acceleration * 0.02
+    goal = limits.next_goal(np.zeros(6), np.zeros(6), np.ones(6), dt)  # from rest: one period's acceleration
+    np.testing.assert_allclose(goal, np.full(6, dv * dt))
+    step = ARM.max_velocity * dt  # at full speed, a target behind: brake by a*dt per period, never reverse at once
+    back = limits.next_goal(np.zeros(6), step, -np.ones(6), dt)
+    np.testing.assert_allclose(back, step - dv * dt)
+    fast = limits.next_goal(np.zeros(6), step, np.full(6, 1.0), dt)  # ahead: at most max_velocity
+    np.testing.assert_allclose(fast, step)
+    np.testing.assert_array_equal(limits.next_goal(goal, np.zeros(6), np.full(6, np.nan), dt), goal)
     assert limits.interventions["non_finite"] == 1
+
+
+def test_a_goal_stream_holding_mid_motion_stays_inside_every_bound() -> None:
+    """The driver's goal stream: a fast chunk, then holds at a stale measured position behind it."""
+    limits = _limits()
+    dt = 0.02
+    goals, step = [np.zeros(6)], np.zeros(6)
+    targets = [np.full(6, 1.2)] * 25 + [np.full(6, 0.1)] * 40  # move out, then "hold" where it was seen
+    for target in targets:
+        nxt = limits.next_goal(goals[-1], step, target, dt)
+        step = nxt - goals[-1]
+        goals.append(nxt)
+    steps = np.diff(np.array(goals), axis=0)
+    assert np.all(np.abs(steps) <= ARM.max_velocity * dt + 1e-9)
+    assert np.all(np.abs(np.diff(steps, axis=0)) <= KOCH.safety.max_acceleration * dt**2 + 1e-9)
+    assert np.all(np.array(goals) <= limits.upper + 1e-12)
+    np.testing.assert_allclose(goals[-1], 0.1, atol=1e-6)  # and it does get there
 
 
 @pytest.mark.parametrize("field", ["lower", "upper", "max_velocity", "max_acceleration", "max_step"])
@@ -277,3 +300,16 @@ def test_intervention_kinds_are_the_diagnostics_keys() -> None:
     assert set(limits.interventions) == set(InterventionKind)
     assert [str(kind) for kind in InterventionKind] == [kind.value for kind in InterventionKind]
     assert limits.interventions["max_step"] is limits.interventions[InterventionKind.MAX_STEP]
+
+
+@pytest.mark.parametrize("chunk", [np.full(6, 0.1), np.zeros((1, 3, 6)), np.zeros((3, 6), complex),
+                                   np.full((3, 6), "0.1", object), np.zeros((3, 6), bool)],
+                         ids=["one_dimensional", "three_dimensional", "complex", "strings", "bool"])
+def test_a_chunk_must_be_steps_by_joints_of_real_numbers(chunk: np.ndarray) -> None:
+    """A (n_joints,) array is not read as one point, nor anything else coerced into a chunk: a model
+    output that lost its steps axis, or is not numbers, must be a fault its caller sees (the policy
+    runner holds), never a command."""
+    limits = _limits()
+    for filter_ in (limits.safe_chunk, limits.filter_chunk):
+        with pytest.raises(ValueError, match=r"a chunk must be \(steps, 6\) real numbers"):
+            filter_(chunk, np.zeros(6), DT)

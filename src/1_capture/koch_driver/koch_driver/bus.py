@@ -6,19 +6,27 @@ Read when fast reads keep failing where plain ones succeed) and one GroupSyncWri
 Goal_Position per command, with bounded retries and errors that name the port, the servo ID
 and the model so a person at the robot knows what to check. A port that vanishes under the
 SDK (USB unplugged) raises `PortLostError`, so the driver can hold safe and reconnect.
+
+One owner per port: the port is locked as it opens (`PortBusyError` names the holder), since two
+masters on one line each read the other's replies and write their own goals in between. A reply
+that does not decode (short, or answering another request) is a failed attempt, retried and
+then a `BusError`, like a timeout: nothing but a BusError leaves the bus's cyclic I/O.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import os
 import select
+import struct
 import termios
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 import dynamixel_sdk as sdk
@@ -92,9 +100,48 @@ class PatientPortHandler(sdk.PortHandler):
     nothing while servos answer and only lengthens the wait for one that does not.
     """
 
+    is_open: bool  # the SDK's attributes, set in its __init__
+    ser: serial.Serial  # None until the first open (the SDK never checks)
+
     def __init__(self, port_name: str, timeout_slack_ms: float) -> None:
         super().__init__(port_name)
         self.timeout_slack_ms = timeout_slack_ms
+
+    def setupPort(self, cflag_baud: int) -> bool:  # the SDK's name; it opens the port (on every baud change too)
+        """The SDK's open, with the port locked for this process before anything is changed on it.
+
+        Two locks, because each covers what the other does not: `flock` on the device (taken by pyserial's
+        `exclusive` before it configures the line, so a refused opener flushes and re-bauds nothing; seen by
+        every process, root included, and released when the holder dies) and TIOCEXCL on the tty (the kernel
+        then refuses any other open() with EBUSY, also programs that never flock, except for root).
+        The resolved device is opened, so a udev or emulator symlink and the device it names are one port.
+        """
+        if self.is_open:
+            self.closePort()
+        device = os.path.realpath(self.port_name)
+        try:
+            self.ser = serial.Serial(port=device, baudrate=self.baudrate, bytesize=serial.EIGHTBITS, timeout=0,
+                                     exclusive=True)
+        except serial.SerialException as exc:
+            if exc.errno in (errno.EAGAIN, errno.EBUSY):  # flock held / TIOCEXCL set by another opener
+                raise PortBusyError(_port_busy_message(self.port_name, device)) from None
+            raise
+        try:
+            fcntl.ioctl(self.ser.fd, termios.TIOCEXCL)
+        except OSError:
+            self.ser.close()
+            raise
+        self.is_open = True
+        self.tx_time_per_byte = (1000.0 / self.baudrate) * 10.0
+        return True
+
+    def closePort(self) -> None:  # the SDK's name
+        """Clear TIOCEXCL first: it belongs to the tty, not to this descriptor, and outlives the close while
+        another descriptor keeps the tty (the emulator holds its pty's), refusing the next open."""
+        if self.ser is not None and self.ser.fd is not None:
+            with contextlib.suppress(OSError):  # a hung-up (unplugged) port refuses ioctls
+                fcntl.ioctl(self.ser.fd, termios.TIOCNXCL)
+        super().closePort()
 
     def setPacketTimeout(self, packet_length: int) -> None:  # the SDK's name
         super().setPacketTimeout(packet_length)
@@ -137,6 +184,46 @@ class PatientPortHandler(sdk.PortHandler):
         return data
 
 
+def port_holders(device: str) -> list[int]:
+    """PIDs that hold `device`: the owners of a flock on it (/proc/locks), else the processes with it open.
+    Empty where /proc cannot tell (another PID namespace, no permission)."""
+    try:
+        st = os.stat(device)
+        with open("/proc/locks", encoding="ascii") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return []
+    wanted = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    holders = []
+    for fields in (line.split() for line in lines):  # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:3 0 EOF"
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[4].isdigit():
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == wanted:
+                holders.append(int(fields[4]))
+    if holders:
+        return sorted(set(holders))
+    opened = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == device for fd in fd_dir.iterdir()):
+                opened.append(int(fd_dir.parent.name))
+    return sorted(opened)
+
+
+def _port_busy_message(port: str, device: str) -> str:
+    holders = port_holders(device)
+    names = []
+    for pid in holders:
+        try:
+            names.append(f"PID {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})")
+        except OSError:
+            names.append(f"PID {pid}")
+    via = f" ({device})" if device != port else ""
+    who = f"is in use by {', '.join(names)}" if names else "is in use by another process (its PID is not visible)"
+    return (f"serial port {port}{via} {who}: two programs on one bus fight over the arm; stop that one "
+            "(another driver, calibrate, Dynamixel Wizard) first")
+
+
 def _read_available(fd: int, length: int) -> bytes:
     try:
         return os.read(fd, length)
@@ -150,6 +237,19 @@ class BusError(RuntimeError):
 
 class PortLostError(BusError):
     """The serial port itself failed (adapter unplugged, pty hung up): reopen it to go on."""
+
+
+class PortBusyError(BusError):
+    """Another process holds the serial port: waiting would not free it, so it is not retried."""
+
+
+class MalformedReplyError(BusError):
+    """A reply passed the SDK's checks but did not decode: short, or the answer to another request (a second
+    master on the line). A failed attempt like a timeout, retried."""
+
+
+# What decoding a reply raises on a malformed one (dynamixel-sdk indexes replies without checking lengths).
+_DECODE_ERRORS = (ValueError, IndexError, KeyError, struct.error)
 
 
 class DynamixelBus:
@@ -254,7 +354,8 @@ class DynamixelBus:
         self._error_reader = None
 
     def _io(self, call: Callable[[], T]) -> T:
-        """Run one SDK call; a failing serial port becomes PortLostError (naming the port)."""
+        """Run one SDK call; a failing serial port becomes PortLostError (naming the port), a reply the SDK
+        cannot decode MalformedReplyError."""
         try:
             return call()
         except (serial.SerialException, OSError, termios.error) as exc:
@@ -262,6 +363,14 @@ class DynamixelBus:
                 f"serial port {self.port_name} failed ({exc}): the USB adapter was unplugged or reset; "
                 "check the cable, the driver reconnects when the port returns"
             ) from exc
+        except _DECODE_ERRORS as exc:
+            raise self._malformed(exc) from exc
+
+    def _malformed(self, exc: Exception) -> MalformedReplyError:
+        return MalformedReplyError(
+            f"malformed reply on {self.port_name} ({type(exc).__name__}: {exc}): line noise, or another master "
+            "on the bus (a second driver on this port?)"
+        )
 
     def __enter__(self) -> DynamixelBus:
         self.open()
@@ -367,7 +476,10 @@ class DynamixelBus:
         self._require_port()
         assert reader is not None
         self._sync_read(reader, STATE_ADDRESS, STATE_LENGTH, "the servo state")
-        return self._decode_state(reader)
+        try:
+            return self._decode_state(reader)
+        except _DECODE_ERRORS as exc:  # _sync_read checked every reply's length: a last line of defence
+            raise self._malformed(exc) from exc
 
     def read_hardware_errors(self) -> dict[int, int]:
         """Hardware_Error_Status of every servo (one sync read): id -> bits (0 = healthy)."""
@@ -375,18 +487,33 @@ class DynamixelBus:
         self._require_port()
         assert reader is not None
         self._sync_read(reader, HARDWARE_ERROR_ADDRESS, HARDWARE_ERROR_LENGTH, "Hardware_Error_Status")
-        return {servo_id: int(reader.getData(servo_id, HARDWARE_ERROR_ADDRESS, HARDWARE_ERROR_LENGTH))
-                for servo_id in self.ids}
+        try:
+            return {servo_id: int(reader.getData(servo_id, HARDWARE_ERROR_ADDRESS, HARDWARE_ERROR_LENGTH))
+                    for servo_id in self.ids}
+        except _DECODE_ERRORS as exc:
+            raise self._malformed(exc) from exc
 
     def _sync_read(self, reader: sdk.GroupSyncRead, address: int, length: int, what: str) -> None:
-        """Up to `attempts` sync reads; fast ones first while they work, plain ones as fall back."""
-        last_result = sdk.COMM_SUCCESS
+        """Up to `attempts` sync reads; fast ones first while they work, plain ones as fall back.
+
+        A reply only counts with `length` bytes from every servo: the SDK's isAvailable checks the address
+        range, not what arrived, and a short reply (another request's answer) would reach the decoding."""
+        detail = ""
         for attempt in range(self.attempts):
             fast = self.uses_fast_sync_read and attempt == 0
-            last_result = self._io(partial(_fast_sync_read, reader) if fast else reader.txRxPacket)
-            ok = last_result == sdk.COMM_SUCCESS and all(
-                reader.isAvailable(servo_id, address, length) for servo_id in self.ids
-            )
+            try:
+                result = self._io(partial(_fast_sync_read, reader) if fast else reader.txRxPacket)
+            except MalformedReplyError as err:
+                result, detail = sdk.COMM_RX_CORRUPT, str(err)
+            else:
+                short = [sid for sid in self.ids if len(reader.data_dict.get(sid) or []) < length]
+                if result == sdk.COMM_SUCCESS and short:
+                    result, detail = sdk.COMM_RX_CORRUPT, (
+                        f"malformed reply: {len(reader.data_dict.get(short[0]) or [])} of {length} bytes from ID "
+                        f"{short[0]}; line noise, or another master on the bus (a second driver on this port?)")
+                elif result != sdk.COMM_SUCCESS:
+                    detail = self._packets.getTxRxResult(result)
+            ok = result == sdk.COMM_SUCCESS and all(reader.isAvailable(sid, address, length) for sid in self.ids)
             if attempt > 0:
                 self.retries += 1
             if ok:
@@ -397,10 +524,10 @@ class DynamixelBus:
                     self.fast_fallbacks += 1
                 return
         silent = [sid for sid in self.ids if len(reader.data_dict.get(sid) or []) < length]
+        detail = detail or self._packets.getTxRxResult(result)
         raise BusError(
-            f"sync read of {what} on {self.port_name} failed {self.attempts} times "
-            f"({self._packets.getTxRxResult(last_result)}); first servo without data: ID "
-            f"{silent[0] if silent else '?'} ({self._model_label(silent[0]) if silent else 'unknown'})"
+            f"sync read of {what} on {self.port_name} failed {self.attempts} times ({detail}); first servo "
+            f"without data: ID {silent[0] if silent else '?'} ({self._model_label(silent[0]) if silent else 'unknown'})"
         )
 
     def _decode_state(self, reader: sdk.GroupSyncRead) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -488,7 +615,10 @@ class DynamixelBus:
         """Run `call() -> (value, comm_result, servo_error)` up to `attempts` times."""
         result, error = sdk.COMM_SUCCESS, 0
         for attempt in range(self.attempts):
-            value, result, error = call()
+            try:
+                value, result, error = call()
+            except MalformedReplyError:
+                value, result, error = 0, sdk.COMM_RX_CORRUPT, 0
             # The alert bit (0x80) only says "read Hardware_Error_Status": the instruction worked.
             if result == sdk.COMM_SUCCESS and error & ~STATUS_ALERT_BIT == 0:
                 if error & STATUS_ALERT_BIT:
@@ -515,5 +645,5 @@ def _fast_sync_read(reader: sdk.GroupSyncRead) -> int:
     """
     try:
         return reader.fastSyncRead()
-    except IndexError:
+    except _DECODE_ERRORS:
         return sdk.COMM_RX_CORRUPT

@@ -16,6 +16,9 @@ the override `follower.calibration=...`): `load_koch` then takes each joint's ze
 narrows its limits to the recorded range, so every raw <-> radian conversion uses it.
 `--yes --duration S` runs both steps without prompts (zero = the pose at start, range =
 recorded for S seconds), for scripted set-ups and the tests.
+
+It reads koch.yaml without applying the arm's current calibration: a broken or incomplete
+calibration file (whose error says to run `calibrate` again) must not stop the tool that rewrites it.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from koch_common.config import config_dir
-from koch_common.robot import ArmConfig, load_koch
+from koch_common.config import ConfigError, config_dir, load_config
+from koch_common.robot import ArmConfig, KochConfig
 from koch_driver.bus import BusError, DynamixelBus
 
 CENTER_TICK = 2048
@@ -79,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of range recording with --yes")
     args, _ros_args = parser.parse_known_args(argv)
 
-    configured: ArmConfig = getattr(load_koch(), args.arm)
+    try:
+        configured: ArmConfig = getattr(load_config(KochConfig, "koch.yaml"), args.arm)  # ids, port: not calibrated
+    except ConfigError as err:
+        print(f"calibrate: {err}", file=sys.stderr)
+        return 1
     arm = dataclasses.replace(configured, port=args.port or configured.port,
                               baudrate=args.baudrate or configured.baudrate)
     output = Path(args.output or f"calibration/{args.arm}.yaml")

@@ -11,11 +11,14 @@ exponential backoff. A reconnect configures the servos again and syncs every goa
 measured position (through the limits) before torque is enabled, so the first goal after a
 reconnect is the present pose, never a stale command. Hardware_Error_Status is polled and
 kept in `health`; a servo with a hardware error stops the arm following commands until
-`reboot()`.
+`reboot()`. A reply that does not decode is one more bus error (never an exception out of
+`step`), and a port held by another process stops `connect` at once: two masters on one bus
+fight over the arm, so the second one never starts.
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +28,11 @@ import numpy as np
 from koch_common.dynamixel_models import OPERATING_MODES, decode_hardware_error, model_by_name
 from koch_common.robot import ArmConfig
 from koch_common.safety import SafetyLimits
-from koch_driver.bus import BusError, DynamixelBus, PortLostError
+from koch_driver.bus import BusError, DynamixelBus, PortBusyError, PortLostError
 from koch_driver.trajectory import TimedTrajectory, TrajectoryFollower
 
+# What decoding a malformed reply raises (the bus turns its own into BusError; `step` catches the rest).
+_DECODE_ERRORS = (ValueError, IndexError, struct.error)
 # Present_Current is in ~1 mA units on the XL330/XM430 (Present_Load, 0.1 %, on the XL430);
 # effort is reported in those units scaled to amperes until per-model torque constants land.
 CURRENT_UNIT_A = 0.001
@@ -78,6 +83,7 @@ class ArmDriver:
         self.health = DriverHealth()
         self._follower = TrajectoryFollower()
         self._goal: np.ndarray | None = None
+        self._goal_step = np.zeros(len(arm.joints))  # the last write's change of the goal; zeros: standing still
         self._first_error_at: float | None = None
         self._next_connect_at = 0.0
         self._backoff = arm.reconnect_min_s
@@ -101,12 +107,15 @@ class ArmDriver:
         """Open the port, check and configure every servo, and hold the present pose.
 
         A port that is not there yet (USB adapter enumerating, emulator starting) is retried
-        until `timeout_s`; then the last error, which names port, ID and model, is raised.
+        until `timeout_s`; then the last error, which names port, ID and model, is raised. A port held by
+        another process is not waited for: it is raised at once, naming the holder.
         """
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 return self._connect_once()
+            except PortBusyError:
+                raise
             except BusError:
                 if time.monotonic() >= deadline:
                     raise
@@ -220,19 +229,27 @@ class ArmDriver:
             if self.health.hardware_errors and any(self.health.hardware_errors.values()):
                 desired = None  # a servo in error (maybe torque off by its firmware): hold, do not chase
                 self._follower.clear()
-            if desired is not None and self.torque_enable and self._goal is not None:
+            previous = self._goal
+            if desired is not None and self.torque_enable and previous is not None:
                 goal = self.limits.filter_point(desired, state.position)
-                goal = self.limits.limit_rate(self._goal, goal, dt)
+                goal = self.limits.next_goal(previous, self._goal_step, goal, dt)
                 self._write_goal(goal, state.position)
+                self._goal_step = self._goal - previous
+            else:
+                self._goal_step[:] = 0.0  # no write: the goal stands still this period
         except PortLostError as err:
+            self._goal_step[:] = 0.0
             self._record_error(err)
             self._lose_bus(str(err))
             return None
-        except BusError as err:
-            self._record_error(err)
+        except (BusError, *_DECODE_ERRORS) as exc:  # the bus maps its own decode errors; this is the last line
+            self._goal_step[:] = 0.0  # no goal written this period
+            error = exc if isinstance(exc, BusError) else BusError(
+                f"control cycle on {self.arm.port} failed on a malformed value ({type(exc).__name__}: {exc})")
+            self._record_error(error)
             assert self._first_error_at is not None
             if time.monotonic() - self._first_error_at >= self.arm.error_timeout_s:
-                self._lose_bus(f"errors for {self.arm.error_timeout_s:.2f} s: {err}")
+                self._lose_bus(f"errors for {self.arm.error_timeout_s:.2f} s: {error}")
             return None
         self.health.consecutive_errors = 0
         self._first_error_at = None
@@ -264,6 +281,7 @@ class ArmDriver:
         safe = self.limits.filter_point(goal, measured)
         self.bus.write_goal_positions(self.arm.to_raw(safe))
         self._goal = safe
+        self._goal_step[:] = 0.0  # a resync's write; step() sets the step of its own writes
 
     # -- services ------------------------------------------------------------------------------
     def set_torque(self, enabled: bool) -> None:

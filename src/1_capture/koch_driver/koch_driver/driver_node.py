@@ -117,6 +117,14 @@ class DriverNode(Node):
     def publish_diagnostics(self) -> None:
         self.diag_pub.publish(diagnostics_msg(self.get_name(), self.arm_name, self.driver, self.now()))
 
+    def destroy_node(self) -> None:
+        # Releases the port's locks explicitly: TIOCEXCL belongs to the tty and would outlive this process
+        # on a pty the simulator keeps open, refusing the next driver (see bus.PatientPortHandler.closePort).
+        driver = getattr(self, "driver", None)  # absent when __init__ failed
+        if driver is not None:
+            driver.close()
+        super().destroy_node()
+
 
 def diagnostics_msg(node_name: str, arm_name: str, driver: ArmDriver, stamp: float) -> DiagnosticArray:
     health, bus = driver.health, driver.bus

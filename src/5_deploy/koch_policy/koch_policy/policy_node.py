@@ -11,6 +11,12 @@ cleared only by `~/reset_estop`) -> hold the position measured when it latched; 
 deadman (`deadman_timeout_s` > 0, heartbeats on `~/deadman` std_msgs/Bool true) -> hold; a
 stale or missing observation -> hold the measured position.
 
+Bad data never stops the node: the runner turns a bad model output, joint state or clock into a
+counted hold (`RunnerFault`), and the tick callback itself holds and counts `internal` for anything
+else that raises in it (serializing, publishing), so the 30 Hz loop outlives whatever it meets; an
+input message that cannot be decoded is dropped and counted as `observation`.
+Fault counts are on /diagnostics as `fault_<kind>`, the latest reason as `last_fault`.
+
 JointTrajectory semantics (what ros2_control's joint_trajectory_controller expects): header.stamp
 is the tick time on the node clock and point k is due at stamp + k/fps (time_from_start strictly
 increasing, k/fps); positions and velocities are both set, so the controller interpolates
@@ -23,6 +29,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -41,7 +49,7 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
 from koch_common.config import ConfigError
-from koch_common.feature_mapping import Feature, Mapping, load_mapping
+from koch_common.feature_mapping import Feature, Mapping, ZeroStamps, load_mapping
 from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_metres, from_fields, to_rgb
 from koch_common.kinematics import tcp_position
 from koch_common.node_params import declare_settings, updated_settings
@@ -49,7 +57,7 @@ from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
 from koch_common.safety import SafeChunk, SafetyLimits
 from koch_policy.gate import GateState, SafetyGate
-from koch_policy.runner import PolicyRunner, TickKind, resolve_trigger
+from koch_policy.runner import PolicyRunner, RunnerFault, TickKind, resolve_trigger
 from koch_policy.settings import PolicySettings
 from koch_policy.trajectory_cdr import safe_chunk_cdr
 from koch_runtime.factory import load_runtime
@@ -89,8 +97,9 @@ class PolicyNode(Node):
         n_steps = self.runtime.n_action_steps if settings.n_action_steps is None else settings.n_action_steps
         inputs = [f for f in self.mapping.features if f.key != "action"]
         self.gate = SafetyGate(settings.deadman_timeout_s)
+        self.inject_model_fault = False  # ~/inject_model_fault, offered only with fault_injection
         self.runner = PolicyRunner(
-            self.runtime.predict_chunk,
+            self._predict_or_nan if settings.fault_injection else self.runtime.predict_chunk,
             {f.key: f.stream for f in inputs},
             SafetyLimits.for_arm(self.arm, koch.safety), self.fps, n_steps, clock=self.now,
             chunk_policy=settings.chunk_policy, gate=self.gate, replan_threshold=settings.replan_threshold,
@@ -98,6 +107,7 @@ class PolicyNode(Node):
             trigger=resolve_trigger(settings.inference_trigger, [f.key for f in inputs]),
             worker_cpus=self.runtime.caller_cpus,
         )
+        self.runner.log = self._log_fault
         # Three groups, so the executor's threads run them side by side (in the node's one default group
         # a callback runs only when no other does: an image decode would delay the tick, and an e-stop
         # would wait behind both): observations in; the 30 Hz tick; gates, services and diagnostics.
@@ -117,6 +127,8 @@ class PolicyNode(Node):
         for name in ("~/estop", "/estop"):
             self.create_subscription(Bool, name, self.on_estop_topic, 10, callback_group=control)
         self.create_subscription(Bool, "~/deadman", self.on_deadman, 10, callback_group=control)
+        if settings.fault_injection:
+            self.create_service(SetBool, "~/inject_model_fault", self.on_inject_model_fault, callback_group=control)
         self.add_on_set_parameters_callback(self.on_parameters)
         self.estop_tick: int | None = None  # runner tick count when the e-stop latched
         self.published = 0
@@ -126,36 +138,56 @@ class PolicyNode(Node):
         self.create_timer(1.0 / self.fps, self.on_tick, callback_group=ticks)
         self.create_timer(1.0, self.publish_diagnostics, callback_group=control)
         self._last_diag = (self.now(), 0)
+        self._faults_reported = 0  # fault count at the last diagnostics: WARN while it grows
+
+    def _log_fault(self, message: str) -> None:
+        self.get_logger().warning(f"fault: {message}")  # once per change of reason (the runner decides)
 
     def now(self) -> float:
         return clock_now_ns(self.get_clock()) * 1e-9
 
-    def _stamp(self, msg_stamp, received: float) -> float:
-        if self.mapping.clock == "header":
-            return msg_stamp.sec + msg_stamp.nanosec * 1e-9
-        return received
+    def _stamp(self, feature: Feature, msg_stamp, received: float) -> float:
+        """The message's time on the mapping's clock, as the converter stamps it: a zero header stamp takes
+        the receive time where the stream's `zero_stamps: receive_time` says so, and is refused otherwise."""
+        if self.mapping.clock != "header":
+            return received
+        if msg_stamp.sec == 0 and msg_stamp.nanosec == 0:
+            if feature.zero_stamps is ZeroStamps.RECEIVE_TIME:
+                return received
+            raise ValueError(f"zero header stamp; if the publisher never stamps, set features.{feature.key}."
+                             "zero_stamps: receive_time in the mapping")
+        return msg_stamp.sec + msg_stamp.nanosec * 1e-9
 
     def _subscribe(self, feature: Feature) -> None:
         name = feature.key
         if feature.msgtype.endswith("/JointState"):
-            joints = feature.joint_names
+            def on_joint_state(msg: JointState) -> None:  # by name, or by index where the mapping says so
+                value = np.asarray(msg.position, np.float32)[feature.joint_indices(msg.name, len(msg.position))]
+                self.runner.push(name, self._stamp(feature, msg.header.stamp, self.now()), value)
 
-            def on_joint_state(msg: JointState) -> None:
-                by_name = dict(zip(msg.name, msg.position))
-                if all(j in by_name for j in joints):
-                    value = np.array([by_name[j] for j in joints], dtype=np.float32)
-                    self.runner.push(name, self._stamp(msg.header.stamp, self.now()), value)
-
-            self.create_subscription(JointState, feature.topic, on_joint_state, 10, callback_group=self._inputs)
+            self.create_subscription(JointState, feature.topic, self._guarded(name, on_joint_state), 10,
+                                     callback_group=self._inputs)
         elif feature.is_image:
 
             def on_image(msg: Image) -> None:
-                self.runner.push(name, self._stamp(msg.header.stamp, self.now()), decode_image(msg))
+                self.runner.push(name, self._stamp(feature, msg.header.stamp, self.now()), decode_image(msg))
 
-            self.create_subscription(Image, feature.topic, on_image, qos_profile_sensor_data,
+            self.create_subscription(Image, feature.topic, self._guarded(name, on_image), qos_profile_sensor_data,
                                      callback_group=self._inputs)
         else:
             raise ValueError(f"feature {name!r}: message type {feature.msgtype!r} is not supported by the policy node")
+
+    def _guarded(self, feature: str, callback: Callable[[Any], None]) -> Callable[[Any], None]:
+        """`callback`, with a message it cannot take (an image of another size or encoding) dropped and
+        counted as an `observation` fault: raising would stop the executor, and with it the node."""
+
+        def guarded(msg: Any) -> None:
+            try:
+                callback(msg)
+            except Exception as err:
+                self.runner.record_fault(RunnerFault.OBSERVATION, f"{feature}: {type(err).__name__}: {err}")
+
+        return guarded
 
     # -- gates ----------------------------------------------------------------------------------
     def on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
@@ -171,7 +203,7 @@ class PolicyNode(Node):
         latched = self.gate.estop()
         if latched:
             self.estop_tick = self.runner.ticks
-            self.get_logger().warn(f"e-stop latched ({reason}); call ~/reset_estop to release")
+            self.get_logger().warning(f"e-stop latched ({reason}); call ~/reset_estop to release")
         return latched
 
     def on_estop_topic(self, msg: Bool) -> None:
@@ -196,6 +228,18 @@ class PolicyNode(Node):
         if msg.data:
             self.gate.heartbeat(self.now())
 
+    def _predict_or_nan(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        """The model, or while `inject_model_fault` its chunk as NaN: the model_non_finite fault, on demand."""
+        chunk = self.runtime.predict_chunk(observation)
+        return np.full(np.shape(chunk), np.nan) if self.inject_model_fault else chunk
+
+    def on_inject_model_fault(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self.inject_model_fault = bool(request.data)
+        self.get_logger().warning(f"model fault injection {'on' if request.data else 'off'}")
+        response.success = True
+        response.message = "the model's chunks are NaN" if request.data else "the model's chunks are its own"
+        return response
+
     def on_parameters(self, params: list[Parameter]) -> SetParametersResult:
         # ROS refuses the read-only ones itself; the changeable ones (chunk_policy, dry_run) are checked here.
         try:
@@ -213,7 +257,22 @@ class PolicyNode(Node):
         if not self.enabled:
             return
         with self._tick_lock:
-            self._tick()
+            try:
+                self._tick()
+            except Exception as err:  # the last resort: an exception here would stop the timer's executor
+                self._hold_after(err)
+
+    def _hold_after(self, err: Exception) -> None:
+        """Hold after `err` raised in a tick, counted as an `internal` fault; if even that fails, the count
+        and the log remain and the driver keeps its last goal."""
+        now_ns = clock_now_ns(self.get_clock())
+        output = self.runner.fault_hold(now_ns * 1e-9, RunnerFault.INTERNAL, f"policy node tick: "
+                                                                           f"{type(err).__name__}: {err}")
+        if output.command is not None:
+            try:
+                self._publish_command(output.command, divmod(now_ns, 1_000_000_000))
+            except Exception as again:
+                self.get_logger().error(f"cannot publish the hold either ({type(again).__name__}: {again})")
 
     def _tick(self) -> None:
         started = time.perf_counter()
@@ -269,6 +328,7 @@ class PolicyNode(Node):
         with self.runner._lock:
             queue = self.runner.queue
         gate = self.gate.state(now)
+        faults = dict(self.runner.faults)  # a copy: the worker may count one meanwhile
         values = {
             "enabled": str(self.enabled),
             "dry_run": str(self.dry_run),
@@ -286,12 +346,18 @@ class PolicyNode(Node):
             "chunks_in_use": str(queue.chunks_in_use(now)),
             "last_inference_error": self.runner.last_error,
             **{f"safety_{k}": str(v) for k, v in sorted(self.runner.limits.interventions.items())},
+            **{f"fault_{k}": str(v) for k, v in faults.items()},
+            "last_fault": self.runner.last_fault,
         }
+        faulting = sum(faults.values()) > self._faults_reported  # a fault since the last report
+        self._faults_reported = sum(faults.values())
         level = DiagnosticStatus.ERROR if self.gate.estop_latched else (
-            DiagnosticStatus.WARN if gate is not GateState.OPEN or self.runner.last_error else DiagnosticStatus.OK)
+            DiagnosticStatus.WARN if gate is not GateState.OPEN or self.runner.last_error or faulting
+            else DiagnosticStatus.OK)
+        message = "e-stop latched" if self.gate.estop_latched else (
+            f"fault: {self.runner.last_fault}" if faulting else ("running" if self.enabled else "disabled"))
         status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: policy",
-                                  message="e-stop latched" if self.gate.estop_latched else
-                                  ("running" if self.enabled else "disabled"), hardware_id="policy")
+                                  message=message, hardware_id="policy")
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()

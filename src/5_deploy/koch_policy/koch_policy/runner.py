@@ -16,6 +16,13 @@ Every command a tick returns is a `SafeChunk` built by the safety layer, in this
 precedence: latched e-stop (hold the position measured when it latched) > deadman lapsed >
 stale/missing observation (hold the measured position) > the chunk policy's due actions.
 `chunk_policy` picks how chunks merge (see `chunk_policies`) and can change while running.
+
+Bad data never raises out of a tick: the loop that holds the arm must outlive whatever it is fed.
+A model output that is not a finite (steps, n_joints) array of real numbers is dropped where the
+worker accepts it (never queued); a measured state that is not finite or has the wrong length, a
+tick time that is not finite or went backwards, and anything else raising inside a tick become a
+`FAULT` tick. Each is counted by kind (`RunnerFault`, `faults`) and its reason logged once per
+change; the tick holds the safest position known (`_safe_position`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import gc
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -61,7 +68,8 @@ def resolve_trigger(choice: str, streams: Iterable[str]) -> str | None:
 
 
 class TickKind(StrEnum):
-    """What a tick decided (in `tick`'s order of precedence after WAIT)."""
+    """What a tick decided (in `tick`'s order of precedence after WAIT; a clock fault comes before WAIT, a
+    joint state fault right after it)."""
 
     WAIT = "wait"  # no joint state yet: nothing to send
     ESTOP = "estop"  # e-stop latched: hold the position measured when it latched
@@ -69,6 +77,66 @@ class TickKind(StrEnum):
     STALE = "stale"  # an observation stream is stale or missing: hold the measured position
     HOLD = "hold"  # no chunk yet: hold the measured position
     CHUNK = "chunk"  # the chunk policy's due actions, through the safety filter
+    FAULT = "fault"  # a RunnerFault in this tick: hold the safest position known (`_safe_position`)
+
+
+class RunnerFault(StrEnum):
+    """A failure turned into a count (and, in a tick, a hold) instead of an exception: counted in
+    `PolicyRunner.faults`, the value is the key on `/diagnostics` (`fault_<value>`). Model faults count once
+    per chunk, observation faults once per message, the others once per tick."""
+
+    MODEL_SHAPE = "model_shape"  # not (steps, n_joints): 1-D, a batch axis left in, wrong joint count, no steps
+    MODEL_DTYPE = "model_dtype"  # not an array of real numbers: None, objects, strings, complex, bool
+    MODEL_NON_FINITE = "model_non_finite"  # NaN or inf anywhere in the chunk
+    MODEL_ERROR = "model_error"  # the model raised (its message: `last_error`)
+    STATE_SHAPE = "state_shape"  # the measured joint state is not one number per joint
+    STATE_NON_FINITE = "state_non_finite"  # NaN or inf in the measured joint state
+    CLOCK = "clock"  # the tick time is not a finite number or went backwards
+    INTERNAL = "internal"  # anything else raised inside a tick (a bug): the last-resort guard
+    OBSERVATION = "observation"  # an input message the node could not decode: dropped (its stream may go stale)
+
+
+class ModelOutputError(ValueError):
+    """A model output that cannot be a chunk; `kind` says how (a `RunnerFault.MODEL_*`)."""
+
+    def __init__(self, kind: RunnerFault, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def checked_chunk(output: object, n_joints: int) -> np.ndarray:
+    """The model's output as a new (steps, n_joints) float64 array, or ModelOutputError saying what is wrong.
+
+    Checked before anything reads it as a chunk: numpy would take a (n_joints,) array as one point, and
+    float64 conversion would silently drop an imaginary part or parse strings."""
+    try:
+        array = np.asarray(output)
+    except (ValueError, TypeError) as err:  # ragged nested lists
+        raise ModelOutputError(RunnerFault.MODEL_DTYPE, f"the model returned {type(output).__name__} that is not "
+                                                        f"an array ({err})") from None
+    if array.dtype.kind not in "fiu":
+        raise ModelOutputError(RunnerFault.MODEL_DTYPE, f"the model returned {type(output).__name__} of dtype "
+                                                        f"{array.dtype}, not real numbers")
+    if array.ndim != 2 or array.shape[1] != n_joints or array.shape[0] == 0:
+        raise ModelOutputError(RunnerFault.MODEL_SHAPE, f"the model's chunk has shape {array.shape}, not "
+                                                        f"(steps, {n_joints})")
+    chunk = np.array(array, dtype=np.float64)  # a copy: the model may reuse its output buffer
+    finite = np.isfinite(chunk)
+    if not finite.all():
+        joints = np.flatnonzero(~finite.all(axis=0)).tolist()
+        raise ModelOutputError(RunnerFault.MODEL_NON_FINITE, f"the model's chunk has NaN/inf in joint(s) {joints}")
+    return chunk
+
+
+def _is_finite_time(t: object) -> bool:
+    try:
+        return math.isfinite(t)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+# A fault's reason is logged again only after the runner executed chunks this long without one.
+FAULT_LOG_QUIET_S = 1.0
 
 
 class RunnerIntervention(StrEnum):
@@ -147,6 +215,15 @@ class PolicyRunner:
         self._wake = threading.Condition(self._lock)
         self._stop = False
         self.last_error = ""
+        self.n_joints = int(limits.lower.size)
+        self.faults: Counter[str] = Counter({kind: 0 for kind in RunnerFault})  # every kind reported, zeros too
+        self.last_fault = ""  # "<kind>: <reason>" of the latest fault; "" before the first
+        self.log: Callable[[str], None] = lambda _message: None  # a fault's reason, once per change
+        self._fault_lock = threading.Lock()  # faults come from the tick and from the worker
+        self._logged_fault = ""
+        self._fault_at = -math.inf  # time.monotonic() of the latest fault
+        self._last_now: float | None = None  # the latest good tick time
+        self._last_measured: np.ndarray | None = None  # the latest valid measured position since the last reset
         self._worker = threading.Thread(target=self._work, name="policy-inference", daemon=True)
         self._worker.start()
 
@@ -170,8 +247,8 @@ class PolicyRunner:
         bad: list[str] = []
         for name, buffer in self.buffers.items():
             sample = buffer.sample(t)
-            if sample is None or sample.stale:
-                bad.append(name)
+            if sample is None or sample.stale or (name == STATE_FEATURE and self._state_problem(sample.value)):
+                bad.append(name)  # never infer from a broken state: the tick holds for it
             else:
                 observation[name] = sample.value
         return (None if bad else observation), bad
@@ -206,9 +283,81 @@ class PolicyRunner:
     def _out(self, now: float, kind: TickKind, command: SafeChunk | None, reason: str = "",
              prediction: np.ndarray | None = None) -> TickOutput:
         self.history.append((self.ticks, now, kind))
-        if command is not None:
+        if command is not None and _is_finite_time(now):
             self._last_command = (now, command)
         return TickOutput(kind, command, reason, self.ticks, prediction)
+
+    # -- faults -----------------------------------------------------------------------
+    def _state_problem(self, value: object) -> tuple[RunnerFault, str] | None:
+        """What makes a measured state unusable (or None): every hold and every safety check starts from it."""
+        state = np.asarray(value)
+        if state.shape != (self.n_joints,) or state.dtype.kind not in "fiu":
+            return RunnerFault.STATE_SHAPE, (f"the measured joint state has shape {state.shape} of {state.dtype}, "
+                                             f"not {self.n_joints} numbers")
+        finite = np.isfinite(state)
+        if not finite.all():
+            return RunnerFault.STATE_NON_FINITE, (f"the measured joint state is not finite in joint(s) "
+                                                  f"{np.flatnonzero(~finite).tolist()}")
+        return None
+
+    def record_fault(self, kind: RunnerFault, reason: str) -> None:
+        """Count it and keep it for /diagnostics; log it only when the reason changed, so a fault that lasts
+        (a model that keeps failing, a broken joint state) is one line, not one per tick. Public for the
+        node's faults outside the runner (an input message it cannot decode)."""
+        message = f"{kind}: {reason}"
+        with self._fault_lock:
+            self.faults[kind] += 1
+            self.last_fault = message
+            self._fault_at = time.monotonic()
+            new = message != self._logged_fault
+            if new:
+                self._logged_fault = message
+        if new:
+            self.log(message)
+
+    def _safe_position(self, now: float) -> np.ndarray | None:
+        """The position a fault holds, safest first.
+
+        - The e-stop's latched position while it is latched: a fault never moves an e-stopped arm.
+        - The measured position, when the measurement itself is fine (a bad model output, clock, bug).
+        - Otherwise the measurement cannot be trusted, nor a hold of it: the position the last command put
+          the arm at for `now` (what the arm was tracking), so the hold is where the arm is and no jump.
+        - Nothing commanded since the last reset: the last valid measurement since then.
+        - None of those: None, nothing is sent (the driver keeps holding its own goal).
+        """
+        if self.gate.estop_latched and self.gate.hold_position is not None:
+            return self.gate.hold_position
+        latest = self.buffers[STATE_FEATURE].latest()
+        if latest is not None and self._state_problem(latest[1]) is None:
+            return np.asarray(latest[1], np.float64)
+        if self._last_command is not None:
+            t0, command = self._last_command
+            t = now if _is_finite_time(now) else (t0 if self._last_now is None else self._last_now)
+            k = min(max(int(round((t - t0) * self.fps)), 0), len(command.positions) - 1)
+            return command.positions[k]
+        return self._last_measured
+
+    def fault_hold(self, now: float, kind: RunnerFault, reason: str) -> TickOutput:
+        """Count and log the fault, drop the plan (a runner that just failed does not resume it) and hold the
+        safest position known. Public for the node's last-resort guard around everything else in its tick."""
+        self.record_fault(kind, reason)
+        with self._lock:
+            self.queue.clear()
+            self._armed_since = None
+        position = self._safe_position(now)
+        command = None if position is None else self.limits.hold(position)
+        return self._out(now, TickKind.FAULT, command, f"{kind}: {reason}")
+
+    def _clock_problem(self, now: float) -> str | None:
+        if not _is_finite_time(now):
+            return f"the tick clock read {now!r}, not a finite time"
+        if self._last_now is not None and now < self._last_now:
+            # A stepped system clock or a restarted simulation: what was planned on the old time base is
+            # dropped (and a chunk being inferred on it), and time goes on from here.
+            self._last_now = now
+            self.reset()
+            return "the tick clock went backwards: the plan is dropped"
+        return None
 
     def _hold(self, now: float, kind: TickKind, measured: np.ndarray, reason: str) -> TickOutput:
         with self._lock:
@@ -219,9 +368,23 @@ class PolicyRunner:
 
     def tick(self, now: float) -> TickOutput:
         self.ticks += 1
+        try:
+            return self._tick(now)
+        except Exception as err:  # the last resort: whatever a tick meets, the arm holds
+            return self.fault_hold(now, RunnerFault.INTERNAL, f"{type(err).__name__}: {err}")
+
+    def _tick(self, now: float) -> TickOutput:
+        clock_problem = self._clock_problem(now)
+        if clock_problem is not None:
+            return self.fault_hold(now, RunnerFault.CLOCK, clock_problem)
+        self._last_now = now
         measured = self.measured_position()
         if measured is None:
             return self._out(now, TickKind.WAIT, None, "no joint state yet")
+        state_problem = self._state_problem(measured)
+        if state_problem is not None:
+            return self.fault_hold(now, *state_problem)
+        self._last_measured = measured
         gate = self.gate.state(now)
         if gate is GateState.ESTOP:
             return self._hold(now, TickKind.ESTOP, self.gate.latched_hold(measured), "e-stop latched")
@@ -236,8 +399,13 @@ class PolicyRunner:
         if due is None:
             output = self._out(now, TickKind.HOLD, self.limits.hold(measured), "waiting for a chunk")
         else:
-            command = self.limits.safe_chunk(due, measured, 1.0 / self.fps, self._commanded_velocity(now))
+            try:
+                command = self.limits.safe_chunk(due, measured, 1.0 / self.fps, self._commanded_velocity(now))
+            except ValueError as err:  # a plan the worker's check should have refused: defence in depth
+                return self.fault_hold(now, RunnerFault.MODEL_SHAPE, f"the safety layer refused the plan: {err}")
             output = self._out(now, TickKind.CHUNK, command, prediction=due)
+            if self._logged_fault and time.monotonic() - self._fault_at > FAULT_LOG_QUIET_S:
+                self._logged_fault = ""  # running well again: the same fault later is news
         # Last, and without waiting for the worker: woken earlier it would only wait for this thread's
         # GIL, and a tick that waited on the (normal-priority) worker would inherit its scheduling
         # delays and miss deadlines.
@@ -253,7 +421,9 @@ class PolicyRunner:
                 self._busy = False
             self._armed_since = None
             self._last_command = None
+            self._last_measured = None  # from before a pause: the arm may have been moved since
             self._generation += 1
+            self._logged_fault = ""  # an operator restarted it: a fault that returns is logged again
 
     # -- inference worker -------------------------------------------------------------
     def _want_inference(self, now: float) -> None:
@@ -287,29 +457,45 @@ class PolicyRunner:
                 observation, t_obs, generation = self._request
                 self._request = None
             try:
-                started = time.perf_counter()
-                chunk = self.predict(observation)
-                latency = time.perf_counter() - started
-                self.latencies_s.append(latency)
-                self._recent_latencies_s.append(latency)
-                self._worst_recent_latency_s = max(self._recent_latencies_s)
-                self.inferences += 1
-                with self._lock:
-                    if generation != self._generation:
-                        continue  # reset while inferring (enable, e-stop release): never resume that chunk
-                    self.queue.accept(chunk, t_obs, self.clock())
-                if self.on_chunk is not None:
-                    self.on_chunk()
-                # The young generations, now that the chunk is out (microseconds). Left to Python, a
-                # collection starts in whichever thread allocates past gen0's threshold, often between
-                # the forward and the publish, or in a tick. Survivors move to the old generation as they
-                # would; Python's own policy still decides its full collections.
-                gc.collect(1)
-            except Exception as err:  # a failed inference holds, never crashes the loop
-                self.last_error = f"{type(err).__name__}: {err}"
+                self._infer(observation, t_obs, generation)
+            except Exception as err:  # after the model: accepting or publishing failed (a bug); it holds
+                self.record_fault(RunnerFault.INTERNAL, f"inference worker: {type(err).__name__}: {err}")
             finally:
                 with self._wake:
                     self._busy = False
+
+    def _infer(self, observation: dict[str, np.ndarray], t_obs: float, generation: int) -> None:
+        """One inference; its chunk is checked, then queued (or dropped and counted) before it counts as done."""
+        started = time.perf_counter()
+        try:
+            output = self.predict(observation)
+        except Exception as err:  # a failed inference holds, never crashes the loop
+            self.last_error = f"{type(err).__name__}: {err}"
+            self.record_fault(RunnerFault.MODEL_ERROR, self.last_error)
+            return
+        latency = time.perf_counter() - started
+        try:
+            chunk: np.ndarray | None = checked_chunk(output, self.n_joints)
+        except ModelOutputError as err:
+            chunk = None
+            self.record_fault(err.kind, str(err))
+        with self._lock:
+            current = generation == self._generation  # else reset while inferring (enable, e-stop release)
+            if current and chunk is None:
+                self.queue.clear()  # a model that just produced garbage is not trusted with its older plan
+            elif current and chunk is not None:
+                self.queue.accept(chunk, t_obs, self.clock())
+        self.latencies_s.append(latency)
+        self._recent_latencies_s.append(latency)
+        self._worst_recent_latency_s = max(self._recent_latencies_s)
+        self.inferences += 1
+        if current and chunk is not None and self.on_chunk is not None:
+            self.on_chunk()
+        # The young generations, now that the chunk is out (microseconds). Left to Python, a collection starts
+        # in whichever thread allocates past gen0's threshold, often between the forward and the publish, or
+        # in a tick. Survivors move to the old generation as they would; Python's own policy still decides
+        # its full collections.
+        gc.collect(1)
 
     def close(self) -> None:
         with self._wake:

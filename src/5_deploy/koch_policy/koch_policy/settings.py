@@ -56,6 +56,9 @@ class PolicySettings(RealtimeSettings):
     n_action_steps: int | None = setting(
         None, "execute_k: actions executed per chunk before the next; unset: the checkpoint's n_action_steps",
         minimum=1)
+    fault_injection: bool = setting(
+        False, "offer ~/inject_model_fault (std_srvs/SetBool): while true the model's chunks are replaced by NaN, "
+        "to drill the fault path (fault_drill); leave it off on a robot")
 
     def validate(self) -> PolicySettings:
         if self.rate_hz is not None and not self.rate_hz > 0:

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from koch_common.config import load_config, read_yaml, require
+from koch_common.config import ConfigError, load_config, read_yaml, require, resolve_config_path
 from koch_common.dynamixel_models import POSITION_TICKS_PER_TURN
 
 RAD_PER_TICK = 2.0 * math.pi / POSITION_TICKS_PER_TURN
@@ -154,26 +154,53 @@ class KochConfig:
                         f"([{joint.lower}, {joint.upper}]): it must be smaller than half the range ({half_range:.4g})")
 
 
-def apply_calibration(arm: ArmConfig) -> ArmConfig:
+# The keys `calibrate` (koch_driver) writes for every joint that `apply_calibration` reads.
+CALIBRATION_KEYS = ("id", "zero_raw", "range_min", "range_max")
+
+
+def _calibration_entry(path: str, joint: str, entry: object, fix: str) -> dict[str, int]:
+    """A joint's entry of a calibration file as integers, or one line naming the file, the key and the fix."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"calibration {path}: joint {joint} is {entry!r}, not a mapping of "
+                          f"{', '.join(CALIBRATION_KEYS)}; {fix}")
+    values = {}
+    for key in CALIBRATION_KEYS:
+        if key not in entry:
+            raise ConfigError(f"calibration {path}: joint {joint} has no {key!r} (the file is incomplete); {fix}")
+        value = entry[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"calibration {path}: joint {joint}'s {key!r} is {value!r}, not an integer; {fix}")
+        if not -(2**31) <= value < 2**31:  # Present_Position is a signed 32-bit register
+            raise ConfigError(f"calibration {path}: joint {joint}'s {key!r} is {value}, outside a servo "
+                              f"register's range; {fix}")
+        values[key] = value
+    return values
+
+
+def apply_calibration(arm: ArmConfig, arm_name: str = "<arm>") -> ArmConfig:
     """`arm` with zero_raw and limits from its calibration file (unchanged when it has none)."""
     if not arm.calibration:
         return arm
+    path = str(resolve_config_path(arm.calibration))
+    fix = f"run `calibrate --arm {arm_name}` again to rewrite it"
     data = read_yaml(arm.calibration)
     recorded = data.get("joints") or {}
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"calibration {path}: 'joints' is not a mapping of joint names; {fix}")
     joints = []
     for joint in arm.joints:
-        entry = recorded.get(joint.name)
-        if entry is None:
-            raise ValueError(f"calibration {arm.calibration} has no joint {joint.name!r} (it has "
-                             f"{sorted(recorded)}); run `calibrate` for this arm again")
-        if int(entry["id"]) != joint.id:
-            raise ValueError(f"calibration {arm.calibration}: joint {joint.name} was recorded on servo ID "
+        if joint.name not in recorded:
+            raise ConfigError(f"calibration {arm.calibration} has no joint {joint.name!r} (it has "
+                             f"{sorted(recorded)}); {fix}")
+        entry = _calibration_entry(path, joint.name, recorded[joint.name], fix)
+        if entry["id"] != joint.id:
+            raise ConfigError(f"calibration {arm.calibration}: joint {joint.name} was recorded on servo ID "
                              f"{entry['id']} but koch.yaml says ID {joint.id}; recalibrate")
-        zero = int(entry["zero_raw"])
+        zero = entry["zero_raw"]
         ends = sorted(joint.sign * (np.array([entry["range_min"], entry["range_max"]]) - zero) * RAD_PER_TICK)
         lower, upper = max(joint.lower, float(ends[0])), min(joint.upper, float(ends[1]))
         if lower >= upper:
-            raise ValueError(f"calibration {arm.calibration}: joint {joint.name}'s recorded range "
+            raise ConfigError(f"calibration {arm.calibration}: joint {joint.name}'s recorded range "
                              f"{[round(float(e), 3) for e in ends]} rad misses its limits "
                              f"[{joint.lower}, {joint.upper}]; recalibrate moving it through its range")
         joints.append(replace(joint, zero_raw=zero, lower=lower, upper=upper))
@@ -183,7 +210,8 @@ def apply_calibration(arm: ArmConfig) -> ArmConfig:
 @lru_cache(maxsize=8)
 def _load_cached(path: str, overrides: tuple[str, ...]) -> KochConfig:
     koch = load_config(KochConfig, path, list(overrides))
-    return replace(koch, follower=apply_calibration(koch.follower), leader=apply_calibration(koch.leader))
+    return replace(koch, follower=apply_calibration(koch.follower, "follower"),
+                   leader=apply_calibration(koch.leader, "leader"))
 
 
 def load_koch(path: str = "koch.yaml", overrides: list[str] | None = None) -> KochConfig:

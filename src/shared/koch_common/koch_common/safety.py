@@ -132,7 +132,13 @@ class SafetyLimits:
 
     def _filter_checked(self, chunk: np.ndarray, measured: np.ndarray, dt: float,
                         initial_velocity: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        chunk = np.array(chunk, dtype=np.float64, ndmin=2, copy=None)
+        # Checked before any conversion: a (J,) array read as one point once published a model output that
+        # lost its steps axis, and float64 conversion would take complex, bool or numeric strings silently.
+        chunk = np.asarray(chunk)
+        if chunk.ndim != 2 or chunk.shape[1] != self.lower.size or chunk.dtype.kind not in "fiu":
+            raise ValueError(f"a chunk must be (steps, {self.lower.size}) real numbers for this arm, got shape "
+                             f"{chunk.shape} of {chunk.dtype}")
+        chunk = np.asarray(chunk, dtype=np.float64)
         measured = np.asarray(measured, np.float64)
         self._check_shapes(chunk.shape, measured.shape, dt)
         return self._filter_one(chunk, measured, dt, initial_velocity)  # it checks that measured is finite
@@ -196,17 +202,21 @@ class SafetyLimits:
     def filter_point(self, target: np.ndarray, measured: np.ndarray) -> np.ndarray:
         return self.filter_chunk(np.asarray(target)[None], measured, dt=0.0)[0]
 
-    def limit_rate(self, previous_goal: np.ndarray, goal: np.ndarray, dt: float) -> np.ndarray:
-        """Move from `previous_goal` towards `goal` no faster than the velocity limits."""
-        goal = np.asarray(goal, dtype=np.float64)
-        if not np.all(np.isfinite(goal)):
-            self.interventions["non_finite"] += 1
-            return np.asarray(previous_goal, dtype=np.float64).copy()
-        step = self.max_velocity * dt
-        delta = goal - previous_goal
-        if np.any(np.abs(delta) > step):
-            self.interventions["velocity_limit"] += 1
-        return previous_goal + np.clip(delta, -step, step)
+    def next_goal(self, previous_goal: np.ndarray, previous_step: np.ndarray, target: np.ndarray,
+                  dt: float) -> np.ndarray:
+        """The goal to write one control period `dt` after `previous_goal`, as close to `target` as the limits
+        allow: inside the position limits, at most `max_velocity * dt` from `previous_goal`, and changing
+        the step by at most `max_acceleration * dt^2` (braking early enough near a limit). `previous_step`
+        is the last change of the goal (zeros when the goal stood still, e.g. after a cycle without a write).
+
+        The same compiled filter as a chunk's, on the two points (previous goal, target) with the previous
+        step as the initial velocity: the goal stream the servos see is bounded in velocity and acceleration
+        whatever arrives, so a hold mid-motion (a fault, an e-stop, the end of a chunk) brakes at
+        `max_acceleration` instead of reversing the goal in one period. A non-finite target holds the goal.
+        """
+        previous_goal = np.asarray(previous_goal, np.float64)
+        chunk = np.stack([previous_goal, np.asarray(target, np.float64)])
+        return self.filter_chunk(chunk, previous_goal, dt, np.asarray(previous_step, np.float64) / dt)[1]
 
 
 def _measured_not_finite(measured: np.ndarray) -> ValueError:
