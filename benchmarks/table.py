@@ -49,6 +49,11 @@ SUITE = (
               "one small ACT: ONNX against PyTorch eager, the policy node's path from observation arrival to the "
               "safe chunk published on DDS, 30 Hz deadline misses over 10,000 ticks, and LeRobot's async "
               "`PolicyServer` over gRPC in a paired run"),
+    Benchmark("fault_soak", "bench_fault_soak.py",
+              "30 minutes of random faults (camera killed, frozen or dropping frames, bus unplugged, both cores "
+              "saturated, policy node killed and restarted, NaN chunks, e-stop) injected into the simulated graph "
+              "while an untrained ACT drives the arm (`koch_bringup.fault_drill`); every goal the servos received "
+              "checked offline against koch.yaml's position, velocity and acceleration bounds"),
 )
 
 

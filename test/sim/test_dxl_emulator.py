@@ -434,3 +434,20 @@ def test_current_based_position_servo_yields_to_a_hand_and_springs_back(emulator
 
 def sdk_signed16(value: int) -> int:
     return value - 0x10000 if value >= 0x8000 else value
+
+
+def test_recorded_goals_are_every_goal_received_applied_or_refused(emulator, port, packets) -> None:
+    assert emulator.take_goals() == []  # not recording yet
+    packets.write4ByteTxRx(port, 1, ADDR_GOAL, 2100)
+    emulator.record_goals()
+    writer = sdk.GroupSyncWrite(port, packets, ADDR_GOAL, 4)
+    for servo_id in (1, 2):
+        writer.addParam(servo_id, list((2000 + servo_id).to_bytes(4, "little")))
+    assert writer.txPacket() == sdk.COMM_SUCCESS
+    assert packets.write4ByteTxRx(port, 5, ADDR_GOAL, 5000) == (sdk.COMM_SUCCESS, 6)  # refused: a limit
+    assert packets.write1ByteTxRx(port, 3, ADDR_TORQUE, 1) == (sdk.COMM_SUCCESS, 0)  # not a goal
+    time.sleep(0.05)
+    goals = emulator.take_goals()
+    assert [(servo_id, raw) for _, servo_id, raw in goals] == [(1, 2001), (2, 2002), (5, 5000)]
+    assert [t for t, _, _ in goals] == sorted(t for t, _, _ in goals)
+    assert emulator.take_goals() == []

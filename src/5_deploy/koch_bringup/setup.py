@@ -31,6 +31,7 @@ setup(
             "launch_graph = koch_bringup.launcher:main",
             "record_episodes = koch_bringup.episodes:main",
             "koch_urdf = koch_bringup.urdf_model:main",
+            "fault_drill = koch_bringup.fault_drill:main",
         ],
     },
 )

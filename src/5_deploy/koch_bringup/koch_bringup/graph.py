@@ -43,19 +43,20 @@ class NodeSpec:
         return f"/{self.namespace}/{self.name}" if self.namespace else f"/{self.name}"
 
 
-def sim_robot(seed: int | None = None, port_link: str | None = None) -> list[NodeSpec]:
-    """The simulated Koch: servo emulator + target, follower driver on its pty, head camera.
+def sim_robot(seed: int | None = None, port_link: str | None = None, goal_log: str | None = None,
+              cameras: tuple[str, ...] = ("head", "wrist")) -> list[NodeSpec]:
+    """The simulated Koch: servo emulator + target, follower driver on its pty, cameras.
 
     `seed`: of the target sequence (None: the sim world's default). `port_link` overrides where
     the emulator's pseudo-terminal is linked (sim.yaml's default), so two simulated robots on one
-    machine do not share a serial port.
+    machine do not share a serial port. `goal_log`: a CSV file for every goal the servos receive.
     """
     port = port_link or load_sim().emulator.follower_port_link
     return [
         NodeSpec("koch_sim", "sim_world", "sim_world", "sim",
-                 node_parameters(SimWorldSettings, seed=seed, follower_port_link=port_link)),
+                 node_parameters(SimWorldSettings, seed=seed, follower_port_link=port_link, goal_log=goal_log)),
         *follower_driver(port),
-        *sim_cameras(),
+        *sim_cameras(cameras),
     ]
 
 

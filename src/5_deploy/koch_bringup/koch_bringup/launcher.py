@@ -97,17 +97,48 @@ class GraphProcess:
     def start(self) -> GraphProcess:
         commands = [(spec, self._command(spec)) for spec in self.specs]  # every error before anything starts
         for spec, command in commands:
-            log = open(self._log_path(spec), "w")  # noqa: SIM115
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
-            self.processes.append((spec, process))
+            self.processes.append((spec, self._spawn(spec, command, "w")))
         return self
+
+    def _spawn(self, spec: NodeSpec | ProcessSpec, command: list[str], mode: str) -> subprocess.Popen:
+        log = open(self._log_path(spec), mode)  # noqa: SIM115
+        try:
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
+        finally:
+            log.close()  # the child has its own descriptor
+
+    @staticmethod
+    def node_name(spec: NodeSpec | ProcessSpec) -> str:
+        return spec.fully_qualified_name if isinstance(spec, NodeSpec) else spec.name
+
+    def process(self, name: str) -> subprocess.Popen:
+        """The running process of the node `name` (its fully qualified name, e.g. /head/camera)."""
+        for spec, process in self.processes:
+            if self.node_name(spec) == name:
+                return process
+        raise KeyError(f"no node {name!r} in this graph; it has {[self.node_name(s) for s, _ in self.processes]}")
+
+    def restart(self, name: str, timeout: float = 10.0) -> subprocess.Popen:
+        """Start node `name` again (stopping it first if it still runs), with the same command; its log goes on."""
+        for index, (spec, process) in enumerate(self.processes):
+            if self.node_name(spec) == name:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+                    try:
+                        process.wait(timeout)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait()
+                fresh = self._spawn(spec, self._command(spec), "a")
+                self.processes[index] = (spec, fresh)
+                return fresh
+        raise KeyError(f"no node {name!r} in this graph")
 
     def check_alive(self) -> None:
         for spec, process in self.processes:
             if process.poll() is not None:
                 log = self._log_path(spec).read_text()[-2000:]
-                what = spec.fully_qualified_name if isinstance(spec, NodeSpec) else spec.name
-                raise LaunchError(f"node {what} exited with {process.returncode}:\n{log}")
+                raise LaunchError(f"node {self.node_name(spec)} exited with {process.returncode}:\n{log}")
 
     def stop(self, timeout: float = 10.0) -> None:
         for _, process in self.processes:

@@ -65,8 +65,12 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = resolve_config_path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    with open(p, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(p, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        problem = " ".join(str(error).split())  # the parser's message names the line and column
+        raise ConfigError(f"{p} is not valid YAML (UTF-8): {problem}; fix the file") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -97,6 +97,8 @@ class EmulatedServo:
         self._velocity_ticks_per_s = 0.0
         self._last_update = time.monotonic()
         self._manual_time = -math.inf
+        # (monotonic time, Goal_Position) of every goal write this servo applied, while recording
+        self.goal_writes: list[tuple[float, int]] | None = None
         self._reset_table(servo_id)
 
     def _reset_table(self, servo_id: int) -> None:
@@ -234,6 +236,10 @@ class EmulatedServo:
             return p2.ERR_ACCESS
         staged = bytearray(self.table)
         staged[address:end] = data
+        if self.goal_writes is not None and "Goal_Position" in touched:  # every goal received, applied or not
+            goal_address, goal_size = self.spec.fields["Goal_Position"]
+            raw = int.from_bytes(staged[goal_address : goal_address + goal_size], "little")
+            self.goal_writes.append((time.monotonic(), to_signed(raw, goal_size)))
         error = self._check_values(staged, touched)
         if error:
             return error
@@ -415,6 +421,10 @@ class DynamixelBusEmulator:
         self.stop()
         self._unplugged = True
 
+    @property
+    def unplugged(self) -> bool:
+        return self._unplugged
+
     def replug(self) -> None:
         """Plug the adapter back in: a new pty (a new device name), the link points at it."""
         if not self._unplugged:
@@ -436,6 +446,23 @@ class DynamixelBusEmulator:
             if servo.servo_id == servo_id:
                 return servo
         raise KeyError(f"no emulated servo with ID {servo_id}; IDs are {[s.servo_id for s in self._servos]}")
+
+    def record_goals(self) -> None:
+        """From now on, keep every Goal_Position write the servos apply (any instruction), for `take_goals`."""
+        with self._lock:
+            for servo in self._servos:
+                if servo.goal_writes is None:
+                    servo.goal_writes = []
+
+    def take_goals(self) -> list[tuple[float, int, int]]:
+        """(monotonic time, servo ID, Goal_Position raw) of the goal writes since the last call, in time order."""
+        with self._lock:
+            taken = []
+            for servo in self._servos:
+                if servo.goal_writes:
+                    taken += [(t, servo.servo_id, raw) for t, raw in servo.goal_writes]
+                    servo.goal_writes.clear()
+        return sorted(taken)
 
     def present_positions(self) -> dict[int, int]:
         with self._lock:

@@ -20,6 +20,9 @@ class SimWorldSettings:
         None, "first-order time constant of the emulated servos (s); unset: sim.yaml's emulator.time_constant_s",
         minimum=0.0)
     seed: int = setting(0, "seed of the target sequence (~/new_episode draws the next target)")
+    goal_log: str = setting(
+        "", "CSV file to write every Goal_Position the emulated servos receive to (monotonic time, servo ID, raw), "
+        "for the offline bounds check of fault drills (koch_sim.goal_log); empty: not recorded")
 
 
 @dataclass(frozen=True, kw_only=True)
