@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.dds, pytest.mark.training]
 
 
 def test_every_fault_once_keeps_every_goal_inside_the_bounds(tmp_path: Path) -> None:
-    report = run_drill(tmp_path, list(FaultKind), duration_s=None, seed=3)
+    # Faults of 2-3 s: a holding fault must show its hold even where the host stalls the node for a second.
+    report = run_drill(tmp_path, list(FaultKind), duration_s=None, seed=3, fault_s=(2.0, 3.0))
     summary = "\n".join(report.lines())
     assert report.by_kind() == {kind.value: 1 for kind in FaultKind}, summary
     assert report.goals is not None and report.goals.goals > 1000, summary

@@ -136,3 +136,47 @@ def test_calibration_file(text: str) -> None:
             load_koch("koch.yaml", [f"follower.calibration={path}"])
         except ConfigError as error:
             assert str(error)
+
+
+CAMERAS_YAML = yaml.safe_load((config_dir() / "cameras" / "koch_real.yaml").read_text())
+TRAIN_YAML = yaml.safe_load((config_dir() / "train" / "act_sim.yaml").read_text())
+SIM_YAML = yaml.safe_load((config_dir() / "sim.yaml").read_text())
+CAMERA_CALIBRATION = {  # what ROS's camera_calibration writes
+    "image_width": 640, "image_height": 480, "camera_name": "head", "distortion_model": "plumb_bob",
+    "camera_matrix": {"rows": 3, "cols": 3, "data": [600.0, 0, 320, 0, 600, 240, 0, 0, 1]},
+    "distortion_coefficients": {"rows": 1, "cols": 5, "data": [0.0] * 5},
+    "rectification_matrix": {"rows": 3, "cols": 3, "data": [1.0, 0, 0, 0, 1, 0, 0, 0, 1]},
+    "projection_matrix": {"rows": 3, "cols": 4, "data": [600.0, 0, 320, 0, 0, 600, 240, 0, 0, 0, 1, 0]},
+}
+
+
+@FUZZ
+@given(mutated_document(CAMERAS_YAML))
+def test_cameras_yaml(text: str) -> None:
+    from koch_camera.settings import load_cameras
+
+    load_or_refuse(load_cameras, text, "cameras.yaml")
+
+
+@FUZZ
+@given(mutated_document(CAMERA_CALIBRATION))
+def test_camera_calibration(text: str) -> None:
+    from koch_camera.settings import load_calibration
+
+    load_or_refuse(load_calibration, text, "head_calibration.yaml")
+
+
+@FUZZ
+@given(mutated_document(TRAIN_YAML))
+def test_train_config(text: str) -> None:
+    from kuavo_train.config import load_train_config
+
+    load_or_refuse(load_train_config, text, "train.yaml")
+
+
+@FUZZ
+@given(mutated_document(SIM_YAML))
+def test_sim_yaml(text: str) -> None:
+    from koch_sim.sim_config import load_sim
+
+    load_or_refuse(load_sim, text, "sim.yaml")

@@ -125,28 +125,51 @@ def pinhole(width: int, height: int, focal_px: float) -> Intrinsics:
 
 
 def load_calibration(path: str) -> Intrinsics:
-    """A camera_calibration YAML (image_width, camera_matrix, distortion_coefficients, ...)."""
+    """A camera_calibration YAML (image_width, camera_matrix, distortion_coefficients, ...), every value
+    checked: a hand-edited or truncated file is a ConfigError naming the key, never a wrong CameraInfo."""
     data = read_yaml(path)
     where = resolve_config_path(path)
+    fix = "write it again with camera_calibration"
 
-    def matrix(key: str, rows: int, cols: int, required: bool = True) -> np.ndarray | None:
+    def numbers(key: str, required: bool = True) -> np.ndarray | None:
         if key not in data:
             if required:
-                raise ConfigError(f"{where}: calibration key {key!r} is missing (write it with camera_calibration)")
+                raise ConfigError(f"{where}: calibration key {key!r} is missing ({fix})")
             return None
-        values = np.asarray(data[key]["data"], dtype=np.float64)
+        entry = data[key]
+        values = entry.get("data") if isinstance(entry, dict) else None
+        if not isinstance(values, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"{where}: {key} must be a mapping whose `data` is a list of numbers, got {entry!r} "
+                              f"({fix})")
+        array = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ConfigError(f"{where}: {key} holds non-finite values {values} ({fix})")
+        return array
+
+    def matrix(key: str, rows: int, cols: int, required: bool = True) -> np.ndarray | None:
+        values = numbers(key, required)
+        if values is None:
+            return None
         if values.size != rows * cols:
             raise ConfigError(f"{where}: {key} has {values.size} values, expected {rows}x{cols}")
         return values.reshape(rows, cols)
 
-    try:
-        width, height = int(data["image_width"]), int(data["image_height"])
-    except KeyError as err:
-        raise ConfigError(f"{where}: calibration key {err.args[0]!r} is missing") from None
-    coeffs = [float(v) for v in data.get("distortion_coefficients", {}).get("data", [0.0] * 5)]
+    def size(key: str) -> int:
+        value = data.get(key)
+        if value is None:
+            raise ConfigError(f"{where}: calibration key {key!r} is missing ({fix})")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{where}: {key} must be a positive integer (pixels), got {value!r}")
+        return value
+
+    width, height = size("image_width"), size("image_height")
+    distortion = numbers("distortion_coefficients", required=False)
+    model = data.get("distortion_model", "plumb_bob")
+    if not isinstance(model, str):
+        raise ConfigError(f"{where}: distortion_model must be a name such as plumb_bob, got {model!r}")
     r = matrix("rectification_matrix", 3, 3, required=False)
     k = matrix("camera_matrix", 3, 3)
     assert k is not None  # required: matrix() raised otherwise
-    return Intrinsics(width, height, k, coeffs,
-                      str(data.get("distortion_model", "plumb_bob")),
+    return Intrinsics(width, height, k, [0.0] * 5 if distortion is None else distortion.tolist(), model,
                       np.eye(3) if r is None else r, matrix("projection_matrix", 3, 4, required=False))

@@ -13,9 +13,11 @@ and the policy node, enabled. While the policy commands the arm, faults come one
 - model_nan: the model's chunks turn NaN (the node's `~/inject_model_fault`, `fault_injection:=true`);
 - estop: `/estop` true mid-motion, `~/reset_estop` at recovery.
 
-From the policy's command topic the drill measures the time from each fault to the first hold (a
-one-point command, counted in control ticks) and from each recovery to the first chunk again (motion
-resumed, seconds). It counts processes that died without being told to, and at the end checks every
+From the commands the policy publishes to the driver, by their stamps (the node's tick times), the
+drill measures the time from each fault to the first hold (a one-point command, counted in control
+ticks), from each recovery to the first chunk again (motion resumed, seconds), and the longest time
+the node published nothing while it was not killed (a stalled tick). It counts processes that died
+without being told to, and at the end checks every
 goal the servos received against koch.yaml's position, velocity and acceleration bounds, offline
 (koch_sim.goal_log): a bug anywhere on the command path shows there.
 
@@ -83,6 +85,7 @@ class FaultEvent:
     recovered_s: float = float("nan")
     hold_ticks: float | None = None  # fault -> first hold, in control periods; None: no hold came
     motion_s: float | None = None  # recovery -> first chunk; None: motion did not resume in time
+    longest_silence_s: float = 0.0  # longest time without a command, from the fault to a second after recovery
 
 
 @dataclass
@@ -130,6 +133,8 @@ class DrillReport:
             f"no hold after {len(self.missing_holds)}",
             f"recovery -> motion: p50 {self.percentile(self.motion_s, 50):.2f} s, p99 "
             f"{self.percentile(self.motion_s, 99):.2f} s; not resumed after {len(self.not_resumed)}",
+            f"longest policy silence (no command, policy not killed): "
+            f"{max((e.longest_silence_s for e in self.events), default=0.0) * 1e3:.0f} ms",
             f"node or driver crashes: {len(self.crashes)}" + (f" ({'; '.join(self.crashes)})" if self.crashes else ""),
         ]
 
@@ -142,28 +147,39 @@ class DrillReport:
             "fault_to_hold_ticks_p99": self.percentile(self.hold_ticks, 99),
             "recovery_to_motion_s_p99": self.percentile(self.motion_s, 99),
             "missing_holds": len(self.missing_holds), "not_resumed": len(self.not_resumed),
+            "longest_silence_s": max((e.longest_silence_s for e in self.events), default=0.0),
             "crashes": self.crashes,
             "events": [{**asdict(e), "kind": e.kind.value} for e in self.events],
         }
 
 
 class CommandWatch:
-    """(receive time, point count) of every command the policy publishes to the driver."""
+    """Every command the policy publishes to the driver: (tick time, point count), the tick time being the
+    command's header stamp (the node stamps each with its tick) on this process's monotonic clock. Stamps,
+    not receive times: the drill measures when the node decided, not when DDS delivered it here."""
 
     def __init__(self, ros: RosSession) -> None:
         self.node = ros.node("fault_drill")
         self._lock = threading.Lock()
         self._seen: list[tuple[float, int]] = []
+        self._wall_minus_monotonic = time.time() - time.monotonic()
         self.node.create_subscription(JointTrajectory, topic("follower_joint_commands"), self._on_command, 100)
 
     def _on_command(self, msg: JointTrajectory) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 - self._wall_minus_monotonic
         with self._lock:
-            self._seen.append((time.monotonic(), len(msg.points)))
+            self._seen.append((stamp, len(msg.points)))
 
     def first_after(self, t: float, hold: bool) -> float | None:
-        """Receive time of the first hold (one point) or chunk (several) after `t`."""
+        """Tick time of the first hold (one point) or chunk (several) after `t`."""
         with self._lock:
             return next((s for s, n in self._seen if s > t and (n == 1) == hold), None)
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest time between consecutive commands stamped in [start, end] (0 with fewer than two)."""
+        with self._lock:
+            stamps = sorted(s for s, _ in self._seen if start <= s <= end)
+        return max(np.diff(stamps), default=0.0) if len(stamps) > 1 else 0.0
 
     def wait_first_after(self, t: float, hold: bool, timeout: float) -> float | None:
         deadline = time.monotonic() + timeout
@@ -195,9 +211,10 @@ class Drill:
     """Injects faults into a running simulated graph with an enabled policy and measures the reactions."""
 
     def __init__(self, robot: GraphProcess, policy: GraphProcess, ros: RosSession, period_s: float,
-                 rng: random.Random, resume_timeout_s: float = 60.0) -> None:
+                 rng: random.Random, fault_s: tuple[float, float] = (0.5, 3.0), resume_timeout_s: float = 60.0) -> None:
         self.robot, self.policy, self.ros, self.period_s = robot, policy, ros, period_s
         self.rng = rng
+        self.fault_s = fault_s
         self.resume_timeout_s = resume_timeout_s
         self.watch = CommandWatch(ros)
         self.node = self.watch.node
@@ -256,10 +273,10 @@ class Drill:
             raise RuntimeError(f"{POLICY}/reset_estop failed: {response.message}")
 
     def duration_of(self, kind: FaultKind) -> float:
-        """How long a fault lasts: a frame drop stays inside 1-5 frame periods, the others 0.5-3 s."""
+        """How long a fault lasts: a frame drop stays inside 1-5 frame periods, the others within `fault_s`."""
         if kind is FaultKind.CAMERA_DROP:
             return self.rng.randint(1, 5) / 30.0
-        return self.rng.uniform(0.5, 3.0)
+        return self.rng.uniform(*self.fault_s)
 
     def run_fault(self, kind: FaultKind) -> FaultEvent:
         """Wait for motion, inject `kind`, end it, and wait for motion again."""
@@ -276,6 +293,8 @@ class Drill:
             event.hold_ticks = (hold - injected) / self.period_s
         motion = self.watch.wait_first_after(event.recovered_s, hold=False, timeout=self.resume_timeout_s)
         event.motion_s = None if motion is None else motion - event.recovered_s
+        if kind is not FaultKind.POLICY_RESTART:  # a killed node is silent by design
+            event.longest_silence_s = self.watch.longest_gap(injected, event.recovered_s + 1.0)
         self.report.events.append(event)
         self.check_processes()
         self.watch.forget_before(event.recovered_s - 2.0)
@@ -328,9 +347,11 @@ def first_image_shape(ros: RosSession, timeout: float = 120.0) -> tuple[int, int
 
 
 def run_drill(out: Path, kinds: list[FaultKind], duration_s: float | None, seed: int = 0,
-              checkpoint: Path | None = None, log: Callable[[str], None] = print) -> DrillReport:
+              checkpoint: Path | None = None, fault_s: tuple[float, float] = (0.5, 3.0),
+              log: Callable[[str], None] = print) -> DrillReport:
     """Start the graph, inject `kinds` once each in order (duration_s None) or random kinds from `kinds`
-    until `duration_s` passed, stop the graph and check the goal log. Results go to `out`."""
+    until `duration_s` passed, each lasting between `fault_s` seconds; stop the graph and check the goal
+    log. Results go to `out`."""
     out.mkdir(parents=True, exist_ok=True)
     goal_log = out / "goals.csv"
     rng = random.Random(seed)
@@ -351,7 +372,7 @@ def run_drill(out: Path, kinds: list[FaultKind], duration_s: float | None, seed:
         injection = {"fault_injection": True} if FaultKind.MODEL_NAN in kinds else {}
         policy = stack.enter_context(GraphProcess(graph.policy(str(checkpoint), enabled=True, **injection),
                                                   out / "logs"))
-        drill = Drill(robot, policy, ros, 1.0 / 30.0, rng)
+        drill = Drill(robot, policy, ros, 1.0 / 30.0, rng, fault_s)
         drill.require_motion(180.0)  # the policy node's start-up: torch, the checkpoint, the first chunk
         log(f"policy in control; injecting faults (logs in {out / 'logs'})")
         started = time.monotonic()
@@ -387,10 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=1800.0, help="random faults for this long")
     every = [k.value for k in FaultKind]
     parser.add_argument("--kinds", nargs="+", choices=every, default=every, help="the fault kinds to draw from")
+    parser.add_argument("--fault-s", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"),
+                        help="how long each fault lasts (a frame drop: 1-5 frame periods)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     kinds = [FaultKind(k) for k in args.kinds]
-    report = run_drill(args.out, kinds, None if args.each_once else args.duration_s, args.seed, args.checkpoint)
+    report = run_drill(args.out, kinds, None if args.each_once else args.duration_s, args.seed, args.checkpoint,
+                       tuple(args.fault_s))
     for line in report.lines():
         print(line)
     failed = (report.crashes or report.missing_holds or report.not_resumed

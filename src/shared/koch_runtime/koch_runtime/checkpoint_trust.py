@@ -247,6 +247,12 @@ def load_policy_config(pretrained_dir: Path) -> Any:
             or ACTION_KEY not in config.output_features:
         raise CheckpointError(f"{pretrained_dir / 'config.json'}: input_features and output_features must be "
                               f"mappings, output_features with {ACTION_KEY!r}; use a checkpoint written by `train`")
+    for key, feature in {**config.input_features, **config.output_features}.items():
+        shape = getattr(feature, "shape", None)
+        if not isinstance(shape, (list, tuple)) or not shape or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+            raise CheckpointError(f"{pretrained_dir / 'config.json'}: feature {key!r} has shape {shape!r}, not a "
+                                  "list of positive sizes; use a checkpoint written by `train`")
     return config
 
 
