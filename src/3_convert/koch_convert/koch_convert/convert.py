@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from koch_common.feature_mapping import Mapping
+from koch_common.processes import process_alive
 from koch_common.resample import ResampleReport, StreamReport
 from koch_convert.bag_integrity import check_bag
 from koch_convert.bag_reader import BagReadError, ImageSpill
@@ -390,18 +391,8 @@ def _sweep_stale_work_folders(output_root: Path) -> None:
     prefix = WORK_FOLDER.format(name=output_root.name)
     for folder in output_root.parent.iterdir():
         pid = folder.name.removeprefix(prefix)
-        if folder.name.startswith(prefix) and pid.isdigit() and folder.is_dir() and not _process_alive(int(pid)):
+        if folder.name.startswith(prefix) and pid.isdigit() and folder.is_dir() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _convert_each_bag(bag_jobs: list[_BagJob], jobs: int, progress: bool, strict: bool) -> list[list[dict[str, Any]]]:

@@ -32,6 +32,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from koch_common.config import ConfigError
+from koch_common.processes import process_alive
 from koch_runtime.build import build_policy
 from koch_runtime.checkpoint import PRETRAINED_MODEL_DIR
 from koch_runtime.checkpoint_trust import read_json_object
@@ -288,19 +289,6 @@ def publish_checkpoint(staging: Path, final: Path, link_tmp: Path) -> None:
     os.replace(link_tmp, final.parent / LAST_LINK)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (ours counts as dead: a run sweeps before it saves)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def sweep_staging(checkpoints: Path) -> list[str]:
     """Remove what interrupted saves left in `checkpoints` (staging folders, `last` links in the making):
     only names of STAGING_PATTERN, and only those whose writing process is gone. A step folder set aside
@@ -310,7 +298,10 @@ def sweep_staging(checkpoints: Path) -> list[str]:
         return removed
     for entry in sorted(checkpoints.iterdir()):
         match = STAGING_PATTERN.match(entry.name)
-        if match is None or process_alive(int(match.group(3))):
+        if match is None:
+            continue
+        pid = int(match.group(3))
+        if pid != os.getpid() and process_alive(pid):  # ours counts as dead: a run sweeps before it saves
             continue
         kind, step = match.group(1), match.group(2)
         if kind == "old" and step is not None and not (checkpoints / step).exists():

@@ -109,8 +109,14 @@ class DrillReport:
     def not_resumed(self) -> list[FaultEvent]:
         return [e for e in self.events if e.motion_s is None]
 
-    def percentile(self, values: list[float], q: float) -> float:
+    @staticmethod
+    def percentile(values: list[float], q: float) -> float:
         return float(np.percentile(values, q)) if values else float("nan")
+
+    @property
+    def longest_silence_s(self) -> float:
+        """The longest time the policy published nothing while it was not killed, over every fault."""
+        return max((e.longest_silence_s for e in self.events), default=0.0)
 
     @property
     def hold_ticks(self) -> list[float]:
@@ -134,7 +140,7 @@ class DrillReport:
             f"recovery -> motion: p50 {self.percentile(self.motion_s, 50):.2f} s, p99 "
             f"{self.percentile(self.motion_s, 99):.2f} s; not resumed after {len(self.not_resumed)}",
             f"longest policy silence (no command, policy not killed): "
-            f"{max((e.longest_silence_s for e in self.events), default=0.0) * 1e3:.0f} ms",
+            f"{self.longest_silence_s * 1e3:.0f} ms",
             f"node or driver crashes: {len(self.crashes)}" + (f" ({'; '.join(self.crashes)})" if self.crashes else ""),
         ]
 
@@ -147,7 +153,7 @@ class DrillReport:
             "fault_to_hold_ticks_p99": self.percentile(self.hold_ticks, 99),
             "recovery_to_motion_s_p99": self.percentile(self.motion_s, 99),
             "missing_holds": len(self.missing_holds), "not_resumed": len(self.not_resumed),
-            "longest_silence_s": max((e.longest_silence_s for e in self.events), default=0.0),
+            "longest_silence_s": self.longest_silence_s,
             "crashes": self.crashes,
             "events": [{**asdict(e), "kind": e.kind.value} for e in self.events],
         }
@@ -357,7 +363,6 @@ def run_drill(out: Path, kinds: list[FaultKind], duration_s: float | None, seed:
     rng = random.Random(seed)
     arm = load_koch().follower
     robot_specs = graph.sim_robot(seed=seed, port_link=str(out / "follower_port"), goal_log=str(goal_log))
-    started = time.monotonic()
     with ExitStack() as stack:
         ros = stack.enter_context(ros_session())
         robot = stack.enter_context(GraphProcess(robot_specs, out / "logs"))

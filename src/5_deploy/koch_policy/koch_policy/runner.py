@@ -341,9 +341,7 @@ class PolicyRunner:
         """Count and log the fault, drop the plan (a runner that just failed does not resume it) and hold the
         safest position known. Public for the node's last-resort guard around everything else in its tick."""
         self.record_fault(kind, reason)
-        with self._lock:
-            self.queue.clear()
-            self._armed_since = None
+        self._drop_plan()
         position = self._safe_position(now)
         command = None if position is None else self.limits.hold(position)
         return self._out(now, TickKind.FAULT, command, f"{kind}: {reason}")
@@ -359,10 +357,14 @@ class PolicyRunner:
             return "the tick clock went backwards: the plan is dropped"
         return None
 
-    def _hold(self, now: float, kind: TickKind, measured: np.ndarray, reason: str) -> TickOutput:
+    def _drop_plan(self) -> None:
+        """Forget the queued chunks and a pending trigger: a hold never resumes the plan it interrupted."""
         with self._lock:
             self.queue.clear()
             self._armed_since = None
+
+    def _hold(self, now: float, kind: TickKind, measured: np.ndarray, reason: str) -> TickOutput:
+        self._drop_plan()
         self.limits.interventions[_INTERVENTION[kind]] += 1
         return self._out(now, kind, self.limits.hold(measured), reason)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from koch_common.robot import load_koch
 from koch_runtime.checkpoint_trust import check_joint_names
 from koch_runtime.onnx_runtime import ONNX_MANIFEST, OnnxRuntime, find_onnx_dir
 from koch_runtime.protocols import ChunkPredictor
@@ -15,8 +16,6 @@ from koch_runtime.torch_runtime import PolicyRuntime
 
 def robot_joint_names() -> list[str]:
     """The joints the robot's commands address, in order: koch.yaml's follower joints."""
-    from koch_common.robot import load_koch
-
     return list(load_koch().follower.names)
 
 
