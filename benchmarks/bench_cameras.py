@@ -42,14 +42,19 @@ def make_video(path: Path, seconds: float = 3.0) -> Path:
     from koch_camera.settings import CameraSettings
     from koch_camera.sim_source import sim_camera_config
     from koch_common.robot import load_koch
-    from koch_sim.scene import SceneRenderer
+    from koch_sim.render import SceneRenderer
+    from koch_sim.tasks import sample_layout
 
-    renderer = SceneRenderer(sim_camera_config(CameraSettings(width=WIDTH, height=HEIGHT)), load_koch().kinematics)
+    sim = sim_camera_config(CameraSettings(width=WIDTH, height=HEIGHT))
+    koch = load_koch()
+    renderer = SceneRenderer(koch, sim, "head", WIDTH, HEIGHT)
+    objects = sample_layout("pick_color", 0, sim).objects
     frames = []
     for i in range(int(seconds * FPS)):
-        q = np.zeros(6)
-        q[0], q[1] = 0.6 * np.sin(i / 15), 0.3 * np.sin(i / 20)
-        frames.append(renderer.render(q, np.array([0.18, 0.05, 0.02])))
+        q = np.array(koch.home)
+        q[0], q[1] = 0.6 * np.sin(i / 15), -0.25 + 0.3 * np.sin(i / 20)
+        frames.append(renderer.render_rgbd(q, objects)[0])
+    renderer.close()
     return write_video(path, frames, FPS)
 
 
@@ -61,7 +66,9 @@ def reference_cost(kind: str, video: Path, frames: int = 60) -> float:
 
     if kind == "sim":
         source = SimSceneSource(sim_camera_config(CameraSettings(width=WIDTH, height=HEIGHT)))
-        work = source.capture
+
+        def work() -> None:  # one RGB render of the world state (the streams publish no depth), no pacing
+            source.renderer.render_rgb(*source.state())
     else:
         source = VideoFileSource(str(video), 1e6, time.monotonic_ns)
         source.open()

@@ -1,4 +1,5 @@
-"""Rewrite benchmarks/README.md from benchmarks/results.jsonl: the latest value of every figure.
+"""Rewrite benchmarks/README.md from benchmarks/results.jsonl (the latest value of every figure) and
+benchmarks/rollouts/*.json (the closed-loop policy results `rollout --publish` writes).
 
     python benchmarks/table.py            # rewrite benchmarks/README.md
     python benchmarks/table.py --check    # exit 1 when benchmarks/README.md is not what the log gives
@@ -12,6 +13,7 @@ not in the table: they are too short to compare with anything.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 from results_log import BENCHMARKS, RESULTS, Figure, read_results
 
 README = BENCHMARKS / "README.md"
+ROLLOUTS = BENCHMARKS / "rollouts"  # `rollout ... --publish NAME` writes NAME.json here
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ SUITE = (
               "one small ACT: ONNX against PyTorch eager, the policy node's path from observation arrival to the "
               "safe chunk published on DDS, 30 Hz deadline misses over 10,000 ticks, and LeRobot's async "
               "`PolicyServer` over gRPC in a paired run"),
+    Benchmark("sim", "bench_sim.py",
+              "the MuJoCo Koch: physics step time against its 2 ms timestep, rendering per camera (head, wrist) at "
+              "128×96 and 640×480, RGB and depth, against the 30 Hz frame, and the real-time factor the sim world "
+              "reports while the full record graph (driver, two RGB-D cameras, expert, teleop, recorder) records "
+              "pick_place"),
     Benchmark("fault_soak", "bench_fault_soak.py",
               "30 minutes of random faults (camera killed, frozen or dropping frames, bus unplugged, both cores "
               "saturated, policy node killed and restarted, NaN chunks, e-stop) injected into the simulated graph "
@@ -93,7 +101,48 @@ def latest_figures(runs: list[dict[str, Any]]) -> dict[str, list[tuple[Figure, i
     return table
 
 
-def render(runs: list[dict[str, Any]]) -> str:
+def read_rollouts(folder: Path) -> list[dict[str, Any]]:
+    """The published rollout reports (koch_bringup.rollout's rollout.json), by task then policy."""
+    reports = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+    return sorted(reports, key=lambda r: (r["task"], r["policy_type"], inputs(r)))
+
+
+def inputs(report: dict[str, Any]) -> str:
+    names = report.get("training", {}).get("inputs") or []
+    return ", ".join(n.removeprefix("observation.images.").removeprefix("observation.") for n in names) or "?"
+
+
+def chose(report: dict[str, Any]) -> str:
+    """On tasks with a distractor: how often the policy went for the right block first."""
+    chosen = report.get("goal_chosen")
+    return "" if chosen is None else f"; went for the goal {chosen}/{len(report['episodes'])}"
+
+
+def rollout_rows(reports: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(table rows, run lines) of the closed-loop results."""
+    rows = ["| policy | inputs | task | success [95% CI] | episodes | demonstrations | training | device "
+            "| inference p50 / p99 | runtime | run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    runs = []
+    for number_, report in enumerate(reports, 1):
+        low, high = report["success_ci95"]
+        training = report.get("training", {})
+        wall = training.get("train_wall_s")
+        trained = f"{training.get('steps', '?')} steps" + (f", {wall / 60:.0f} min" if wall else "")
+        rows.append(
+            f"| {report['policy_type']} | {inputs(report)} | {report['task']} | {report['successes']}/"
+            f"{len(report['episodes'])} = {report['success_rate']:.0%} [{low:.0%}, {high:.0%}]{chose(report)} "
+            f"| {len(report['episodes'])} | {training.get('train_episodes', '?')} | {trained} "
+            f"| {training.get('device', '?')} | {report['latency_p50_ms']:.0f} / {report['latency_p99_ms']:.0f} ms "
+            f"| {report['runtime']} | [r{number_}](#rollout-{number_}) |")
+        executable, _, arguments = report["command"].partition(" ")
+        command = f"{Path(executable).name} {arguments}"  # the installed script's name, not its path
+        runs.append(f"{number_}. <a id=\"rollout-{number_}\"></a>`{command}` on {report['host']}, "
+                    f"{report['utc'].replace('T', ' ')}; first seed {report['first_seed']}, "
+                    f"{report['wall_s'] / 60:.0f} min")
+    return rows, runs
+
+
+def render(runs: list[dict[str, Any]], rollouts: list[dict[str, Any]] | None = None) -> str:
     table = latest_figures(runs)
     known = [b.name for b in SUITE]
     unknown = sorted(set(table) - set(known))
@@ -129,6 +178,8 @@ def render(runs: list[dict[str, Any]]) -> str:
         run_lines.append(line)
 
     suite = "\n".join(f"- `{b.script}` ({b.name}): {b.what}." for b in SUITE)
+    policy_rows, rollout_runs = rollout_rows(rollouts or [])
+    policies = "\n".join(policy_rows) if rollout_runs else "No rollout published yet."
     return f"""# Benchmarks
 
 <!-- Generated by `python benchmarks/table.py` from results.jsonl: edit those, not this file. -->
@@ -162,6 +213,18 @@ Every figure of each benchmark's latest full run.
 ## Runs
 
 {chr(10).join(run_lines) if run_lines else "No runs recorded yet."}
+
+## Closed-loop policies on the simulated Koch
+
+Each row is one `rollout` (koch_bringup.rollout) of a trained checkpoint on unseen seeded layouts,
+published with `--publish benchmarks/rollouts/<name>.json`: success with its 95% Wilson
+interval, the demonstrations and training of the checkpoint (from its training record), and the
+policy node's own inference latency while it drove the arm. The training configs are under
+`config/train/`.
+
+{policies}
+
+{chr(10).join(rollout_runs)}
 """
 
 
@@ -169,9 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help="the results log (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=README, help="the page to write (default: %(default)s)")
+    parser.add_argument("--rollouts", type=Path, default=ROLLOUTS,
+                        help="the published rollout reports (default: %(default)s)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when --output is out of date")
     args = parser.parse_args(argv)
-    text = render(read_results(args.results))
+    text = render(read_results(args.results), read_rollouts(args.rollouts))
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
         if current != text:

@@ -1,7 +1,8 @@
-"""The simulated Koch in place of the hardware: servo emulator on a pty + target, follower
-driver, rendered head camera, robot_state_publisher, optional RViz. Same topics and services as robot.launch.py.
+"""The simulated Koch in place of the hardware: MuJoCo physics behind the servo emulator on a pty,
+follower driver, rendered head and wrist cameras, robot_state_publisher, optional RViz. Same topics
+and services as robot.launch.py, plus the scene (/sim/objects, /sim/task).
 
-    ros2 launch koch_bringup sim.launch.py rviz:=true
+    ros2 launch koch_bringup sim.launch.py task:=pick_place rviz:=true
 
 `ros2 launch koch_bringup sim.launch.py --show-args` lists the arguments with their descriptions.
 The node graph and the arguments are declared once in koch_bringup.graph (`build("sim", ...)`,

@@ -10,6 +10,8 @@ source "$_koch_root/install/setup.bash"
 export KOCH_CONFIG_DIR="${KOCH_CONFIG_DIR:-$_koch_root/config}"
 # Local datasets and checkpoints only: never reach for the Hugging Face Hub.
 export HF_HUB_OFFLINE=1
+# MuJoCo renders the simulated cameras headless (EGL; Mesa's software rasteriser without a GPU).
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
 # Keep DDS traffic on this machine and away from other users' graphs.
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 # The workspace's executables (what `ros2 run <pkg> <exe>` finds in install/<pkg>/lib/<pkg>/) on

@@ -11,11 +11,15 @@ cd "$ROOT"
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-if ! ldconfig -p 2>/dev/null | grep -q libavcodec.so || ! command -v ffmpeg >/dev/null; then
-    say "installing Debian's ffmpeg (video encoding/decoding for LeRobot datasets)"
+# Debian packages: ffmpeg (LeRobot's video encoding/decoding) and Mesa's EGL with its software
+# rasteriser, on which MuJoCo renders the simulated cameras headless (MUJOCO_GL=egl, no GPU).
+APT_PACKAGES=(ffmpeg libegl1 libegl-mesa0 libgl1-mesa-dri)
+if ! ldconfig -p 2>/dev/null | grep -q libavcodec.so || ! command -v ffmpeg >/dev/null \
+        || ! ldconfig -p 2>/dev/null | grep -q libEGL_mesa.so; then
+    say "installing Debian's ${APT_PACKAGES[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import sys
 from pathlib import Path
 
@@ -19,7 +20,30 @@ for package_dir in sorted(ROOT.glob("src/*/*/package.xml")):
 
 os.environ.setdefault("KOCH_CONFIG_DIR", str(ROOT / "config"))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
+
+
+def _unused_domain_id() -> int:
+    """A ROS domain no other DDS participant on this host's network is using.
+
+    Drawn from the OS's entropy: containers often give every CI job the same pid, so a
+    pid-seeded draw sends parallel jobs into one domain, where they read each other's topics.
+    A domain is skipped when its first participant's discovery port (UDP 7410 + 250 * domain,
+    the port Fast DDS binds exclusively) is taken.
+    """
+    draw = random.SystemRandom()
+    for _ in range(200):
+        domain = draw.randint(1, 100)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("", 7410 + 250 * domain))
+            except OSError:
+                continue
+        return domain
+    raise RuntimeError("every ROS domain in 1..100 has a DDS participant on this host: stop stale ones")
+
+
+if "ROS_DOMAIN_ID" not in os.environ:
+    os.environ["ROS_DOMAIN_ID"] = str(_unused_domain_id())
 
 # Test-only helpers (synthetic datasets) live beside this file.
 sys.path.insert(0, str(Path(__file__).parent))

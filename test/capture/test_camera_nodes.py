@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PointStamped
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
+from visualization_msgs.msg import MarkerArray
 
 from koch_bringup.ros_session import RosSession, ros_session, wait_for
 from koch_camera.camera_node import CameraNode
@@ -21,11 +21,13 @@ from koch_camera.sim_source import sim_camera_config
 from koch_camera.source import DeviceMissingError
 from koch_common.image_codec import from_fields
 from koch_common.robot import load_koch
-from koch_sim.scene import SceneRenderer
+from koch_sim.render import SceneRenderer
+from koch_sim.sim_config import load_sim
+from koch_sim.tasks import sample_layout
+from koch_sim.world_msgs import markers_to_objects, objects_to_markers
 
 pytestmark = pytest.mark.dds
 
-LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 ARM = load_koch().follower
 CALIBRATION = """\
 image_width: 640
@@ -70,12 +72,14 @@ def _check_stream(got: dict[str, list], encoding: str) -> None:
     assert info.header.frame_id == last.header.frame_id != ""
 
 
-def _check_sim_view(name: str, got: dict[str, list], q: np.ndarray, target: np.ndarray) -> None:
-    renderer = SceneRenderer(sim_camera_config(load_camera("cameras/sim.yaml", name)), load_koch().kinematics, name)
-    want_rgb, want_depth = renderer.render_rgbd(q, target)
-    # the depth the node rendered for this joint state arrives over DDS bit for bit
+def _check_sim_view(name: str, got: dict[str, list], q: np.ndarray, objects: tuple) -> None:
+    sim = sim_camera_config(load_camera("cameras/sim.yaml", name))
+    renderer = SceneRenderer(load_koch(), sim, name, sim.camera.width, sim.camera.height)
+    want_rgb, want_depth = renderer.render_rgbd(q, objects)
+    renderer.close()
+    # the depth the node rendered for this world state arrives over DDS bit for bit
     wait_for(lambda: got["depth"] and np.array_equal(_array(got["depth"][-1]), want_depth), 15.0,
-             f"{name} depth of the published joint state")
+             f"{name} depth of the published world state")
     count = len(got["color"])
     wait_for(lambda: len(got["color"]) > count + 5, 10.0, f"more {name} images")
     _check_stream(got, "rgb8")
@@ -84,31 +88,35 @@ def _check_sim_view(name: str, got: dict[str, list], q: np.ndarray, target: np.n
     assert depth.encoding == "16UC1" and depth.step == depth.width * 2
     assert _stamp(depth) in {_stamp(i) for i in got["color"]}, "colour and depth share the capture stamp"
     assert got["depth_info"] and list(got["depth_info"][-1].k) == list(got["info"][-1].k)
+    np.testing.assert_allclose(np.reshape(got["info"][-1].k, (3, 3)), renderer.camera_matrix())
 
 
-def test_sim_head_and_wrist_publish_rgb_and_depth_of_the_joint_state() -> None:
-    q = np.array([0.3, 0.2, -0.3, 0.1, 0.0, 0.0])
-    target = np.array([0.17, 0.05, 0.02])
-    remaps = ["--ros-args", "-r", "joint_states:=/follower/joint_states", "-r", "target:=/sim/target"]
+def test_sim_head_and_wrist_publish_rgb_and_depth_of_the_world_state() -> None:
+    q = np.array(load_koch().home)
+    layout = sample_layout("pick_color", 4, load_sim())
+    remaps = ["--ros-args", "-r", "joint_states:=/sim/joint_states", "-r", "objects:=/sim/objects"]
     with ros_session() as ros:
         for name in ("head", "wrist"):
             ros.add(CameraNode(context=ros.context, namespace=name, cli_args=remaps, parameter_overrides=[
                 Parameter("config", value="cameras/sim.yaml"), Parameter("camera", value=name)]))
         streams = {name: _collect(ros, name) for name in ("head", "wrist")}
         pub_node = ros.node("world")
-        target_pub = pub_node.create_publisher(PointStamped, "/sim/target", LATCHED)
-        msg = PointStamped()
-        msg.point.x, msg.point.y, msg.point.z = (float(v) for v in target)
-        target_pub.publish(msg)
-        joint_pub = pub_node.create_publisher(JointState, "/follower/joint_states", 10)
-        pub_node.create_timer(0.05, lambda: joint_pub.publish(JointState(name=ARM.names, position=list(q))))
+        markers = objects_to_markers(layout.objects, pub_node.get_clock().now().to_msg())
+        objects = markers_to_objects(markers)  # what the nodes receive: colours as float32
+        objects_pub = pub_node.create_publisher(MarkerArray, "/sim/objects", 10)
+        joint_pub = pub_node.create_publisher(JointState, "/sim/joint_states", 10)
 
+        def publish() -> None:
+            joint_pub.publish(JointState(name=ARM.names, position=list(q)))
+            objects_pub.publish(markers)
+
+        pub_node.create_timer(0.05, publish)
         for name, got in streams.items():
-            _check_sim_view(name, got, q, target)
-        # the head sees the table 0.55 m below; the wrist camera, near the table, sees it much closer
+            _check_sim_view(name, got, q, objects)
+        # the head sees the table 0.45 m below; the wrist camera, near the table, sees it much closer
         head = _array(streams["head"]["depth"][-1])
         wrist = _array(streams["wrist"]["depth"][-1])
-        assert head.max() == 550 and 0 < wrist.min() < head.min()
+        assert head.max() == round(load_sim().camera.position[2] * 1000) and 0 < wrist.min() < head.min()
 
 
 def test_file_camera_streams_reports_its_disappearance_and_comes_back(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from koch_common.safety import SafetyLimits
 from koch_driver.driver import ArmDriver
 from koch_driver.teleop import TeleopMirror
 from koch_sim.dxl_emulator import DynamixelBusEmulator
-from koch_sim.expert import HOME, ScriptedLeader
+from koch_sim.expert import ScriptedLeader
 from koch_sim.leader_arm import LeaderArmEmulator
 
 pytestmark = pytest.mark.dds
@@ -52,8 +52,9 @@ def test_follower_tracks_the_moving_leader(tmp_path: Path) -> None:
         assert leader_arm.emulator.read_field(6, "Operating_Mode") == 5
         mirror = TeleopMirror(KOCH.leader, follower_arm, follower_limits)
 
-        expert = ScriptedLeader(HOME)
-        goal = np.array([0.6, -0.5, 0.7, -0.6, 0.8, 0.4])
+        home = np.zeros(6)  # where both emulated arms start
+        expert = ScriptedLeader(home)
+        goal = np.array([0.6, -0.5, 0.7, -0.6, 0.8, 0.8])
         start = time.monotonic()
         target = goal
         expert.move_to(target, start, 1.2)
@@ -73,7 +74,7 @@ def test_follower_tracks_the_moving_leader(tmp_path: Path) -> None:
                 if target is goal and (len(errors_moving) >= 30 or now - start > 30.0):
                     settle_until = now + 1.0
                 else:
-                    target = np.array(HOME) if target is goal else goal
+                    target = home if target is goal else goal
                     expert.move_to(target, now, 1.2)
             leader_arm.impose(expert.position(now))
             leader_state = leader.step(DT)
@@ -103,16 +104,20 @@ def test_follower_tracks_the_moving_leader(tmp_path: Path) -> None:
 
 def test_scripted_expert_drives_the_follower_through_an_emulated_leader_bus_over_dds(tmp_path: Path) -> None:
     """The real-robot topology: expert -> leader servos -> leader driver -> teleop -> follower driver."""
-    from geometry_msgs.msg import PointStamped
     from rclpy.parameter import Parameter
     from rclpy.qos import DurabilityPolicy, QoSProfile
     from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
     from std_srvs.srv import Trigger
+    from visualization_msgs.msg import MarkerArray
 
     from koch_bringup.ros_session import ros_session, wait_for
     from koch_driver.driver_node import DriverNode
     from koch_driver.teleop_node import TeleopNode
     from koch_sim.scripted_leader_node import ScriptedLeaderNode
+    from koch_sim.sim_config import load_sim
+    from koch_sim.tasks import sample_layout
+    from koch_sim.world_msgs import objects_to_markers
 
     follower_servos = [(j.id, model_by_name(j.model).model_number) for j in KOCH.follower.joints]
     leader_link, follower_link = str(tmp_path / "leader"), str(tmp_path / "follower")
@@ -121,8 +126,8 @@ def test_scripted_expert_drives_the_follower_through_an_emulated_leader_bus_over
         ros_session() as ros,
     ):
         ros.add(ScriptedLeaderNode(context=ros.context, namespace="leader", cli_args=[
-            "--ros-args", "-r", "target:=/sim/target"],
-            parameter_overrides=[Parameter("leader_port_link", value=leader_link)]))
+            "--ros-args", "-r", "objects:=/sim/objects", "-r", "task:=/sim/task"],
+            parameter_overrides=[Parameter("leader_port_link", value=leader_link), Parameter("task", value="reach")]))
         ros.add(DriverNode(context=ros.context, namespace="leader", parameter_overrides=[
             Parameter("arm", value="leader"), Parameter("port", value=leader_link)]))
         ros.add(DriverNode(context=ros.context, namespace="follower",
@@ -136,18 +141,20 @@ def test_scripted_expert_drives_the_follower_through_an_emulated_leader_bus_over
         follower_states: list[JointState] = []
         probe.create_subscription(JointState, "/leader/joint_states", leader_states.append, 50)
         probe.create_subscription(JointState, "/follower/joint_states", follower_states.append, 50)
-        target_pub = probe.create_publisher(
-            PointStamped, "/sim/target", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        target = PointStamped()
-        target.point.x, target.point.y, target.point.z = 0.16, 0.05, 0.02
-        target_pub.publish(target)
+        layout = sample_layout("reach", 7, load_sim())
+        objects_pub = probe.create_publisher(MarkerArray, "/sim/objects", 10)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        task_pub = probe.create_publisher(String, "/sim/task", latched)
+        task_pub.publish(String(data=layout.text))
         wait_for(lambda: leader_states and follower_states, 15.0, "leader and follower joint states")
+        home = np.array(leader_states[-1].position)
 
-        def reach() -> bool:
-            return ros.call(probe, Trigger, "/leader/scripted_leader/reach", Trigger.Request()).success
+        def run_expert() -> bool:
+            objects_pub.publish(objects_to_markers(layout.objects, probe.get_clock().now().to_msg()))
+            return ros.call(probe, Trigger, "/leader/scripted_leader/run_expert", Trigger.Request()).success
 
-        wait_for(reach, 10.0, "the expert knowing the target")
-        wait_for(lambda: np.abs(np.array(leader_states[-1].position)).max() > 0.3, 10.0, "leader moving")
+        wait_for(run_expert, 10.0, "the expert knowing the scene")
+        wait_for(lambda: np.abs(np.array(leader_states[-1].position) - home).max() > 0.3, 10.0, "leader moving")
 
         def settled() -> bool:  # the expert's 1 s reach is over and the follower caught up
             if len(leader_states) < 3:

@@ -37,6 +37,8 @@ HEIGHT, WIDTH = 96, 128
 FOLLOWER_T0, LEADER_T0, IMAGE_T0 = 0.0, 0.005, 0.010
 
 
+TASK_TEXT = "reach the red target"
+
 def joint_values(t: np.ndarray | float, arm: int) -> np.ndarray:
     """Known, smooth joint trajectory: value of joint j at time t (s after the bag start)."""
     j = np.arange(6)
@@ -54,7 +56,8 @@ def ns(seconds: float) -> int:
 
 def write_episode_bag(path: Path, start_ns: int, seed: int) -> None:
     """A bag as the recorder writes it: follower/leader joint states at 50 Hz with the joint order
-    shuffled per message, a 30 Hz rgb8 camera, receive times a few ms after the header stamps."""
+    shuffled per message, a 30 Hz rgb8 camera with registered 16UC1 depth, receive times a few ms after
+    the header stamps."""
     rng = np.random.default_rng(seed)
     joint_state = TYPESTORE.types["sensor_msgs/msg/JointState"]
     image = TYPESTORE.types["sensor_msgs/msg/Image"]
@@ -89,6 +92,13 @@ def write_episode_bag(path: Path, start_ns: int, seed: int) -> None:
             data=np.frombuffer(f.data, dtype=np.uint8),
         )
         messages.append(("/head/color/image_raw", t, msg, "sensor_msgs/msg/Image"))
+        d = to_fields(np.full((HEIGHT, WIDTH), 450 + k, dtype=np.uint16), "16UC1")  # registered depth, same stamp
+        depth = image(header=header(start_ns + ns(t), "head_camera"), height=d.height, width=d.width,
+                      encoding=d.encoding, is_bigendian=d.is_bigendian, step=d.step,
+                      data=np.frombuffer(d.data, dtype=np.uint8))
+        messages.append(("/head/depth/image_raw", t, depth, "sensor_msgs/msg/Image"))
+    # the sim's task text, as sim_world publishes it (no header: it takes the receive time)
+    messages.append(("/sim/task", 0.0, TYPESTORE.types["std_msgs/msg/String"](data=TASK_TEXT), "std_msgs/msg/String"))
     # Written in receive order; latency is random so the bag order differs from header order.
     receive = [t + rng.uniform(0.001, 0.004) for _, t, _, _ in messages]
     with BagWriter(path, storage="mcap", typestore=TYPESTORE) as bag:
@@ -396,7 +406,8 @@ def test_parity_offline_frames_equal_live_assembly(episode_bags: list[Path]) -> 
     )
     by_topic = {f.topic: f for f in mapping.features}
     with AnyReader([bag], default_typestore=TYPESTORE) as reader:
-        arrivals = [(recv, c.topic, reader.deserialize(raw, c.msgtype)) for c, recv, raw in reader.messages()]
+        arrivals = [(recv, c.topic, reader.deserialize(raw, c.msgtype)) for c, recv, raw in reader.messages()
+                    if c.topic in by_topic]
     t_ref_ns = min(
         int(m.header.stamp.sec) * 10**9 + int(m.header.stamp.nanosec) for _, topic, m in arrivals if topic in by_topic
     )

@@ -48,7 +48,7 @@ def stamp(t: float | None):
 
 def write_bag(path: Path, *, names: bool = True, recorder: bool = True, storage: str = "mcap",
               zero_stamps: str = "", short_message_at_s: float | None = None) -> Path:
-    """One second of follower and leader joint states (50 Hz) and a 30 Hz rgb8 camera, written in receive
+    """One second of follower and leader joint states (50 Hz) and a 30 Hz rgb8 + 16UC1 depth camera, written in receive
     order (2 ms after each header stamp). `names=False`: JointState with an empty `name` (positions in
     koch.yaml order), as some real robots publish; `zero_stamps`: a topic whose header stamps are all 0;
     `short_message_at_s`: from then on the leader publishes 5 positions instead of 6; `recorder=False`:
@@ -71,6 +71,13 @@ def write_bag(path: Path, *, names: bool = True, recorder: bool = True, storage:
             header=stamp(t), height=f.height, width=f.width, encoding=f.encoding, is_bigendian=f.is_bigendian,
             step=f.step, data=np.frombuffer(f.data, np.uint8))
         messages.append(("/head/color/image_raw", "sensor_msgs/msg/Image", t, msg))
+        d = to_fields(np.full((H, W), 450 + k, np.uint16), "16UC1")  # the registered depth map
+        depth = TS.types["sensor_msgs/msg/Image"](
+            header=stamp(t), height=d.height, width=d.width, encoding=d.encoding, is_bigendian=d.is_bigendian,
+            step=d.step, data=np.frombuffer(d.data, np.uint8))
+        messages.append(("/head/depth/image_raw", "sensor_msgs/msg/Image", t, depth))
+    task = TS.types["std_msgs/msg/String"](data="reach the red target")  # as the sim publishes it
+    messages.append(("/sim/task", "std_msgs/msg/String", 0.0, task))
     messages.sort(key=lambda m: m[2])
     receive = [START_NS + int(round((t + LATENCY_S) * 1e9)) for _, _, t, _ in messages]
     if recorder:

@@ -30,6 +30,7 @@ from koch_convert.convert import QUALITY_REPORT, ConversionError, convert_bags, 
 from koch_convert.episodes import Episode, OutOfOrderStamps, stream_episode
 from koch_convert.extract import decode_depth
 from koch_record.bag_writer import BagWriter
+from koch_runtime.observation import depth_map_to_metres
 
 pytestmark = pytest.mark.video
 
@@ -156,7 +157,7 @@ def mapping(action_align: Align = Align.ASOF, topics: bool = True, **limits):
                               align=action_align, tolerance_s=0.05),
             "observation.images.head": feature("/head/color/image_raw/compressed",
                                                "sensor_msgs/msg/CompressedImage"),
-            "observation.depth.head": feature("/head/depth/image_raw", "sensor_msgs/msg/Image",
+            "observation.images.head_depth": feature("/head/depth/image_raw", "sensor_msgs/msg/Image",
                                               max_staleness_s=0.1),
         },
     ))
@@ -190,7 +191,7 @@ def test_markers_tasks_values_and_refusal(dataset: Path) -> None:
     assert [e["refused"] is None for e in report] == [True, True, False]
     assert "action" in report[2]["refused"] and "tolerance" in report[2]["refused"]
     assert report[2]["streams"]["action"]["max_gap_s"] > 0.5
-    assert report[0]["streams"]["observation.depth.head"]["input_rate_hz"] == pytest.approx(15.0, rel=0.01)
+    assert report[0]["streams"]["observation.images.head_depth"]["input_rate_hz"] == pytest.approx(15.0, rel=0.01)
 
     # Episode 0 starts when every stream is fresh (the depth stream, at 0.012 s); episode 1 at the
     # first time every stream has a sample after the marker, which is stamped with its receive time
@@ -215,18 +216,23 @@ def test_markers_tasks_values_and_refusal(dataset: Path) -> None:
         np.testing.assert_allclose(item["observation.state"], joints_at(held(STATE, t), 0), atol=1e-6)
         np.testing.assert_allclose(item["action"], joints_at(held(COMMAND, t), 1), atol=1e-6)
         k_depth = round((held(DEPTH, t) - DEPTH[0]) * DEPTH[1])
-        shape = ds.meta.features["observation.depth.head"]["info"]["image_shape"]
-        depth = item["observation.depth.head"].numpy().reshape(shape)
-        assert depth.dtype == np.float32 and shape == [DH, DW, 1]
-        # lossless: the exact millimetres back from the float32 metres
-        np.testing.assert_array_equal(np.round(depth[:, :, 0] * 1000).astype(np.uint16), depth_mm(k_depth))
+        # A one-channel depth map, lossless: the recorded millimetres, in metres through the one decoding.
+        depth = depth_map_to_metres(item["observation.images.head_depth"])
+        assert depth.dtype == torch.float32 and depth.shape == (1, DH, DW)
+        np.testing.assert_array_equal(np.round(depth[0].numpy() * 1000).astype(np.uint16), depth_mm(k_depth))
         k_color = round((held(COLOR, t) - COLOR[0]) * COLOR[1])
         assert float(item["observation.images.head"].mean()) * 255 == pytest.approx((k_color * 5) % 256, abs=4)
 
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3, shuffle=True)))
     assert batch["observation.state"].shape == (3, 6) and batch["action"].shape == (3, 6)
     assert batch["observation.images.head"].shape == (3, 3, H, W)
-    assert batch["observation.depth.head"].shape == (3, DH * DW)
+    assert batch["observation.images.head_depth"].shape == (3, 1, DH, DW)
+    feature = ds.meta.features["observation.images.head_depth"]
+    assert feature["dtype"] == "image" and tuple(feature["shape"]) == (DH, DW, 1)
+    assert feature["info"] == {"is_depth_map": True, "depth_unit": "mm"}  # LeRobot 0.6's depth-map flags
+    stats = ds.meta.stats["observation.images.head_depth"]  # in millimetres, one channel
+    assert np.asarray(stats["mean"]).shape == (1, 1, 1)
+    assert 500 <= float(np.asarray(stats["min"]).ravel()[0]) < float(np.asarray(stats["max"]).ravel()[0]) < 1500
 
 
 def test_append_then_truncated_bag_leaves_dataset_readable(
@@ -291,7 +297,7 @@ def test_depth_decoding_is_exact_for_both_encodings() -> None:
     msg16 = TS.types["sensor_msgs/msg/Image"](header=header(0), height=f16.height, width=f16.width,
                                                encoding="16UC1", is_bigendian=0, step=f16.step,
                                                data=np.frombuffer(f16.data, np.uint8))
-    np.testing.assert_array_equal(np.round(decode_depth(msg16)[:, :, 0] * 1000), mm)
+    np.testing.assert_array_equal(decode_depth(msg16)[:, :, 0], mm)
     metres = (mm.astype(np.float32) / 1000.0) + np.float32(1e-4)
     metres[0, 0] = np.nan
     f32 = to_fields(metres, "32FC1")
@@ -299,8 +305,8 @@ def test_depth_decoding_is_exact_for_both_encodings() -> None:
                                                encoding="32FC1", is_bigendian=0, step=f32.step,
                                                data=np.frombuffer(f32.data, np.uint8))
     out = decode_depth(msg32)[:, :, 0]
-    assert out[0, 0] == 0.0
-    np.testing.assert_array_equal(out.ravel()[1:], metres.ravel()[1:])
+    assert out.dtype == np.uint16 and out[0, 0] == 0  # no return
+    np.testing.assert_array_equal(out.ravel()[1:], mm.ravel()[1:])  # rounded to the millimetre
 
 
 def same_episode(streamed: Episode, frames: list[dict[str, np.ndarray]], whole: Episode) -> None:

@@ -16,17 +16,23 @@ from std_srvs.srv import Trigger
 from koch_bringup import graph
 from koch_bringup.launcher import GraphProcess
 from koch_bringup.ros_session import ros_session, wait_for
+from koch_bringup.world_probe import HOME_TOLERANCE_RAD
 from koch_common.feature_mapping import load_mapping
+from koch_common.robot import load_koch
 from koch_common.topics import topic
+from koch_sim.sim_config import load_sim
 
 pytestmark = pytest.mark.dds
 
 
-def test_record_graph_records_an_expert_episode_into_an_mcap_bag(tmp_path: Path) -> None:
+def test_record_graph_records_a_pick_color_episode_into_an_mcap_bag(tmp_path: Path) -> None:
+    """The expert picks the named cube through the real bus; the bag becomes a dataset with the task text."""
     mapping = load_mapping("mapping/koch_sim.yaml")
-    topics = list(mapping.topics)
-    specs = (graph.sim_robot(seed=3, port_link=str(tmp_path / "follower")) + graph.scripted_teleop()
-             + graph.recorder(str(tmp_path / "bags"), topics, list(mapping.topics.values())))
+    topics = dict(mapping.topics)
+    topics[mapping.task_topic] = "std_msgs/msg/String"
+    specs = (graph.sim_robot(seed=3, port_link=str(tmp_path / "follower"), cameras=("head",), task="pick_color")
+             + graph.scripted_teleop(task="pick_color")
+             + graph.recorder(str(tmp_path / "bags"), list(topics), list(topics.values())))
     with GraphProcess(specs, tmp_path / "logs") as running, ros_session() as ros:
         node = ros.node("probe")
         from sensor_msgs.msg import JointState
@@ -41,40 +47,52 @@ def test_record_graph_records_an_expert_episode_into_an_mcap_bag(tmp_path: Path)
                 assert response.success, response.message
                 return response.message
 
-            trigger("/sim/sim_world/new_episode")
+            # The arm slumps until the driver enables torque; lay the scene out only once it is home again.
+            trigger("/leader/scripted_leader/go_home")
+            home = np.array(load_koch().home)
+            wait_for(lambda: np.abs(np.array(states[-1].position) - home).max() <= HOME_TOLERANCE_RAD, 30.0,
+                     "the follower at home")
+            text = trigger("/sim/sim_world/new_episode").split(": ", 1)[1]
+            start = np.array(states[-1].position)
             trigger("/recorder/start")
 
-            def reach() -> bool:  # the leader refuses until the latched target reached it over DDS
-                accepted = ros.call(node, Trigger, "/leader/scripted_leader/reach", Trigger.Request(), 30.0).success
-                if not accepted:
-                    time.sleep(0.1)
-                return accepted
+            refusals: list[str] = []
 
-            wait_for(reach, 30.0, "the scripted leader to accept the reach (target received)")
-            time.sleep(2.5)
+            def run_expert() -> bool:  # the leader refuses until the scene reached it over DDS
+                response = ros.call(node, Trigger, "/leader/scripted_leader/run_expert", Trigger.Request(), 30.0)
+                if not response.success:
+                    refusals.append(response.message)
+                    time.sleep(0.1)
+                return response.success
+
+            try:
+                wait_for(run_expert, 30.0, "the scripted leader to accept the demonstration (scene received)")
+            except TimeoutError as err:
+                raise TimeoutError(f"{err}; its last answers: {sorted(set(refusals[-20:]))}") from None
+            time.sleep(load_sim().tasks.pick_color.episode_duration_s)
             stop_reply = trigger("/recorder/stop").split()
             bag = Path(stop_reply[0])
             reported = {name: int(n) for name, n in (item.rsplit("=", 1) for item in stop_reply[1:])}
             running.check_alive()
         finally:
             running.check_alive()
-        moved = np.abs(np.array(states[-1].position)).max()
+        moved = np.abs(np.array(states[-1].position) - start).max()
     assert moved > 0.1, "teleop made the follower follow the scripted leader"
     assert (bag / "metadata.yaml").is_file()
     with AnyReader([bag]) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
         assert set(counts) == set(topics)
-        assert reader.connections[0].msgtype in mapping.topics.values()
     # Every message the recorder took is in the bag, and each stream is a stream, not a sample.
     # (Rates depend on the host's load; they are not what this test is about.)
     assert counts == reported
-    assert all(n >= 10 for n in counts.values()), counts
+    assert all(n >= 10 for name, n in counts.items() if name != mapping.task_topic), counts
+    assert counts[mapping.task_topic] >= 1
     assert bag.parent == tmp_path / "bags" and any(bag.glob("*.mcap"))
-    _check_live_bag_converts(bag, mapping, tmp_path)
+    _check_live_bag_converts(bag, mapping, tmp_path, text)
 
 
-def _check_live_bag_converts(bag: Path, mapping, tmp_path: Path) -> None:
-    """The bag the live sim graph recorded becomes a LeRobot dataset of recorded values only."""
+def _check_live_bag_converts(bag: Path, mapping, tmp_path: Path, text: str) -> None:
+    """The bag the live sim graph recorded becomes a LeRobot dataset of recorded values, with the task text."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from koch_convert.convert import convert_bags
@@ -83,7 +101,8 @@ def _check_live_bag_converts(bag: Path, mapping, tmp_path: Path) -> None:
     lenient = load_mapping("mapping/koch_sim.yaml", ["limits.max_stale_fraction=1.0", "limits.max_gap_s=5.0"])
     root = convert_bags([bag], lenient, tmp_path / "dataset", "local/live_sim", vcodec="h264")
     dataset = LeRobotDataset("local/live_sim", root=root)
-    assert dataset.num_episodes == 1 and dataset.num_frames >= 30  # 2.5 s recorded at 30 Hz
+    assert dataset.num_episodes == 1 and dataset.num_frames >= 60  # 5 s recorded at 30 Hz
+    assert dataset[0]["task"] == text and text.startswith("pick up the ")
     with AnyReader([bag]) as reader:
         connections = [c for c in reader.connections if c.topic == topic("follower_joint_states")]
         recorded = np.array([reader.deserialize(raw, c.msgtype).position

@@ -114,12 +114,14 @@ def test_everything_the_graph_names_exists(name: str) -> None:
             assert process.command[:3] == ("ros2", "bag", "record")
 
 
-def test_rviz_config_shows_model_camera_predicted_path_and_target() -> None:
+def test_rviz_config_shows_model_camera_predicted_path_and_the_sim_scene() -> None:
     rviz = yaml.safe_load((BRINGUP / "rviz/koch.rviz").read_text())
     displays = {d["Class"]: d for d in rviz["Visualization Manager"]["Displays"]}
+    markers = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]
+               if d["Class"] == "rviz_default_plugins/MarkerArray"}
+    assert markers == {"/policy/policy/predicted_path", topics()["sim_objects"]}
     assert displays["rviz_default_plugins/RobotModel"]["Description Topic"]["Value"] == "/follower/robot_description"
     assert displays["rviz_default_plugins/Image"]["Topic"]["Value"] == topics()["head_image"]
-    assert displays["rviz_default_plugins/MarkerArray"]["Topic"]["Value"] == "/policy/policy/predicted_path"
     assert rviz["Visualization Manager"]["Global Options"]["Fixed Frame"] == "base_link"
     rsp = graph.robot_state_publisher()[0]
     assert rsp.fully_qualified_name == "/follower/robot_state_publisher"  # publishes /follower/robot_description
@@ -133,11 +135,12 @@ def test_record_launch_runs_ros2_bag_record_one_bag_per_episode(tmp_path: Path) 
     process = graph.build("record", {"bag_root": str(tmp_path), "storage": "sqlite3"})[-1]
     assert isinstance(process, graph.ProcessSpec)
     assert process.command == ("ros2", "bag", "record", "-s", "sqlite3", "-o", str(tmp_path / "episode_0002"),
-                               *mapping.topics)
+                               *mapping.topics, mapping.task_topic)
     fixed = graph.build("record", {"bag_root": str(tmp_path), "episode": "7"})[-1]
     assert fixed.command[fixed.command.index("-o") + 1] == str(tmp_path / "episode_0007")
     recorder = graph.build("record", {"bag_root": str(tmp_path), "recorder": "node"})[-1]
-    assert recorder.package == "koch_record" and recorder.parameters["topics"] == list(mapping.topics)
+    assert recorder.package == "koch_record"
+    assert recorder.parameters["topics"] == [*mapping.topics, mapping.task_topic]  # the sim's task text too
 
 
 def test_record_includes_the_mappings_task_and_episode_marker_topics(tmp_path: Path) -> None:

@@ -125,14 +125,15 @@ def test_the_published_bytes_are_the_trajectory_message() -> None:
         assert _published(chunk, names, stamp) == _expected_trajectory(chunk, names, stamp)
 
 
-@pytest.mark.parametrize(("encoding", "raw", "metres"), [("16UC1", np.uint16(1500), 1.5),
-                                                         ("32FC1", np.float32(0.75), 0.75)])
-def test_depth_images_decode_to_metres(encoding: str, raw, metres: float) -> None:
+@pytest.mark.parametrize(("encoding", "raw", "millimetres"), [("16UC1", np.uint16(1500), 1500),
+                                                              ("32FC1", np.float32(0.75), 750)])
+def test_depth_images_decode_to_the_stored_millimetres(encoding: str, raw, millimetres: int) -> None:
+    """Live depth is handed to the runtime as the converter stores it (uint16 millimetres, H x W x 1)."""
     fields = to_fields(np.full((4, 5), raw), encoding)
     msg = Image(height=fields.height, width=fields.width, encoding=encoding, step=fields.step, data=fields.data)
     depth = decode_image(msg)
-    assert depth.shape == (4, 5, 1) and depth.dtype == np.float32
-    np.testing.assert_allclose(depth, metres)
+    assert depth.shape == (4, 5, 1) and depth.dtype == np.uint16
+    np.testing.assert_array_equal(depth, millimetres)
 
 
 @pytest.mark.parametrize("joints", [1, 5, 6, 7])

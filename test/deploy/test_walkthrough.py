@@ -49,7 +49,7 @@ def _entry_points() -> dict[str, tuple[str, str]]:
 
 def test_walkthrough_covers_every_use() -> None:
     executables = {c[0] for c in _commands()}
-    assert {"launch_graph", "record_episodes", "bag_to_lerobot", "train", "demo"} <= executables
+    assert {"launch_graph", "record_episodes", "bag_to_lerobot", "train", "rollout"} <= executables
 
 
 def test_every_command_is_an_installed_entry_point_with_real_options() -> None:

@@ -41,8 +41,10 @@ from koch_runtime.lerobot_compat import (
     aggregate_without_progress_bars,
     check_lerobot_version,
     clear_video_decoder_cache,
+    depth_map_statistics,
     embedding_only_for_image_columns,
     global_conditioning,
+    is_depth_map,
     load_hf_dataset,
     lossless_encoder,
     make_noise_scheduler,
@@ -290,6 +292,41 @@ def test_a_streaming_dataset_encodes_through_the_lossless_encoder(tmp_path: Path
     assert abs(float(reloaded[19][CAMERA].mean()) * 255 - 190) < 3
     plain = vector_dataset(tmp_path / "plain", frames=1)  # no streaming encoder: nothing to swap
     use_lossless_streaming_encoder(plain)
+
+
+def _depth_dataset(root: Path, maps_mm: list[np.ndarray]) -> LeRobotDataset:
+    """One episode per map: a one-channel uint16 depth-map feature, as the converter declares and writes it."""
+    import PIL.Image
+
+    features = {"observation.images.head_depth": {"dtype": "image", "shape": (4, 5, 1),
+                                                  "names": ["height", "width", "channels"],
+                                                  "info": {"is_depth_map": True, "depth_unit": "mm"}},
+                "action": {"dtype": "float32", "shape": (1,), "names": ["a"]}}
+    dataset = LeRobotDataset.create("test/depth", fps=10, features=features, root=root, use_videos=False)
+    for depth in maps_mm:
+        for _ in range(3):
+            dataset.add_frame({"observation.images.head_depth": PIL.Image.fromarray(depth),
+                               "action": np.zeros(1, np.float32), "task": "t"})
+        dataset.save_episode()
+    dataset.finalize()
+    return dataset
+
+
+def test_depth_maps_get_one_channel_statistics_in_millimetres(tmp_path: Path) -> None:
+    near, far = np.full((4, 5), 300, np.uint16), np.full((4, 5), 40_000, np.uint16)  # far: past int16
+    assert is_depth_map({"info": {"is_depth_map": True}}) and not is_depth_map({"dtype": "image"})
+    lerobots = lerobot_dataset_module.compute_episode_stats
+    with depth_map_statistics():  # two episodes: their statistics are aggregated too
+        dataset = _depth_dataset(tmp_path / "with", [near, far])
+    assert lerobot_dataset_module.compute_episode_stats is lerobots  # restored
+    stats = dataset.meta.stats["observation.images.head_depth"]
+    assert np.shape(stats["mean"]) == (1, 1, 1)
+    assert float(np.ravel(stats["min"])[0]) == 300 and float(np.ravel(stats["max"])[0]) == 40_000
+    item = LeRobotDataset("test/depth", root=tmp_path / "with")[3]["observation.images.head_depth"]
+    assert item.shape == (1, 4, 5)  # read back as the 16-bit map it is (int16: 40 m wraps; see depth_map_to_metres)
+    # LeRobot 0.4.4's own statistics read the map as 8-bit RGB: three channels, clipped to 255 / 255.
+    plain = _depth_dataset(tmp_path / "without", [near, far]).meta.stats["observation.images.head_depth"]
+    assert np.shape(plain["mean"]) == (3, 1, 1) and float(np.max(plain["max"])) <= 1.0
 
 
 def test_load_hf_dataset_reads_the_table_before_any_item(reach_dataset: SyntheticDataset) -> None:

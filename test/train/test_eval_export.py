@@ -110,7 +110,8 @@ def test_diffusion_onnx_encoder_and_denoiser_match_pytorch(rgbd_dataset: Synthet
     rng = np.random.default_rng(1)
     for _ in range(2):  # two observations: the second uses the n_obs_steps=2 history
         observation = {"observation.state": rng.normal(size=6).astype(np.float32)}
-        observation.update({k: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for k in RGBD[1:]})
+        observation["observation.images.head"] = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        observation["observation.images.head_depth"] = rng.integers(0, 2000, (48, 64, 1), dtype=np.uint16)
         torch.manual_seed(7)  # same initial noise and DDPM step noise for the host loop and PyTorch
         expected = pytorch.predict_chunk(observation)
         torch.manual_seed(7)

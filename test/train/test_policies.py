@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import HEIGHT, TABLE_MM, TARGET_MM, WIDTH
 from synthetic_reach import SyntheticDataset
 
 from koch_common.config import ConfigError
@@ -45,10 +46,11 @@ def loss_with_fixed_noise(runtime: PolicyRuntime, batch: dict[str, Any]) -> floa
     ("policy_type", "overrides", "inputs"),
     [
         ("diffusion", TINY_DIFFUSION, RGB),
+        ("diffusion", TINY_DIFFUSION, RGBD),  # LeRobot's diffusion, depth as an extra (grey) image
         ("rgbd_diffusion", {**TINY_RGBD, "denoiser": "unet"}, RGBD),
         ("rgbd_diffusion", {**TINY_RGBD, "denoiser": "transformer"}, RGBD),
     ],
-    ids=["diffusion", "rgbd_unet", "rgbd_transformer"],
+    ids=["diffusion", "diffusion_depth", "rgbd_unet", "rgbd_transformer"],
 )
 def test_a_few_steps_lower_the_loss_and_the_checkpoint_reloads(
     rgbd_dataset: SyntheticDataset, tmp_path: Path, policy_type: str, overrides: dict[str, Any], inputs: list[str]
@@ -57,7 +59,8 @@ def test_a_few_steps_lower_the_loss_and_the_checkpoint_reloads(
     runtime = tiny(rgbd_dataset, policy_type, overrides, inputs)
     dataset = open_dataset(DatasetConfig(repo_id=rgbd_dataset.repo_id, root=str(rgbd_dataset.root)),
                            runtime.config, inputs)
-    batch = next(infinite_batches(dataset, batch_size=6, num_workers=0, seed=0))
+    cameras = {k: v for k, v in runtime.feature_specs.items() if k.startswith("observation.images")}
+    batch = next(infinite_batches(dataset, batch_size=6, num_workers=0, seed=0, cameras=cameras))
     assert batch["observation.images.head"].shape[:2] == (6, 2)  # n_obs_steps history
     optimizer = torch.optim.AdamW(runtime.policy.parameters(), lr=5e-3)
     before = loss_with_fixed_noise(runtime, batch)
@@ -72,9 +75,40 @@ def test_a_few_steps_lower_the_loss_and_the_checkpoint_reloads(
     assert type(loaded.policy) is type(runtime.policy) and loaded.config.type == policy_type
     observation = {"observation.state": np.zeros(6, np.float32)}
     observation.update({k: np.full((48, 64, 3), 128, np.uint8) for k in inputs if "images" in k})
+    if "observation.images.head_depth" in inputs:  # a live depth map: uint16 millimetres, as recorded
+        observation["observation.images.head_depth"] = np.full((48, 64, 1), 420, np.uint16)
     torch.manual_seed(5)
     chunk = loaded.predict_chunk(observation)
     assert chunk.shape == (overrides["n_action_steps"], 6) and np.all(np.isfinite(chunk))
+
+
+def test_converter_depth_reaches_the_depth_encoder_as_a_map_in_metres(rgbd_dataset: SyntheticDataset) -> None:
+    """A depth map written as the converter writes it arrives at rgbd_diffusion's depth encoder as a
+    one-channel image of the recorded shape holding metres, in training and from a live observation."""
+    torch.manual_seed(0)
+    runtime = tiny(rgbd_dataset, "rgbd_diffusion", TINY_RGBD, RGBD)
+    seen: list[torch.Tensor] = []
+    encoder = runtime.policy.diffusion.encoder.encoders["observation_images_head_depth"]
+    encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+
+    dataset = open_dataset(DatasetConfig(repo_id=rgbd_dataset.repo_id, root=str(rgbd_dataset.root)),
+                           runtime.config, RGBD)
+    cameras = {k: v for k, v in runtime.feature_specs.items() if k.startswith("observation.images")}
+    batch = next(infinite_batches(dataset, batch_size=4, num_workers=0, seed=0, cameras=cameras))
+    with torch.no_grad():
+        runtime.policy.forward(runtime.preprocessor(batch))
+    steps = TINY_RGBD["n_obs_steps"]
+    assert seen[-1].shape == (4 * steps, 1, HEIGHT, WIDTH)
+    np.testing.assert_allclose(torch.unique(seen[-1]).numpy(), [TARGET_MM / 1000, TABLE_MM / 1000], atol=1e-6)
+
+    seen.clear()
+    live = np.full((HEIGHT, WIDTH, 1), 612, np.uint16)  # what the node hands over: millimetres as recorded
+    live[5:9, 7:11] = 305
+    runtime.predict_chunk({"observation.state": np.zeros(6, np.float32),
+                           "observation.images.head": np.full((HEIGHT, WIDTH, 3), 128, np.uint8),
+                           "observation.images.head_depth": live})
+    assert seen[-1].shape == (steps, 1, HEIGHT, WIDTH)
+    np.testing.assert_allclose(torch.unique(seen[-1]).numpy(), [0.305, 0.612], atol=1e-6)
 
 
 def test_vla_policies_need_local_weights_and_say_how_to_get_them(

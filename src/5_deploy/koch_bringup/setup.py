@@ -32,6 +32,8 @@ setup(
             "record_episodes = koch_bringup.episodes:main",
             "koch_urdf = koch_bringup.urdf_model:main",
             "fault_drill = koch_bringup.fault_drill:main",
+            "expert_check = koch_bringup.expert_check:main",
+            "rollout = koch_bringup.rollout:main",
         ],
     },
 )

@@ -2,8 +2,9 @@
 
 Settings come from a cameras file (`config:=cameras/sim.yaml camera:=wrist`) or the defaults,
 and every CameraSettings field is a ROS parameter of the same name that overrides it. Source
-`sim` renders the simulated scene from the follower's joint states (`joint_states`) and the
-sim's target (`target`). A capture thread reads the source and publishes each frame with
+`sim` renders the simulated MuJoCo scene from the sim's world state: its joint states
+(`joint_states`, remapped to /sim/joint_states) and objects (`objects`, a MarkerArray).
+A capture thread reads the source and publishes each frame with
 sensor-data QoS; if the source fails it is closed and re-opened every `reconnect_interval_s`
 without restarting the node. /diagnostics reports delivered fps, dropped frames,
 capture->publish latency and the connection state.
@@ -17,11 +18,11 @@ import time
 import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PointStamped
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, JointState
+from visualization_msgs.msg import MarkerArray
 
 from koch_camera.settings import CameraFile, CameraSettings, Intrinsics, load_calibration, load_camera
 from koch_camera.sim_source import SimSceneSource
@@ -32,8 +33,7 @@ from koch_common.image_codec import to_image_msg
 from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
-
-LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+from koch_sim.world_msgs import markers_to_objects
 
 
 def camera_info(intr: Intrinsics, frame_id: str) -> CameraInfo:
@@ -75,11 +75,11 @@ class CameraNode(Node):
             self.jpeg_pub = self.create_publisher(CompressedImage, "color/image_raw/compressed", qos)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        if isinstance(self.source, SimSceneSource):  # it draws the arm and the target from their topics
+        if isinstance(self.source, SimSceneSource):  # it renders the sim's world state from its topics
             self.scene: SimSceneSource = self.source
             self.joint_names = load_koch().follower.names
             self.create_subscription(JointState, "joint_states", self.on_joint_state, 10)
-            self.create_subscription(PointStamped, "target", self.on_target, LATCHED)
+            self.create_subscription(MarkerArray, "objects", self.on_objects, 10)
 
         self.stats = CaptureStats()
         self.stats.up()
@@ -100,8 +100,8 @@ class CameraNode(Node):
         if all(n in by_name for n in self.joint_names):
             self.scene.set_joints(np.array([by_name[n] for n in self.joint_names]))
 
-    def on_target(self, msg: PointStamped) -> None:
-        self.scene.set_target(np.array([msg.point.x, msg.point.y, msg.point.z]))
+    def on_objects(self, msg: MarkerArray) -> None:
+        self.scene.set_objects(markers_to_objects(msg))
 
     # -- capture thread ------------------------------------------------------------------------
     def _capture_loop(self) -> None:

@@ -238,8 +238,9 @@ def read_topics(
     with _bag_errors(bag_dir), _opened(Path(bag_dir)) as reader:
         present = _resolve(reader, Path(bag_dir), topics, set(optional))
         pairs: dict[str, list[tuple[int, Any]]] = {name: [] for name in present}
-        for topic, stamp, msg in _messages(reader, Path(bag_dir), present, clock, set(lazy), spill, zero_stamps):
-            pairs[topic].append((stamp, msg))
+        if present:  # (no topic at all is no read, not a read of everything)
+            for topic, stamp, msg in _messages(reader, Path(bag_dir), present, clock, set(lazy), spill, zero_stamps):
+                pairs[topic].append((stamp, msg))
     streams: dict[str, TopicStream] = {}
     for name, items in pairs.items():
         # Header stamps may arrive out of order across publishers; offline we can sort them.
@@ -248,6 +249,12 @@ def read_topics(
     for name in set(optional) - set(present):
         streams[name] = TopicStream(topic=name, msgtype="")
     return streams
+
+
+def require_topics(bag_dir: Path, topics: Mapping[str, str | None]) -> None:
+    """BagReadError naming what the bag has when one of `topics` is missing or of another type; reads no message."""
+    with _bag_errors(bag_dir), _opened(Path(bag_dir)) as reader:
+        _resolve(reader, Path(bag_dir), topics, set())
 
 
 def iter_messages(

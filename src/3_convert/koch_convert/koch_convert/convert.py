@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 from tqdm import tqdm
 
 from koch_common.feature_mapping import Mapping
+from koch_common.image_codec import DEPTH_MAP_INFO
 from koch_common.processes import process_alive
 from koch_common.resample import ResampleReport, StreamReport
 from koch_convert.bag_integrity import check_bag
@@ -91,15 +93,14 @@ def dataset_features(mapping: Mapping, first: dict[str, np.ndarray]) -> dict[str
                 "names": ["height", "width", "channels"],
             }
         elif feature.is_depth:
-            # Lossless: float32 metres as a plain array column (video codecs quantise depth),
-            # flattened because LeRobot 0.4.4's aggregate_datasets cannot write multi-dimensional
-            # array columns; `info.image_shape` says how to reshape it.
+            # A depth map as LeRobot 0.6 declares one (one channel, is_depth_map, its unit), stored as
+            # 16-bit PNG millimetres: lossless for 16UC1 cameras; see docs/convert.md (depth).
             height, width, _ = first[feature.key].shape
             features[feature.key] = {
-                "dtype": "float32",
-                "shape": (height * width,),
-                "names": None,
-                "info": {"image_shape": [height, width, 1], "unit": "m", "layout": "row-major"},
+                "dtype": "image",
+                "shape": (height, width, 1),
+                "names": ["height", "width", "channels"],
+                "info": dict(DEPTH_MAP_INFO),
             }
         else:
             names = list(feature.joint_names)
@@ -109,8 +110,7 @@ def dataset_features(mapping: Mapping, first: dict[str, np.ndarray]) -> dict[str
 
 def _check_shapes(episode: Episode, frame: dict[str, Any], features: dict[str, dict[str, Any]]) -> None:
     for key, value in frame.items():
-        info = features[key].get("info") or {}
-        expected = tuple(info.get("image_shape", features[key]["shape"]))
+        expected = tuple(features[key]["shape"])
         if value.shape != expected:
             raise ConversionError(
                 f"bag {episode.bag}: {key} has shape {value.shape} but the dataset's first episode "
@@ -125,7 +125,7 @@ def convert_one_bag(
     Image messages beyond `image_memory_gb` wait for their frames in a spill file beside `root`.
     Returns the quality report of each of its episodes (refused ones included).
 
-    A bag that is one episode with the mapping's task text (no marker or task topic) is streamed:
+    A bag that is one episode (no episode marker topic) is streamed, its task text read first:
     each frame is encoded as soon as no later message can change it, while the bag is still read,
     and the episode is discarded if its verdict at the end refuses it. Otherwise, or when a stream's
     stamps go backwards (only sorting the whole bag puts them in order), the bag is read first.
@@ -134,7 +134,7 @@ def convert_one_bag(
     what the check found goes into each episode's report as `integrity`."""
     integrity = check_bag(bag).report()
     budget = int(image_memory_gb * 2**30)
-    if not mapping.extra_topics:
+    if not mapping.episode_marker_topic:
         try:
             quality = _stream_one_bag(bag, mapping, root, repo_id, vcodec, ImageSpill(root.parent, budget))
             return [{**quality, "integrity": integrity}]
@@ -175,6 +175,11 @@ def _stream_one_bag(
     return episode.quality()
 
 
+def depth_png(millimetres: np.ndarray) -> PIL.Image.Image:
+    """A uint16 (H, W, 1) depth map as the 16-bit greyscale image LeRobot writes to PNG losslessly."""
+    return PIL.Image.fromarray(np.ascontiguousarray(millimetres[:, :, 0], dtype=np.uint16))
+
+
 class _DatasetWriter:
     """A new LeRobot dataset at `root`, created with the first frame written (its features come
     from that frame's shapes); frames go straight into one video encoder per camera."""
@@ -189,6 +194,7 @@ class _DatasetWriter:
         from koch_runtime import lerobot_compat  # imports LeRobot: only when converting
 
         self._stack.enter_context(lerobot_compat.embedding_only_for_image_columns())
+        self._stack.enter_context(lerobot_compat.depth_map_statistics())
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -205,10 +211,11 @@ class _DatasetWriter:
         if self.dataset is None:
             self._create(frame)
         _check_shapes(episode, frame, self.features)
+        values: dict[str, Any] = dict(frame)
         for feature in self.mapping.features:
             if feature.is_depth:
-                frame[feature.key] = frame[feature.key].reshape(-1)
-        self.dataset.add_frame({**frame, "task": episode.task})
+                values[feature.key] = depth_png(frame[feature.key])
+        self.dataset.add_frame({**values, "task": episode.task})
 
     def save_episode(self) -> None:
         self.dataset.save_episode()
@@ -462,6 +469,7 @@ def _join(sources: list[Path], existing: Path | None, repo_id: str, staging: Pat
         tqdm(total=1, desc=f"joining {len(sources)} datasets", unit="step", disable=not progress) as bar,
         # LeRobot's own bars (meta data checked, files copied) would print under the one for this stage.
         contextlib.nullcontext() if verbose else lerobot_compat.aggregate_without_progress_bars(),
+        lerobot_compat.depth_map_statistics(),
     ):
         aggregate_datasets([repo_id] * len(sources), repo_id, roots=sources, aggr_root=staging)
         bar.update()

@@ -25,7 +25,14 @@ import numpy as np
 
 from koch_common.feature_mapping import Mapping
 from koch_common.resample import Align, FrameAssembler, ResampleReport, Sample, StreamBuffer
-from koch_convert.bag_reader import ImageSpill, TopicStream, ZeroStampFallback, iter_messages, read_topics
+from koch_convert.bag_reader import (
+    ImageSpill,
+    TopicStream,
+    ZeroStampFallback,
+    iter_messages,
+    read_topics,
+    require_topics,
+)
 from koch_convert.extract import ExtractError, JointVector, decoder_for
 
 
@@ -292,18 +299,24 @@ def resample_bag(bag: Path, mapping: Mapping) -> Episode:
 def stream_episode(
     bag: Path, mapping: Mapping, spill: ImageSpill | None, on_frame: Callable[[Episode, int], None]
 ) -> Episode:
-    """The one episode of a bag whose mapping has no marker or task topic, resampled while the bag is
-    read: `on_frame(episode, index)` gets each kept frame as soon as no later message can change it
-    (the converter encodes it then). The same buffers, assembler and builder as `resample_episodes`,
-    and so the same frames; the verdict comes at the end, after its frames were passed on. A frame's
-    values are released once `on_frame` returns, with every message older than it, so memory holds a
-    few images per stream rather than the bag's. Raises OutOfOrderStamps when a stream's stamps go
+    """The one episode of a bag whose mapping has no episode marker topic, resampled while the bag is
+    read (a task topic is read first, on its own: a few small messages): `on_frame(episode, index)`
+    gets each kept frame as soon as no later message can change it (the converter encodes it then).
+    The same buffers, assembler and builder as `resample_episodes`, and so the same frames; the
+    verdict comes at the end, after its frames were passed on. A frame's values are released once
+    `on_frame` returns, with every message older than it, so memory holds a few images per stream
+    rather than the bag's. Raises OutOfOrderStamps when a stream's stamps go
     backwards (header stamps of several publishers on one topic), which only `resample_episodes`
     (the whole bag read, then sorted) handles."""
-    if mapping.extra_topics:
-        raise ValueError(f"the mapping reads {mapping.extra_topics} too; convert with resample_episodes")
+    if mapping.episode_marker_topic:
+        raise ValueError(f"the mapping splits bags at {mapping.episode_marker_topic}; convert with resample_episodes")
     bag = Path(bag)
-    task = _task(mapping, {}, 0, np.inf, bag)
+    streams = {}
+    if mapping.task_topic:  # the bag is the episode: its latest task text is the episode's
+        require_topics(bag, mapping.topics)  # a missing feature topic is the error to report, not the task
+        streams = read_topics(bag, {mapping.task_topic: "std_msgs/msg/String"}, clock=mapping.clock,
+                              optional=[mapping.task_topic])
+    task = _task(mapping, streams, 0, np.inf, bag)
     consumers: dict[str, list[tuple[str, Callable[[Any], Any]]]] = {}
     for feature in mapping.features:
         consumers.setdefault(feature.topic, []).append((feature.key, _extractor(feature, bag)))

@@ -2,8 +2,8 @@
 
 Joint vectors are taken by joint *name* (publishers may order joints differently), or by index from
 messages without names where the mapping allows it (`Feature.joint_indices`); colour
-images become uint8 RGB (H, W, 3); depth becomes float32 metres (H, W, 1) exactly as the
-policy node decodes it live (16UC1 millimetres and 32FC1 metres are both exact in float32).
+images become uint8 RGB (H, W, 3); depth becomes uint16 millimetres (H, W, 1), through the
+same `depth_to_millimetres` the policy node decodes live depth with.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import av
 import numpy as np
 
 from koch_common.feature_mapping import JOINT_TRAJECTORY, Feature, JointLookupError
-from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_metres, from_fields, to_rgb
+from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_millimetres, from_fields, to_rgb
 from koch_convert.bag_reader import loaded
 
 # CompressedImage.format ("jpeg", "png", "rgb8; jpeg compressed bgr8") -> FFmpeg decoder name
@@ -80,14 +80,14 @@ def decode_color(msg: Any) -> np.ndarray:
 
 
 def decode_depth(msg: Any) -> np.ndarray:
-    """16UC1 (mm) / 32FC1 (m) Image -> float32 metres (H, W, 1); invalid (NaN/inf) -> 0 as live."""
+    """16UC1 (mm) / 32FC1 (m) Image -> uint16 millimetres (H, W, 1), 0 = no return; live decodes the same."""
     msg = loaded(msg)
     if msg.encoding not in DEPTH_SCALE_TO_M:
         raise ExtractError(
             f"depth image encoding {msg.encoding!r} is not supported; use one of {sorted(DEPTH_SCALE_TO_M)}"
         )
     array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
-    return depth_to_metres(array, msg.encoding)
+    return depth_to_millimetres(array, msg.encoding)
 
 
 def decoder_for(feature: Feature) -> Any:

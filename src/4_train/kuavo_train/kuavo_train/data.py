@@ -19,7 +19,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetad
 
 from koch_common.config import ConfigError
 from koch_runtime.build import require_features
-from koch_runtime.observation import ACTION_KEY, transform_image
+from koch_runtime.observation import ACTION_KEY, depth_for_policy, is_depth_spec, transform_image
 from kuavo_train.augment import AugmentConfig, ImageAugmenter
 from kuavo_train.config import DatasetConfig, LoaderConfig
 from kuavo_train.frame_cache import CachedFramesDataset
@@ -171,6 +171,9 @@ class TransformedDataset(torch.utils.data.Dataset[dict[str, Any]]):
         for key, spec in self.image_transforms.items():
             if key not in sample:
                 continue
+            if is_depth_spec(spec):
+                sample[key] = depth_for_policy(sample[key], spec, generator if self.train else None)
+                continue
             image = transform_image(sample[key], spec, generator if self.train else None)
             if self.augmenter is not None and spec.get("kind", "rgb") == "rgb" and (
                     self.augment_keys is None or key in self.augment_keys):
@@ -248,9 +251,11 @@ def make_loader(
 
 
 def infinite_batches(
-    dataset: LeRobotDataset, batch_size: int, num_workers: int, seed: int
+    dataset: LeRobotDataset, batch_size: int, num_workers: int, seed: int,
+    cameras: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Shuffled batches forever, reproducible from `seed` (no transforms)."""
+    """Shuffled batches forever, reproducible from `seed`; `cameras`: the checkpoint's camera specs
+    (resize / crop / depth maps to metres), none: items as the dataset gives them."""
     sampler = ResumableBatchSampler(len(dataset), batch_size, seed)
-    yield from make_loader(TransformedDataset(dataset, {}, None, train=True), sampler,
+    yield from make_loader(TransformedDataset(dataset, cameras or {}, None, train=True), sampler,
                            LoaderConfig(num_workers=num_workers), "cpu")

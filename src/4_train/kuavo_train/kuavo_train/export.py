@@ -30,7 +30,7 @@ from torch.onnx import register_custom_op_symbolic, symbolic_helper
 
 from koch_runtime.checkpoint import resolve_pretrained_dir
 from koch_runtime.lerobot_compat import global_conditioning
-from koch_runtime.observation import IMAGE_PREFIX, arrays_to_batch, with_stacked_cameras
+from koch_runtime.observation import IMAGE_PREFIX, arrays_to_batch, is_depth_spec, with_stacked_cameras
 from koch_runtime.onnx_runtime import BATCH_AXIS, ONNX_DIR, ONNX_FORMAT, ONNX_MANIFEST, providers_for
 from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.errors import WRITE_FAILURES, OutputError, check_writable, is_write_failure, reason
@@ -53,12 +53,15 @@ def _sample_inputs(runtime: PolicyRuntime, history: int | None, seed: int = 0) -
 
 
 def _sample_observation(runtime: PolicyRuntime, seed: int = 0) -> dict[str, Any]:
-    """A random observation in `ObservationChecker`'s layout: uint8 (1, H, W, C) images as recorded,
-    float32 (1, *shape) for the rest."""
+    """A random observation in `ObservationChecker`'s layout: uint8 (1, H, W, C) images and int32
+    (1, H, W, 1) depth maps as recorded, float32 (1, *shape) for the rest."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for key, feature in runtime.input_features.items():
-        if key.startswith(IMAGE_PREFIX):
+        spec = runtime.feature_specs.get(key)
+        if spec is not None and is_depth_spec(spec):  # millimetres, handed on as int32 (ObservationChecker)
+            out[key] = torch.randint(0, 2000, (1, *spec["shape"]), generator=generator, dtype=torch.int32)
+        elif key.startswith(IMAGE_PREFIX):
             shape = (1, *runtime.feature_specs[key]["shape"])
             out[key] = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
         else:

@@ -31,12 +31,14 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from koch_common.checkpoint_layout import TRAIN_CONFIG_FILE
 from koch_common.config import ConfigError
 from koch_common.processes import process_alive
 from koch_runtime.build import build_policy
 from koch_runtime.checkpoint import PRETRAINED_MODEL_DIR
 from koch_runtime.checkpoint_trust import read_json_object
-from koch_runtime.observation import IMAGE_PREFIX
+from koch_runtime.lerobot_compat import is_depth_map
+from koch_runtime.observation import DEPTH_KIND, IMAGE_PREFIX
 from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.config import TrainConfig, load_train_config
 from kuavo_train.data import (
@@ -55,7 +57,6 @@ from kuavo_train.state import EMA, STATE_DIR, load_training_state, save_training
 CHECKPOINTS_DIR = "checkpoints"
 LAST_LINK = "last"
 LOG_FILE = "train_log.jsonl"
-TRAIN_CONFIG_FILE = "kuavo_train_config.json"
 # Config sections that must match the checkpoint's when resuming (they define the model and data).
 RESUME_MUST_MATCH = ("dataset", "policy", "batch_size", "grad_accum_steps", "seed", "ema_decay", "precision")
 # dataset keys that change only where the frames come from, not which: free to change on resume.
@@ -77,8 +78,7 @@ def image_transforms_for(cfg: TrainConfig, features: dict[str, Any]) -> dict[str
     out = {}
     for key in cfg.policy.input_features:
         if key.startswith(IMAGE_PREFIX) and key in features:
-            channels = int(features[key]["shape"][-1])
-            kind = "depth" if "depth" in key or channels == 1 else "rgb"
+            kind = DEPTH_KIND if is_depth_map(features[key]) else "rgb"
             out[key] = {"resize": cfg.dataset.resize, "crop": cfg.dataset.crop, "kind": kind}
     return out
 
@@ -212,7 +212,8 @@ STAGING_PATTERN = re.compile(r"^\.(tmp|old|last)-(?:(\d+)-)?(\d+)$")
 
 
 def save_checkpoint(
-    runtime: PolicyRuntime, cfg: TrainConfig, step: int, training_state: dict[str, Any] | None = None
+    runtime: PolicyRuntime, cfg: TrainConfig, step: int, training_state: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """Write `<output_dir>/checkpoints/<step>/{pretrained_model,training_state}` and point `last` at it.
 
@@ -222,7 +223,8 @@ def save_checkpoint(
     save leaves either the previous checkpoint set or the complete new one. A save that fails (disk
     full, folder read-only) or is interrupted removes its staging folder and raises an OutputError
     naming the folder and the fix; a process killed outright leaves it for the next run to sweep
-    (`sweep_staging`). Older step folders beyond keep_last go.
+    (`sweep_staging`). Older step folders beyond keep_last go. `run`: how the checkpoint was made
+    (episodes, training wall time, device), saved with its config for results tables.
     """
     checkpoints = Path(cfg.output_dir) / CHECKPOINTS_DIR
     final = checkpoint_dir(Path(cfg.output_dir), step)
@@ -231,7 +233,7 @@ def save_checkpoint(
     try:
         checkpoints.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
-        write_checkpoint(staging, runtime, cfg, step, training_state)
+        write_checkpoint(staging, runtime, cfg, step, training_state, run)
         publish_checkpoint(staging, final, link_tmp)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -257,7 +259,7 @@ def save_checkpoint(
 
 
 def write_checkpoint(staging: Path, runtime: PolicyRuntime, cfg: TrainConfig, step: int,
-                     training_state: dict[str, Any] | None) -> None:
+                     training_state: dict[str, Any] | None, run: dict[str, Any] | None = None) -> None:
     """The checkpoint's files, into `staging`."""
     pretrained = staging / PRETRAINED_MODEL_DIR
     ema: EMA | None = (training_state or {}).get("ema")
@@ -268,7 +270,7 @@ def write_checkpoint(staging: Path, runtime: PolicyRuntime, cfg: TrainConfig, st
         if raw is not None:
             runtime.policy.load_state_dict(raw)
     (pretrained / TRAIN_CONFIG_FILE).write_text(
-        json.dumps({"step": step, "config": cfg.to_dict()}, indent=2), encoding="utf-8"
+        json.dumps({"step": step, "config": cfg.to_dict(), "run": run or {}}, indent=2), encoding="utf-8"
     )
     if training_state is not None:
         save_training_state(staging / STATE_DIR, model=runtime.policy, **training_state)
@@ -409,7 +411,7 @@ class TrainingData:
 
     train_episodes: list[int]
     val_episodes: list[int]
-    transforms: dict[str, dict[str, Any]]  # per camera: resize / crop / kind
+    transforms: dict[str, dict[str, Any]]  # per camera: its checkpoint spec (resize / crop / kind / channels)
     dataset: LeRobotDataset  # or a CachedFramesDataset
     val_dataset: LeRobotDataset | None  # None: no validation
     cache_build_s: float  # seconds this process spent building decoded-frame caches (0: reused / none)
@@ -443,7 +445,9 @@ def open_training_data(cfg: TrainConfig, runtime: PolicyRuntime, accelerator: Ac
     if not accelerator.is_main_process:
         dataset, val_dataset = open_datasets()
     cache_build_s = sum(d.frame_cache.build_s for d in (dataset, val_dataset) if isinstance(d, CachedFramesDataset))
-    return TrainingData(train_eps, val_eps, image_transforms_for(cfg, meta.features), dataset, val_dataset,
+    # The checkpoint's own camera specs (resize, crop, depth), so training frames images as the robot will.
+    camera_specs = {k: v for k, v in runtime.feature_specs.items() if k.startswith(IMAGE_PREFIX)}
+    return TrainingData(train_eps, val_eps, camera_specs, dataset, val_dataset,
                         cache_build_s)
 
 
@@ -471,6 +475,7 @@ class Position:
     step: int = 0
     epoch: int = 0
     batch: int = 0
+    wall_s: float = 0.0  # training time spent up to `step`, over every resumed run
 
 
 def resume_position(cfg: TrainConfig, output_dir: Path, runtime: PolicyRuntime, optimisation: Optimisation,
@@ -482,7 +487,7 @@ def resume_position(cfg: TrainConfig, output_dir: Path, runtime: PolicyRuntime, 
         last / STATE_DIR, model=runtime.policy, optimizer=optimisation.optimizer, scheduler=optimisation.scheduler,
         scaler=optimisation.scaler, ema=optimisation.ema, device=device,
     )
-    position = Position(progress["step"], progress["epoch"], progress["batch"])
+    position = Position(progress["step"], progress["epoch"], progress["batch"], float(progress.get("wall_s", 0.0)))
     if position.step >= cfg.steps:
         raise ConfigError(f"the checkpoint is at step {position.step} >= steps={cfg.steps}; raise steps to continue")
     return position
@@ -598,8 +603,10 @@ def run_steps(cfg: TrainConfig, runtime: PolicyRuntime, optimisation: Optimisati
                 stopping = bool(cfg.stop_after) and step - start.step >= cfg.stop_after
                 if is_main and (step == cfg.steps or stopping or (cfg.save_every and step % cfg.save_every == 0)):
                     position = Position(step, consumed // sampler.batches_per_epoch,
-                                        consumed % sampler.batches_per_epoch)
-                    last_saved = save_checkpoint(runtime, cfg, step, training_state(optimisation, position))
+                                        consumed % sampler.batches_per_epoch,
+                                        start.wall_s + time.perf_counter() - run_start)
+                    last_saved = save_checkpoint(runtime, cfg, step, training_state(optimisation, position),
+                                                 provenance(cfg, data, position, device))
                 if stopping:
                     break
     finally:
@@ -619,7 +626,15 @@ def training_state(optimisation: Optimisation, position: Position) -> dict[str, 
     """The `training_state` save_checkpoint writes beside the weights, to resume at `position`."""
     return {"optimizer": optimisation.optimizer, "scheduler": optimisation.scheduler, "scaler": optimisation.scaler,
             "ema": optimisation.ema,
-            "progress": {"step": position.step, "epoch": position.epoch, "batch": position.batch}}
+            "progress": {"step": position.step, "epoch": position.epoch, "batch": position.batch,
+                         "wall_s": position.wall_s}}
+
+
+def provenance(cfg: TrainConfig, data: TrainingData, position: Position, device: str) -> dict[str, Any]:
+    """What a results table says about how a checkpoint was made (saved beside its config)."""
+    return {"train_episodes": len(data.train_episodes), "val_episodes": len(data.val_episodes),
+            "train_wall_s": round(position.wall_s, 1), "device": device, "batch_size": cfg.batch_size,
+            "grad_accum_steps": cfg.grad_accum_steps}
 
 
 def train(cfg: TrainConfig) -> Path:

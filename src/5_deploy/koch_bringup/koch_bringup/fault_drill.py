@@ -362,7 +362,11 @@ def run_drill(out: Path, kinds: list[FaultKind], duration_s: float | None, seed:
     goal_log = out / "goals.csv"
     rng = random.Random(seed)
     arm = load_koch().follower
-    robot_specs = graph.sim_robot(seed=seed, port_link=str(out / "follower_port"), goal_log=str(goal_log))
+    # First-order servos, not MuJoCo: the drill audits the command path, whose goals must stay inside the
+    # rate bounds; an arm pressed into the table by arbitrary actions would lag its goal, and the driver's
+    # present-position clamp would then move goals at the arm's pace, which the goal check cannot tell apart.
+    robot_specs = graph.sim_robot(seed=seed, port_link=str(out / "follower_port"), goal_log=str(goal_log),
+                                  physics=False)
     with ExitStack() as stack:
         ros = stack.enter_context(ros_session())
         robot = stack.enter_context(GraphProcess(robot_specs, out / "logs"))

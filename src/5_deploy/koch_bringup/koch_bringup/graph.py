@@ -25,7 +25,7 @@ from koch_driver.settings import DriverSettings, TeleopSettings
 from koch_policy.settings import PolicySettings
 from koch_record.settings import RecorderSettings
 from koch_sim.settings import ScriptedLeaderSettings, SimWorldSettings
-from koch_sim.sim_config import load_sim
+from koch_sim.sim_config import load_sim, task_kind
 
 
 @dataclass(frozen=True)
@@ -44,17 +44,21 @@ class NodeSpec:
 
 
 def sim_robot(seed: int | None = None, port_link: str | None = None, goal_log: str | None = None,
-              cameras: tuple[str, ...] = ("head", "wrist")) -> list[NodeSpec]:
-    """The simulated Koch: servo emulator + target, follower driver on its pty, cameras.
+              cameras: tuple[str, ...] = ("head", "wrist"), task: str | None = None,
+              physics: bool | None = None) -> list[NodeSpec]:
+    """The simulated Koch: MuJoCo physics behind the servo emulator, follower driver on its pty, cameras.
 
-    `seed`: of the target sequence (None: the sim world's default). `port_link` overrides where
-    the emulator's pseudo-terminal is linked (sim.yaml's default), so two simulated robots on one
-    machine do not share a serial port. `goal_log`: a CSV file for every goal the servos receive.
+    `seed`: of the first episode's layout (None: the sim world's default). `port_link` overrides
+    where the emulator's pseudo-terminal is linked (sim.yaml's default), so two simulated robots
+    on one machine do not share a serial port. `goal_log`: a CSV file for every goal the servos
+    receive. `task`: reach, pick_place, pick_color or pick_taller (None: sim.yaml's task).
+    `physics` False: first-order servos instead of MuJoCo (the fault drill's command-path audit).
     """
     port = port_link or load_sim().emulator.follower_port_link
     return [
         NodeSpec("koch_sim", "sim_world", "sim_world", "sim",
-                 node_parameters(SimWorldSettings, seed=seed, follower_port_link=port_link, goal_log=goal_log)),
+                 node_parameters(SimWorldSettings, seed=seed, follower_port_link=port_link, goal_log=goal_log,
+                                 task=task, physics=physics)),
         *follower_driver(port),
         *sim_cameras(cameras),
     ]
@@ -65,7 +69,7 @@ def follower_driver(port: str | None = None) -> list[NodeSpec]:
     return [NodeSpec("koch_driver", "driver", "driver", "follower", node_parameters(DriverSettings, port=port))]
 
 
-def scripted_teleop(leader_port_link: str | None = None) -> list[NodeSpec]:
+def scripted_teleop(leader_port_link: str | None = None, task: str | None = None) -> list[NodeSpec]:
     """The scripted expert as leader arm, and teleop mirroring it onto the follower.
 
     With `leader_port_link`, the expert moves an emulated leader bus linked there and a leader
@@ -78,8 +82,8 @@ def scripted_teleop(leader_port_link: str | None = None) -> list[NodeSpec]:
                            node_parameters(DriverSettings, arm="leader", port=leader_port_link))]
     return [
         NodeSpec("koch_sim", "scripted_leader", "scripted_leader", "leader",
-                 node_parameters(ScriptedLeaderSettings, leader_port_link=leader_port_link),
-                 (("target", topic("sim_target")),)),
+                 node_parameters(ScriptedLeaderSettings, leader_port_link=leader_port_link, task=task),
+                 (("objects", topic("sim_objects")), ("task", topic("sim_task")))),
         *leader,
         NodeSpec("koch_driver", "teleop", "teleop", "", node_parameters(TeleopSettings),
                  (("leader_joint_states", topic("leader_joint_states")),
@@ -105,9 +109,12 @@ def policy(checkpoint: str, **parameters: Any) -> list[NodeSpec]:
                      (("action_chunk", topic("follower_joint_commands")),))]
 
 
-def deploy(checkpoint: str, sim: bool = True, seed: int | None = None, **parameters: Any) -> list[NodeSpec]:
-    """What `policy.launch.py` starts: the robot (simulated or real) and the policy node with `parameters`."""
-    robot = sim_robot(seed) if sim else follower_driver()
+def deploy(checkpoint: str, sim: bool = True, seed: int | None = None, task: str | None = None,
+           port_link: str | None = None, **parameters: Any) -> list[NodeSpec]:
+    """What `policy.launch.py` starts: the robot (simulated, laid out for `task`, or real) and the policy node.
+
+    `port_link`: the simulated follower's pseudo-terminal (see `sim_robot`)."""
+    robot = sim_robot(seed, port_link=port_link, task=task) if sim else follower_driver()
     return robot + policy(checkpoint, **parameters)
 
 
@@ -170,15 +177,16 @@ def real_robot(cameras: str = REAL_CAMERAS) -> list[NodeSpec]:
 
 
 def robot(sim: bool = False, seed: int | None = None, with_rviz: bool = False, cameras: str = REAL_CAMERAS,
-          port_link: str | None = None) -> list[NodeSpec]:
+          port_link: str | None = None, task: str | None = None) -> list[NodeSpec]:
     """robot.launch.py (sim:=false) / sim.launch.py: arm driver, camera, robot_state_publisher, RViz."""
-    arm = sim_robot(seed, port_link) if sim else real_robot(cameras)
+    arm = sim_robot(seed, port_link, task=task) if sim else real_robot(cameras)
     return arm + robot_state_publisher() + (rviz() if with_rviz else [])
 
 
-def sim(seed: int | None = None, with_rviz: bool = False, port_link: str | None = None) -> list[NodeSpec]:
+def sim(seed: int | None = None, with_rviz: bool = False, port_link: str | None = None,
+        task: str | None = None) -> list[NodeSpec]:
     """sim.launch.py: the simulated Koch in place of the hardware, same topics and services."""
-    return robot(True, seed, with_rviz, port_link=port_link)
+    return robot(True, seed, with_rviz, port_link=port_link, task=task)
 
 
 def leader_teleop() -> list[NodeSpec]:
@@ -190,9 +198,9 @@ def leader_teleop() -> list[NodeSpec]:
 
 
 def teleop(sim: bool = False, seed: int | None = None, with_rviz: bool = False,
-           cameras: str = REAL_CAMERAS) -> list[NodeSpec]:
+           cameras: str = REAL_CAMERAS, task: str | None = None) -> list[NodeSpec]:
     """teleop.launch.py: robot + leader (the scripted expert in sim) + teleop."""
-    return robot(sim, seed, with_rviz, cameras) + (scripted_teleop() if sim else leader_teleop())
+    return robot(sim, seed, with_rviz, cameras, task=task) + (scripted_teleop(task=task) if sim else leader_teleop())
 
 
 def next_episode(bag_root: str | Path, pattern: str = EPISODE_PATTERN) -> int:
@@ -224,7 +232,7 @@ def bag_record(bag_root: str, mapping: str = DEFAULT_MAPPING, storage: str | Non
 
 def record(sim: bool = False, bag_root: str | None = None, mapping: str = DEFAULT_MAPPING,
            storage: str | None = None, episode: int | None = None, recorder_kind: str = "ros2bag",
-           seed: int | None = None, with_rviz: bool = False) -> list[NodeSpec | ProcessSpec]:
+           seed: int | None = None, with_rviz: bool = False, task: str | None = None) -> list[NodeSpec | ProcessSpec]:
     """record.launch.py: teleop plus a recorder of the mapping's topics.
 
     recorder_kind `ros2bag` runs `ros2 bag record` for one episode (one launch = one bag);
@@ -237,7 +245,7 @@ def record(sim: bool = False, bag_root: str | None = None, mapping: str = DEFAUL
 
     bag_root = bag_root or setting_info(RecorderSettings, "output_dir").default
 
-    graph_: list[NodeSpec | ProcessSpec] = list(teleop(sim, seed, with_rviz))
+    graph_: list[NodeSpec | ProcessSpec] = list(teleop(sim, seed, with_rviz, task=task))
     if recorder_kind == "ros2bag":
         graph_.append(bag_record(bag_root, mapping, storage, episode))
     else:
@@ -251,13 +259,13 @@ def record(sim: bool = False, bag_root: str | None = None, mapping: str = DEFAUL
 
 
 def policy_graph(checkpoint: str, sim: bool = True, seed: int | None = None, with_rviz: bool = False,
-                 **parameters: Any) -> list[NodeSpec]:
+                 task: str | None = None, **parameters: Any) -> list[NodeSpec]:
     """policy.launch.py: `deploy` (robot + policy node), robot_state_publisher and optional RViz.
 
     `parameters` (device, enabled, chunk_policy, realtime_priority, ...; None: the node's default)
     are the policy node's parameters of the same names.
     """
-    return deploy(checkpoint, sim, seed, **parameters) + robot_state_publisher() + (rviz() if with_rviz else [])
+    return deploy(checkpoint, sim, seed, task, **parameters) + robot_state_publisher() + (rviz() if with_rviz else [])
 
 
 # ---- launch arguments, declared once for the launch files and `launch_graph` ----------------------
@@ -302,19 +310,21 @@ def _parameter_value(cls: type, name: str, text: str) -> Any:
         raise ValueError(f"launch argument {name}:={text!r} must be {kind.__name__}") from None
 
 
-_SIM = LaunchArgument("sim", "false", "true: the simulated Koch (servo emulator + rendered camera); false: hardware")
+_SIM = LaunchArgument("sim", "false", "true: the simulated Koch (MuJoCo behind the servo emulator, rendered "
+                      "cameras); false: hardware")
 _SEED = _parameter_argument(SimWorldSettings, "seed", "sim_world", " (sim:=true only)")
+_TASK = _parameter_argument(SimWorldSettings, "task", "sim_world", " (sim:=true only)")
 _RVIZ = LaunchArgument("rviz", "false", "true: start RViz (rviz/koch.rviz) and rqt_robot_monitor for /diagnostics")
 _CAMERA = LaunchArgument("cameras", REAL_CAMERAS,
                          "camera settings file (config/cameras/) of the real head camera (sim:=false)")
 
 LAUNCH_ARGUMENTS: dict[str, tuple[LaunchArgument, ...]] = {
-    "robot": (_SIM, _SEED, _RVIZ, _CAMERA),
-    "sim": (_SEED, _RVIZ, LaunchArgument("port_link", "", "where the servo emulator links its pseudo-terminal; "
+    "robot": (_SIM, _SEED, _TASK, _RVIZ, _CAMERA),
+    "sim": (_SEED, _TASK, _RVIZ, LaunchArgument("port_link", "", "where the servo emulator links its pseudo-terminal; "
                                          "empty: sim.yaml's emulator.follower_port_link")),
-    "teleop": (_SIM, _SEED, _RVIZ, _CAMERA),
+    "teleop": (_SIM, _SEED, _TASK, _RVIZ, _CAMERA),
     "record": (
-        _SIM, _SEED, _RVIZ,
+        _SIM, _SEED, _TASK, _RVIZ,
         LaunchArgument("bag_root", setting_info(RecorderSettings, "output_dir").default,
                        "folder of the episode bags"),
         LaunchArgument("mapping", DEFAULT_MAPPING,
@@ -330,6 +340,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[LaunchArgument, ...]] = {
         *(_parameter_argument(PolicySettings, name, "policy") for name in POLICY_ARGUMENTS),
         LaunchArgument("sim", "true", "true: the simulated Koch; false: the real follower arm"),
         _SEED,
+        _TASK,
         _RVIZ,
     ),
 }
@@ -351,22 +362,25 @@ def build(name: str, values: dict[str, str] | None = None) -> list[NodeSpec | Pr
         raise ValueError(f"{name}: unknown launch arguments {sorted(unknown)}; it takes {sorted(declared)}")
     v = {**declared, **(values or {})}
     seed = _parameter_value(SimWorldSettings, "seed", v["seed"])
+    task = _parameter_value(SimWorldSettings, "task", v["task"])
+    if task is not None:
+        task_kind(task)  # an unknown task fails here, with the list of tasks
     rviz_on = _flag(v["rviz"], "rviz")
     if name == "robot":
-        return list(robot(_flag(v["sim"], "sim"), seed, rviz_on, v["cameras"]))
+        return list(robot(_flag(v["sim"], "sim"), seed, rviz_on, v["cameras"], task=task))
     if name == "sim":
-        return list(sim(seed, rviz_on, v["port_link"] or None))
+        return list(sim(seed, rviz_on, v["port_link"] or None, task))
     if name == "teleop":
-        return list(teleop(_flag(v["sim"], "sim"), seed, rviz_on, v["cameras"]))
+        return list(teleop(_flag(v["sim"], "sim"), seed, rviz_on, v["cameras"], task))
     if name == "record":
         episode = None if v["episode"] == "auto" else int(v["episode"])
         storage = _parameter_value(RecorderSettings, "storage", v["storage"])
         return record(_flag(v["sim"], "sim"), v["bag_root"], v["mapping"], storage, episode, v["recorder"],
-                      seed, rviz_on)
+                      seed, rviz_on, task)
     if not v["checkpoint"]:
         raise ValueError("policy: checkpoint:=PATH is required (a pretrained_model directory written by kuavo_train)")
     parameters = {name: _parameter_value(PolicySettings, name, v[name]) for name in POLICY_ARGUMENTS}
-    return list(policy_graph(sim=_flag(v["sim"], "sim"), seed=seed, with_rviz=rviz_on, **parameters))
+    return list(policy_graph(sim=_flag(v["sim"], "sim"), seed=seed, with_rviz=rviz_on, task=task, **parameters))
 
 
 def sim_cameras(names: tuple[str, ...] = ("head", "wrist")) -> list[NodeSpec]:
@@ -376,5 +390,5 @@ def sim_cameras(names: tuple[str, ...] = ("head", "wrist")) -> list[NodeSpec]:
     (the recorded and policy camera), /head/depth/image_raw, /wrist/color/image_raw, ...
     """
     return [NodeSpec("koch_camera", "camera", "camera", name, node_parameters(CameraFile, config="cameras/sim.yaml"),
-                     (("joint_states", topic("follower_joint_states")), ("target", topic("sim_target"))))
+                     (("joint_states", topic("sim_joint_states")), ("objects", topic("sim_objects"))))
             for name in names]

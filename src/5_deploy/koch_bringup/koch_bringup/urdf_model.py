@@ -1,22 +1,14 @@
 """The Koch v1.1 URDF, generated from `config/koch.yaml`, and forward kinematics read back from a URDF.
 
-The URDF is written from the same `kinematics:` lengths, joint names and limits that the
-driver, the simulated camera, the scripted expert and the policy node's RViz markers use
-(`koch_common.kinematics`), so robot_state_publisher's TF tree and the project's FK agree.
-`urdf/koch.urdf` in this package is this module's output (`koch_urdf > urdf/koch.urdf`); a
-test fails when the file and the config drift apart.
+The URDF is written from the same `kinematics:` block (joint origins, axes, masses, collision
+boxes, tcp) that the MuJoCo model (koch_sim.mjcf) and the project's FK/IK
+(koch_common.kinematics) are built from, so robot_state_publisher's TF tree, the simulator and
+the policy node's predicted path agree. `urdf/koch.urdf` in this package is this module's
+output (`koch_urdf > urdf/koch.urdf`); a test fails when the file and the config drift apart.
 
-Published facts it follows (ManiSkill's `follower_arm_v1.1.urdf`, haosulab/ManiSkill,
-mani_skill/assets/robots/koch, itself exported from the Koch v1.1 CAD by A. Koch /
-LeRobot): a vertical pan axis, then three parallel pitch axes (shoulder_lift, elbow_flex,
-wrist_flex), a roll axis along the gripper and the gripper's jaw axis; shoulder pitch axis
-~5.4 cm above the table, upper arm ~10.9 cm, forearm ~10.1 cm, wrist pitch axis to the
-fingertips ~11 cm (0.32 m from the shoulder in all). Our config keeps that 0.32 m reach with
-the simulated task's segment split (12 / 13 / 7 cm), see config/koch.yaml.
-
-Frames follow REP 103: x forward, y left, z up. With every joint at zero the upper arm points
-up, the forearm forward and the gripper down (koch.yaml's zero), and a positive pitch angle
-tips the next link forward/down, which is a rotation about +y.
+Frames follow REP 103 (x forward, y left, z up): `base_link` is the arm's footprint on the
+table, `arm_mount` the CAD export's frame turned by `mount_yaw`, then one `<joint>_link` per
+joint, and `tcp` between the jaws.
 """
 
 from __future__ import annotations
@@ -32,54 +24,48 @@ from koch_common.robot import KochConfig, load_koch
 
 # Stall torques (N m at 12 V / 5 V) from the ROBOTIS e-manuals, for the URDF's effort limits.
 STALL_TORQUE_NM = {"xl430-w250": 1.5, "xl330-m288": 0.52, "xl330-m077": 0.215}
-PITCH_AXIS = "0 1 0"
-LINK_RADIUS = 0.012
 CAMERA_FRAME = "head_camera_optical_frame"
+KOCH_CHAIN = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 
 
-def _joint_line(name: str, parent: str, child: str, xyz: tuple[float, float, float], axis: str,
-                limits: tuple[float, float, float, float]) -> str:
-    lower, upper, effort, velocity = limits
-    return (
-        f'  <joint name="{name}" type="revolute">\n'
-        f'    <parent link="{parent}"/>\n    <child link="{child}"/>\n'
-        f'    <origin xyz="{_fmt(xyz)}" rpy="0 0 0"/>\n    <axis xyz="{axis}"/>\n'
-        f'    <limit lower="{lower:g}" upper="{upper:g}" effort="{effort:g}" velocity="{velocity:g}"/>\n'
-        "  </joint>\n"
-    )
+def _fmt(values: tuple[float, ...] | list[float]) -> str:
+    return " ".join(f"{float(v):.9g}" for v in values)
 
 
-def _fixed_line(name: str, parent: str, child: str, xyz: tuple[float, float, float],
-                rpy: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> str:
-    return (
-        f'  <joint name="{name}" type="fixed">\n'
-        f'    <parent link="{parent}"/>\n    <child link="{child}"/>\n'
-        f'    <origin xyz="{_fmt(xyz)}" rpy="{_fmt(rpy)}"/>\n'
-        "  </joint>\n"
-    )
+def _joint(name: str, kind: str, parent: str, child: str, xyz, rpy=(0.0, 0.0, 0.0), axis=None,
+           limits: tuple[float, float, float, float] | None = None) -> str:
+    text = (f'  <joint name="{name}" type="{kind}">\n    <parent link="{parent}"/>\n    <child link="{child}"/>\n'
+            f'    <origin xyz="{_fmt(xyz)}" rpy="{_fmt(rpy)}"/>\n')
+    if axis is not None:
+        text += f'    <axis xyz="{_fmt(axis)}"/>\n'
+    if limits is not None:
+        lower, upper, effort, velocity = limits
+        text += f'    <limit lower="{lower:g}" upper="{upper:g}" effort="{effort:g}" velocity="{velocity:g}"/>\n'
+    return text + "  </joint>\n"
 
 
-def _link_line(name: str, length: float = 0.0, direction: str = "z", radius: float = LINK_RADIUS,
-               color: str = "grey") -> str:
-    """A link drawn as a cylinder from its joint along `direction` (x, z or -z)."""
-    if length <= 0.0:
-        return f'  <link name="{name}"/>\n'
-    rpy = {"z": "0 0 0", "-z": "0 0 0", "x": f"0 {math.pi / 2:.6f} 0"}[direction]
-    centre = {"z": (0, 0, length / 2), "-z": (0, 0, -length / 2), "x": (length / 2, 0, 0)}[direction]
-    return (
-        f'  <link name="{name}">\n    <visual>\n'
-        f'      <origin xyz="{_fmt(centre)}" rpy="{rpy}"/>\n'
-        f'      <geometry><cylinder radius="{radius:g}" length="{length:g}"/></geometry>\n'
-        f'      <material name="{color}"/>\n    </visual>\n  </link>\n'
-    )
-
-
-def _fmt(values: tuple[float, ...]) -> str:
-    return " ".join(f"{float(v):.6g}" for v in values)
+def _link(name: str, shapes=(), inertial: tuple[float, list[float], list[float]] | None = None,
+          material: str = "grey") -> str:
+    """A link with one box visual + collision per shape, and its inertial (mass, com, principal moments)."""
+    body = ""
+    if inertial is not None:
+        mass, com, moments = inertial
+        ixx, iyy, izz = moments
+        body += (f'    <inertial>\n      <origin xyz="{_fmt(com)}" rpy="0 0 0"/>\n      <mass value="{mass:g}"/>\n'
+                 f'      <inertia ixx="{ixx:g}" ixy="0" ixz="0" iyy="{iyy:g}" iyz="0" izz="{izz:g}"/>\n'
+                 "    </inertial>\n")
+    for shape in shapes:
+        size = _fmt([2 * h for h in shape.half])
+        colour = "white" if shape.jaw else material
+        for tag in ("visual", "collision"):
+            body += (f'    <{tag}>\n      <origin xyz="{_fmt(shape.centre)}" rpy="0 0 0"/>\n'
+                     f'      <geometry><box size="{size}"/></geometry>\n'
+                     + (f'      <material name="{colour}"/>\n' if tag == "visual" else "") + f"    </{tag}>\n")
+    return f'  <link name="{name}">\n{body}  </link>\n' if body else f'  <link name="{name}"/>\n'
 
 
 def urdf_xml(koch: KochConfig | None = None, camera_position: tuple[float, float, float] | None = None) -> str:
-    """The follower arm's URDF (joint names, limits and lengths from koch.yaml) with a `tcp` frame.
+    """The follower arm's URDF (koch.yaml's kinematics, joint names and limits) with a `tcp` frame.
 
     `camera_position` adds the head camera's optical frame looking straight down (the
     simulated camera's mount, sim.yaml); the real mount is measured and passed the same way.
@@ -87,50 +73,38 @@ def urdf_xml(koch: KochConfig | None = None, camera_position: tuple[float, float
     koch = koch or load_koch()
     k = koch.kinematics
     joints = {j.name: j for j in koch.follower.joints}
-    expected = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
-    if list(joints) != expected:
-        raise ValueError(f"config/koch.yaml follower joints {list(joints)} must be {expected} (the URDF's chain)")
-
-    def limits(name: str) -> tuple[float, float, float, float]:
-        j = joints[name]
-        return j.lower, j.upper, STALL_TORQUE_NM.get(j.model, 1.0), j.max_velocity
-
+    if list(joints) != KOCH_CHAIN:
+        raise ValueError(f"config/koch.yaml follower joints {list(joints)} must be {KOCH_CHAIN} (the URDF's chain)")
     parts = [
         '<?xml version="1.0"?>\n',
         "<!-- Generated by koch_bringup.urdf_model from config/koch.yaml (koch_urdf); do not edit by hand.\n"
-        "     Joint layout, axes and approximate segment lengths follow ManiSkill's Koch v1.1 model\n"
-        "     (haosulab/ManiSkill, mani_skill/assets/robots/koch/follower_arm_v1.1.urdf). -->\n",
+        "     Joint origins and axes: the Koch v1.1 follower's CAD export (s1lent4gnt/koch-v1-1\n"
+        "     simulation/follower.urdf); inertias: MuJoCo Menagerie's low_cost_robot_arm. -->\n",
         '<robot name="koch_v1_1">\n',
-        '  <material name="grey"><color rgba="0.25 0.25 0.28 1"/></material>\n',
-        '  <material name="orange"><color rgba="0.95 0.65 0.15 1"/></material>\n',
-        _link_line("base_link", k.base_height, "z", 0.03, "orange"),
-        _joint_line("shoulder_pan", "base_link", "shoulder_link", (0, 0, 0), "0 0 1", limits("shoulder_pan")),
-        _link_line("shoulder_link"),
-        _joint_line("shoulder_lift", "shoulder_link", "upper_arm_link", (0, 0, k.base_height), PITCH_AXIS,
-                    limits("shoulder_lift")),
-        _link_line("upper_arm_link", k.upper_arm, "z"),
-        _joint_line("elbow_flex", "upper_arm_link", "forearm_link", (0, 0, k.upper_arm), PITCH_AXIS,
-                    limits("elbow_flex")),
-        _link_line("forearm_link", k.forearm, "x"),
-        _joint_line("wrist_flex", "forearm_link", "wrist_link", (k.forearm, 0, 0), PITCH_AXIS, limits("wrist_flex")),
-        _link_line("wrist_link"),
-        # The roll axis runs along the gripper (down at zero); a positive roll turns it clockwise seen from above.
-        _joint_line("wrist_roll", "wrist_link", "gripper_link", (0, 0, 0), "0 0 -1", limits("wrist_roll")),
-        _link_line("gripper_link", k.gripper, "-z", 0.01),
-        # The moving jaw hinges at the middle of the gripper; it does not move the tcp.
-        _joint_line("gripper", "gripper_link", "jaw_link", (0, 0, -k.gripper / 2), "1 0 0", limits("gripper")),
-        _link_line("jaw_link", k.gripper / 2, "-z", 0.005),
-        _fixed_line("tcp_joint", "gripper_link", "tcp", (0, 0, -k.gripper)),
-        '  <link name="tcp"/>\n',
+        '  <material name="grey"><color rgba="0.22 0.22 0.25 1"/></material>\n',
+        '  <material name="orange"><color rgba="0.95 0.62 0.15 1"/></material>\n',
+        '  <material name="white"><color rgba="0.93 0.93 0.9 1"/></material>\n',
+        '  <link name="base_link"/>\n',
+        _joint("arm_mount_joint", "fixed", "base_link", "arm_mount", (0, 0, 0), (0, 0, k.mount_yaw)),
+        _link("arm_mount", k.base.shapes, material="orange"),
     ]
+    parent = "arm_mount"
+    for link in k.links:
+        spec = joints[link.joint]
+        child = f"{link.joint}_link"
+        limits = (spec.lower, spec.upper, STALL_TORQUE_NM.get(spec.model, 1.0), spec.max_velocity)
+        parts += [_joint(link.joint, "revolute", parent, child, link.origin, axis=link.axis, limits=limits),
+                  _link(child, link.shapes, (link.mass, link.com, link.inertia))]
+        parent = child
+    parts += [_joint("tcp_joint", "fixed", "wrist_roll_link", "tcp", k.tcp), '  <link name="tcp"/>\n']
     if camera_position is not None:
         # Optical frame (REP 103 camera convention: z forward, x right, y down) of a camera looking
-        # straight down with image right = world -y and image down = world -x (koch_sim.scene).
+        # straight down with image right = world -y and image down = world -x (koch_sim.mjcf's head camera).
         parts += [
-            _fixed_line("head_camera_joint", "base_link", "head_camera_link", camera_position),
+            _joint("head_camera_joint", "fixed", "base_link", "head_camera_link", camera_position),
             '  <link name="head_camera_link"/>\n',
-            _fixed_line("head_camera_optical_joint", "head_camera_link", CAMERA_FRAME, (0, 0, 0),
-                        (math.pi, 0.0, -math.pi / 2)),
+            _joint("head_camera_optical_joint", "fixed", "head_camera_link", CAMERA_FRAME, (0, 0, 0),
+                   (math.pi, 0.0, -math.pi / 2)),
             f'  <link name="{CAMERA_FRAME}"/>\n',
         ]
     parts.append("</robot>\n")

@@ -50,7 +50,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from koch_common.config import ConfigError
 from koch_common.feature_mapping import Feature, Mapping, ZeroStamps, load_mapping
-from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_metres, from_fields, to_rgb
+from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_millimetres, from_fields, to_rgb
 from koch_common.kinematics import tcp_position
 from koch_common.node_params import declare_settings, updated_settings
 from koch_common.node_runner import run_node
@@ -62,6 +62,8 @@ from koch_policy.settings import PolicySettings
 from koch_policy.trajectory_cdr import safe_chunk_cdr
 from koch_runtime.factory import load_runtime
 
+RUNTIME_NAMES = {"OnnxRuntime": "onnx", "PolicyRuntime": "pytorch"}  # in diagnostics, e.g. for rollout reports
+
 
 def clock_now_ns(clock: Clock) -> int:
     """`clock.now().nanoseconds`: without simulated time a ROS clock reads the system clock, which
@@ -71,10 +73,11 @@ def clock_now_ns(clock: Clock) -> int:
 
 
 def decode_image(msg: Image) -> np.ndarray:
-    """Colour -> uint8 RGB (H, W, 3); depth (16UC1 mm / 32FC1 m) -> float32 metres (H, W, 1), NaN -> 0."""
+    """Colour -> uint8 RGB (H, W, 3); depth (16UC1 mm / 32FC1 m) -> uint16 millimetres (H, W, 1), as the
+    converter stores it (no return -> 0); the runtime turns it into metres as training does."""
     array = from_fields(msg.height, msg.width, msg.encoding, msg.step, msg.data, msg.is_bigendian)
     if msg.encoding in DEPTH_SCALE_TO_M:
-        return depth_to_metres(array, msg.encoding)
+        return depth_to_millimetres(array, msg.encoding)
     return to_rgb(array, msg.encoding)
 
 
@@ -95,7 +98,12 @@ class PolicyNode(Node):
         self.runtime = load_runtime(settings.checkpoint, settings.device, settings.inference_threads)
         self.fps = float(self.mapping.fps) if settings.rate_hz is None else settings.rate_hz
         n_steps = self.runtime.n_action_steps if settings.n_action_steps is None else settings.n_action_steps
-        inputs = [f for f in self.mapping.features if f.key != "action"]
+        # The streams this checkpoint reads (a mapping may hold more, e.g. a depth camera an RGB policy ignores).
+        inputs = [f for f in self.mapping.features if f.key in self.runtime.input_features]
+        unmapped = sorted(set(self.runtime.input_features) - {f.key for f in inputs})
+        if unmapped:
+            raise ConfigError(f"the checkpoint reads {unmapped}, which mapping {settings.mapping} does not map to "
+                              "any topic; add them to the mapping (the one the training data was converted with)")
         self.gate = SafetyGate(settings.deadman_timeout_s)
         self.inject_model_fault = False  # ~/inject_model_fault, offered only with fault_injection
         self.runner = PolicyRunner(
@@ -333,6 +341,8 @@ class PolicyNode(Node):
             "enabled": str(self.enabled),
             "dry_run": str(self.dry_run),
             "chunk_policy": queue.name.value,
+            "runtime": RUNTIME_NAMES.get(type(self.runtime).__name__, type(self.runtime).__name__),
+            "policy_type": self.runtime.policy_type,
             "estop_latched": str(self.gate.estop_latched),
             "gate": gate.value,
             "chunk_publish_rate_hz": f"{rate:.2f}",

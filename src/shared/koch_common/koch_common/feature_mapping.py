@@ -33,10 +33,18 @@ JOINT_TYPES = (JOINT_STATE, JOINT_TRAJECTORY)
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 CLOCKS = ("header", "receive")
 IMAGE_PREFIX = "observation.images."
-DEPTH_PREFIX = "observation.depth."
+# A depth camera is an image feature whose name ends in _depth (observation.images.head_depth beside the
+# colour observation.images.head), as LeRobot names depth maps; stored as a one-channel depth image.
+DEPTH_SUFFIX = "_depth"
+OLD_DEPTH_PREFIX = "observation.depth."  # the layout before depth maps: a flattened float column
 # The simulated Koch's mapping (under config/): what the converter, record.launch.py and the policy node use
 # unless told otherwise.
 DEFAULT_MAPPING = "mapping/koch_sim.yaml"
+
+
+def is_depth_key(key: str) -> bool:
+    """A depth camera's feature key: observation.images.<camera>_depth."""
+    return key.startswith(IMAGE_PREFIX) and key.endswith(DEPTH_SUFFIX)
 
 
 class UnnamedJoints(StrEnum):
@@ -140,12 +148,12 @@ class Feature:
 
     @property
     def is_depth(self) -> bool:
-        """A depth stream (16UC1/32FC1 Image), stored losslessly as a float32 metres array."""
-        return self.key.startswith(DEPTH_PREFIX)
+        """A depth stream (16UC1/32FC1 Image), stored as a one-channel millimetre depth map."""
+        return is_depth_key(self.key)
 
     @property
     def camera(self) -> str:
-        return self.key.removeprefix(DEPTH_PREFIX if self.is_depth else IMAGE_PREFIX)
+        return self.key.removeprefix(IMAGE_PREFIX)
 
     def joint_indices(self, names: Sequence[str], count: int) -> list[int]:
         """Where this feature's joints are in a message's positions (`names`: the message's joint
@@ -252,12 +260,17 @@ def resolve(config: MappingConfig, source: str = "mapping") -> Mapping:
         if fc.type in JOINT_TYPES:
             joint_names = _resolve_joints(key, fc.joints)
         elif fc.type in IMAGE_TYPES:
-            if key.startswith(DEPTH_PREFIX) and fc.type != IMAGE:
+            if key.startswith(OLD_DEPTH_PREFIX):
+                camera = key.removeprefix(OLD_DEPTH_PREFIX)
+                raise ConfigError(f"{where}: depth features are now named {IMAGE_PREFIX}<camera>{DEPTH_SUFFIX} "
+                                  "(a depth map, as LeRobot names them); rename it "
+                                  f"{IMAGE_PREFIX}{camera}{DEPTH_SUFFIX}")
+            if is_depth_key(key) and fc.type != IMAGE:
                 raise ConfigError(f"{where}: depth must come from {IMAGE} (16UC1 or 32FC1), not {fc.type}")
-            if not key.startswith((IMAGE_PREFIX, DEPTH_PREFIX)):
+            if not key.startswith(IMAGE_PREFIX):
                 raise ConfigError(
                     f"{where}: image features must be named {IMAGE_PREFIX}<camera> (colour) or "
-                    f"{DEPTH_PREFIX}<camera> (depth)"
+                    f"{IMAGE_PREFIX}<camera>{DEPTH_SUFFIX} (depth)"
                 )
             for name in ("joints", "unnamed_joints"):
                 if getattr(fc, name) is not None:

@@ -103,18 +103,32 @@ def to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
 DEPTH_SCALE_TO_M = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}
 
 
-def depth_to_metres(array: np.ndarray, encoding: str) -> np.ndarray:
-    """A decoded depth image as float32 metres (H, W, 1); no return (NaN/inf) becomes 0.
+DEPTH_UNIT_M = 1e-3  # a stored depth map's unit: millimetres, as uint16 (0 = no return)
+MAX_DEPTH_MM = 65535
+# A depth feature's `info` in a dataset's meta/info.json: LeRobot 0.6's depth-map flags (is_depth_map, and
+# depth_unit "mm" for integer maps), so the feature reads as a depth map there too.
+DEPTH_MAP_INFO = {"is_depth_map": True, "depth_unit": "mm"}
 
-    The one definition the converter (dataset frames) and the policy node (live observations)
-    share: both encodings are exact in float32, so training and inference see the same values.
+
+def depth_to_millimetres(array: np.ndarray, encoding: str) -> np.ndarray:
+    """A decoded depth image as the dataset stores it: uint16 millimetres (H, W, 1), 0 = no return.
+
+    16UC1/mono16 pass unchanged (lossless); 32FC1 metres are rounded to the millimetre (finer than
+    any depth camera's noise) and NaN, inf, negative or beyond 65.535 m read as no return. The
+    converter stores this and the policy node hands live depth over in it, so training and inference
+    see the same values (koch_runtime.observation.depth_map_to_metres makes metres of both).
     """
     if encoding not in DEPTH_SCALE_TO_M:
         raise ImageEncodingError(
             f"depth image encoding {encoding!r} is not supported; use one of {sorted(DEPTH_SCALE_TO_M)}"
         )
-    depth = array.astype(np.float32) * np.float32(DEPTH_SCALE_TO_M[encoding])
-    return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).reshape(*depth.shape[:2], 1)
+    if array.dtype == np.uint16:
+        depth = array
+    else:
+        mm = np.asarray(array, dtype=np.float64) * (DEPTH_SCALE_TO_M[encoding] / DEPTH_UNIT_M)
+        valid = np.isfinite(mm) & (mm >= 0) & (mm <= MAX_DEPTH_MM)
+        depth = np.where(valid, np.round(np.where(valid, mm, 0.0)), 0.0).astype(np.uint16)
+    return depth.reshape(*depth.shape[:2], 1)
 
 
 def _cv_bridge():

@@ -114,12 +114,69 @@ class ArmConfig:
         return sign * np.asarray(raw, dtype=np.float64) * unit_rpm * 2.0 * math.pi / 60.0
 
 
+def _vector(values: list[float], size: int, what: str) -> None:
+    require(len(values) == size and all(math.isfinite(float(v)) for v in values),
+            f"{what} {values} must be {size} finite numbers")
+
+
+@dataclass
+class ShapeConfig:
+    """A collision box in its link's frame: centre and half sizes (m); `jaw`: a gripper jaw."""
+
+    centre: list[float]
+    half: list[float]
+    jaw: bool = False
+
+    def __post_init__(self) -> None:
+        _vector(self.centre, 3, "shape centre")
+        _vector(self.half, 3, "shape half sizes")
+        require(all(h > 0 for h in self.half), f"shape half sizes {self.half} must be positive")
+
+
+@dataclass
+class LinkConfig:
+    """The link a joint moves: the joint's origin (m) and axis in the parent link's frame, and inertia."""
+
+    joint: str
+    origin: list[float]
+    axis: list[float]
+    mass: float
+    com: list[float]
+    inertia: list[float]  # principal moments (kg m^2) about the centre of mass, along the link's axes
+    shapes: list[ShapeConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _vector(self.origin, 3, f"link {self.joint} origin")
+        _vector(self.axis, 3, f"link {self.joint} axis")
+        _vector(self.com, 3, f"link {self.joint} com")
+        _vector(self.inertia, 3, f"link {self.joint} inertia")
+        require(abs(float(np.linalg.norm(self.axis)) - 1.0) < 1e-6,
+                f"link {self.joint} axis {self.axis} must be a unit vector")
+        require(self.mass > 0 and all(i > 0 for i in self.inertia),
+                f"link {self.joint}: mass {self.mass} and inertia {self.inertia} must be positive")
+
+
+@dataclass
+class BaseConfig:
+    shapes: list[ShapeConfig] = field(default_factory=list)
+
+
 @dataclass
 class KinematicsConfig:
-    base_height: float
-    upper_arm: float
-    forearm: float
-    gripper: float
+    """The follower's geometry (config/koch.yaml `kinematics:`): URDF, FK/IK and MuJoCo all derive from it."""
+
+    mount_yaw: float
+    links: list[LinkConfig]
+    tcp: list[float]
+    base: BaseConfig = field(default_factory=BaseConfig)
+
+    def __post_init__(self) -> None:
+        _vector(self.tcp, 3, "tcp")
+        require(math.isfinite(self.mount_yaw), f"mount_yaw {self.mount_yaw} must be finite")
+
+    @property
+    def joint_names(self) -> list[str]:
+        return [link.joint for link in self.links]
 
 
 @dataclass
@@ -143,8 +200,15 @@ class KochConfig:
     leader: ArmConfig
     kinematics: KinematicsConfig
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    home: list[float] = field(default_factory=lambda: [0.0] * 6)  # rest pose (rad), follower joint order
 
     def __post_init__(self) -> None:
+        require(self.kinematics.joint_names == self.follower.names,
+                f"kinematics links {self.kinematics.joint_names} must name the follower's joints in order "
+                f"({self.follower.names})")
+        # Not checked against the limits: a calibration may narrow them; a home command passes the safety layer.
+        require(len(self.home) == len(self.follower.joints) and all(math.isfinite(v) for v in self.home),
+                f"home {self.home} must give one finite angle (rad) per follower joint")
         margin = self.safety.position_margin
         for arm_name, arm in (("follower", self.follower), ("leader", self.leader)):
             for joint in arm.joints:

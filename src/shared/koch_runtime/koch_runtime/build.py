@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.datasets.utils import dataset_to_policy_features
 from lerobot.policies.factory import get_policy_class, make_pre_post_processors
@@ -19,10 +20,13 @@ from lerobot.policies.factory import make_policy_config as lerobot_make_policy_c
 from lerobot.policies.pretrained import PreTrainedPolicy
 
 from koch_common.config import ConfigError
-from koch_runtime.observation import ACTION_KEY, image_output_shape
+from koch_common.image_codec import DEPTH_UNIT_M
+from koch_runtime.lerobot_compat import is_depth_map
+from koch_runtime.observation import ACTION_KEY, DEPTH_KIND, image_output_shape
 from koch_runtime.plugins import register_policy_plugins
 from koch_runtime.torch_runtime import PolicyRuntime
 
+COLOUR_CHANNELS = 3
 # Where the VLA weights come from, for the error message when they are absent locally.
 HUB_IDS = {"smolvla": "lerobot/smolvla_base", "pi0": "lerobot/pi0_base", "pi05": "lerobot/pi05_base"}
 
@@ -111,6 +115,13 @@ def build_policy(
     config = make_policy_config(policy_type, overrides, device.split(":")[0])
     config.input_features, config.output_features = select_policy_features(dataset_features, input_keys)
     feature_specs = {key: json_feature_spec(dataset_features[key]) for key in [*input_keys, ACTION_KEY]}
+    depth_keys = [key for key in input_keys if is_depth_map(dataset_features[key])]
+    for key in depth_keys:
+        feature_specs[key]["kind"] = DEPTH_KIND
+        if not getattr(config, "takes_depth_maps", False):
+            # A policy built for colour images (LeRobot's ACT, diffusion): depth as a grey three-channel image.
+            feature_specs[key]["channels"] = COLOUR_CHANNELS
+            config.input_features[key].shape = (COLOUR_CHANNELS, *config.input_features[key].shape[1:])
     for key, transform in (image_transforms or {}).items():
         if key not in config.input_features:
             continue
@@ -130,8 +141,27 @@ def build_policy(
     else:
         policy = policy_cls(config)
     policy.to(device)
-    preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=dict(dataset_stats))
+    stats = depth_stats_in_metres(dataset_stats, depth_keys)
+    if getattr(config, "takes_depth_maps", False):
+        # Depth enters such a policy's depth encoder in metres, unnormalised: a distance means the same to
+        # the model whatever dataset it was trained on. Without statistics LeRobot's normaliser passes a
+        # feature through. (Here, not in the plugin's processor factory: LeRobot 0.4.4 builds the
+        # processors of any DiffusionConfig subclass with diffusion's own factory.)
+        stats = {k: v for k, v in stats.items() if k not in depth_keys}
+    preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=stats)
     return PolicyRuntime(policy, preprocessor, postprocessor, feature_specs)
+
+
+def depth_stats_in_metres(dataset_stats: Mapping[str, Mapping[str, Any]],
+                          depth_keys: Sequence[str]) -> dict[str, Any]:
+    """The dataset's statistics with depth maps' in metres: the dataset keeps them in its unit (mm), the
+    policy sees metres (`depth_for_policy`)."""
+    stats = dict(dataset_stats)
+    for key in depth_keys:
+        if key in stats:
+            stats[key] = {name: value if name == "count" else np.asarray(value, dtype=np.float64) * DEPTH_UNIT_M
+                          for name, value in stats[key].items()}
+    return stats
 
 
 def load_local_pretrained(policy_cls: Any, config: PreTrainedConfig, pretrained_path: str) -> PreTrainedPolicy:

@@ -15,11 +15,11 @@ from typing import Any
 
 from lerobot.configs.policies import PreTrainedConfig
 
-from koch_runtime.observation import ACTION_KEY, ObservationChecker
-
 # LeRobot's checkpoint layout: <output_dir>/checkpoints/<step>/pretrained_model/{config.json,
 # model.safetensors, policy_preprocessor.json, policy_postprocessor.json, *.safetensors}.
-PRETRAINED_MODEL_DIR = "pretrained_model"
+from koch_common.checkpoint_layout import PRETRAINED_MODEL_DIR  # noqa: F401 (re-exported)
+from koch_runtime.observation import ACTION_KEY, ObservationChecker
+
 # Our addition to that layout: the dataset's feature specs (dtype, shape, joint names) for the
 # policy's inputs and action, so the robot knows which joint each action column drives.
 FEATURE_SPECS_FILE = "koch_features.json"
@@ -69,6 +69,10 @@ class CheckpointInfo:
     # The CPUs the thread calling predict_chunk should run on (OnnxRuntime: the core its pinned pool
     # leaves free, see koch_runtime.threads.ThreadLayout); None: wherever the OS puts it.
     caller_cpus: frozenset[int] | None = None
+
+    @property
+    def policy_type(self) -> str:
+        return str(self.config.type)
 
     @property
     def input_features(self) -> dict[str, Any]:

@@ -19,11 +19,13 @@ import contextlib
 import functools
 import queue
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import datasets
 import lerobot
 import numpy as np
+import PIL.Image
 import torch
 from torch import nn
 
@@ -52,6 +54,7 @@ def check_lerobot_version(installed: str | None = None) -> None:
 check_lerobot_version()
 
 import lerobot.datasets.aggregate as aggregate_module  # noqa: E402
+import lerobot.datasets.compute_stats as compute_stats_module  # noqa: E402
 import lerobot.datasets.lerobot_dataset as lerobot_dataset_module  # noqa: E402
 from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
 from lerobot.datasets.video_utils import StreamingVideoEncoder, _default_decoder_cache  # noqa: E402
@@ -157,8 +160,9 @@ def embedding_only_for_image_columns() -> Iterator[None]:
 
     `embed_images` is a per-row `datasets.map` that copies image files into the table; it costs about a
     second of CPU per few hundred frames even when, as in the converter, no column holds an image
-    (images are videos, depth a float column), and on a busy host that second comes out of the video
-    encoders' share. LeRobot 0.4.4 calls it unconditionally from `_save_episode_data` with no switch, so
+    (colour images are videos), and on a busy host that second comes out of the video encoders' share;
+    where a column does hold images (depth maps) it runs without its per-episode progress bar.
+    LeRobot 0.4.4 calls it unconditionally from `_save_episode_data` with no switch, so
     this swaps the name `lerobot.datasets.lerobot_dataset.embed_images` (a monkeypatch, process-wide
     while open). 0.6 moved the call into `lerobot.datasets.dataset_writer` (imported there from
     `io_utils`), still unconditional: the patch target would move with it.
@@ -166,13 +170,71 @@ def embedding_only_for_image_columns() -> Iterator[None]:
     embed_images = lerobot_dataset_module.embed_images
 
     def embed_when_needed(dataset: Any) -> Any:
-        return embed_images(dataset) if needs_embedding(dataset.features) else dataset
+        if not needs_embedding(dataset.features):
+            return dataset
+        shown = datasets.utils.is_progress_bar_enabled()
+        datasets.utils.disable_progress_bars()  # a "Map:" bar per episode would print under the converter's
+        try:
+            return embed_images(dataset)
+        finally:
+            if shown:
+                datasets.utils.enable_progress_bars()
 
     lerobot_dataset_module.embed_images = embed_when_needed
     try:
         yield
     finally:
         lerobot_dataset_module.embed_images = embed_images
+
+
+def is_depth_map(feature: Mapping[str, Any]) -> bool:
+    """A dataset feature holding a depth map (LeRobot 0.6's `info.is_depth_map`, which the converter writes)."""
+    return bool((feature.get("info") or {}).get("is_depth_map"))
+
+
+@contextlib.contextmanager
+def depth_map_statistics() -> Iterator[None]:
+    """While open, LeRobotDataset.save_episode computes depth maps' statistics in their own unit.
+
+    LeRobot 0.4.4's `compute_episode_stats` reads every image feature's files as 8-bit RGB and divides by
+    255, which clips a 16-bit millimetre map and gives it three channels. 0.6 computes depth-map stats
+    without the scaling, in the map's `depth_unit` (`datasets/compute_stats.py`); this does the same for
+    `is_depth_map` features: (1, 1, 1) statistics in millimetres over LeRobot's usual frame sample; and
+    since 0.4.4's `aggregate_stats` insists that every key containing "image" has (3, 1, 1) statistics,
+    its shape check skips one-channel ones. It swaps the names `compute_episode_stats` in
+    `lerobot.datasets.lerobot_dataset` and `_assert_type_and_shape` in `lerobot.datasets.compute_stats`
+    (monkeypatches, process-wide while open); 0.6 needs neither.
+    """
+    original = lerobot_dataset_module.compute_episode_stats
+    original_check = compute_stats_module._assert_type_and_shape
+
+    def one_channel(stats: dict[str, np.ndarray]) -> bool:
+        return all(np.shape(v) == (1, 1, 1) for k, v in stats.items() if k != "count")
+
+    def check_all_but_depth_maps(stats_list: list[dict[str, dict]]) -> None:
+        original_check([{k: v for k, v in stats.items() if not one_channel(v)} for stats in stats_list])
+
+    def with_depth_maps(episode_data: dict[str, Any], features: dict[str, Any],
+                        quantile_list: list[float] | None = None) -> dict[str, Any]:
+        depth = {k for k in episode_data if k in features and is_depth_map(features[k])}
+        stats = original({k: v for k, v in episode_data.items() if k not in depth},
+                         {k: f for k, f in features.items() if k not in depth}, quantile_list)
+        for key in depth:
+            paths = episode_data[key]
+            maps = np.stack([np.asarray(PIL.Image.open(paths[i]), dtype=np.float64)[None]
+                             for i in compute_stats_module.sample_indices(len(paths))])
+            key_stats = compute_stats_module.get_feature_stats(maps, axis=(0, 2, 3), keepdims=True,
+                                                              quantile_list=quantile_list)
+            stats[key] = {k: v if k == "count" else np.squeeze(v, axis=0) for k, v in key_stats.items()}
+        return stats
+
+    lerobot_dataset_module.compute_episode_stats = with_depth_maps
+    compute_stats_module._assert_type_and_shape = check_all_but_depth_maps
+    try:
+        yield
+    finally:
+        lerobot_dataset_module.compute_episode_stats = original
+        compute_stats_module._assert_type_and_shape = original_check
 
 
 @contextlib.contextmanager
@@ -182,14 +244,19 @@ def aggregate_without_progress_bars() -> Iterator[None]:
     The converter shows one bar for its joining stage; LeRobot's (meta data checked, files copied)
     would print under it. LeRobot 0.4.4 has no switch for them, so this swaps the `tqdm` module that
     `lerobot.datasets.aggregate` imported for one whose `tqdm` is disabled (a monkeypatch, process-wide
-    while open). 0.6 still calls `tqdm.tqdm` there unconditionally.
+    while open), and turns off the `datasets` library's bars (the parquet files it reads and writes).
+    0.6 still calls `tqdm.tqdm` there unconditionally.
     """
     shown = aggregate_module.tqdm
+    datasets_bars = datasets.utils.is_progress_bar_enabled()
     aggregate_module.tqdm = types.SimpleNamespace(tqdm=functools.partial(shown.tqdm, disable=True))
+    datasets.utils.disable_progress_bars()
     try:
         yield
     finally:
         aggregate_module.tqdm = shown
+        if datasets_bars:
+            datasets.utils.enable_progress_bars()
 
 
 class LosslessStreamingEncoder(StreamingVideoEncoder):

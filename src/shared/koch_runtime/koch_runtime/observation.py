@@ -17,6 +17,9 @@ import torch
 from lerobot.utils.constants import ACTION, OBS_IMAGES
 
 from koch_common.feature_mapping import IMAGE_PREFIX
+from koch_common.image_codec import DEPTH_UNIT_M
+
+DEPTH_KIND = "depth"  # feature spec `kind` of a depth map (colour cameras: "rgb")
 
 ACTION_KEY = ACTION
 
@@ -26,6 +29,7 @@ __all__ = [
     "ObservationChecker",
     "PolicyInputError",
     "arrays_to_batch",
+    "depth_map_to_metres",
     "image_output_shape",
     "transform_image",
     "with_stacked_cameras",
@@ -34,6 +38,37 @@ __all__ = [
 
 class PolicyInputError(ValueError):
     """An observation handed to the policy does not match what it was trained on."""
+
+
+def depth_map_to_metres(depth: torch.Tensor) -> torch.Tensor:
+    """A stored depth map as LeRobotDataset yields it (integer millimetres, (..., 1, H, W)) -> float32 metres.
+
+    The one decoding of depth on the way into a policy: training applies it to dataset items and the
+    robot's observations arrive as the same millimetres (koch_common.image_codec.depth_to_millimetres).
+    LeRobot 0.4.4 reads 16-bit PNGs as int16, so values past 32.767 m come back negative: they are
+    taken modulo 2**16, i.e. as the uint16 that was stored.
+    """
+    millimetres = depth.to(torch.int32)
+    millimetres = torch.where(millimetres < 0, millimetres + 65536, millimetres)
+    return millimetres.to(torch.float32) * DEPTH_UNIT_M
+
+
+def depth_for_policy(depth: torch.Tensor, spec: Mapping[str, Any] | None,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """A depth map (integer millimetres, (..., 1, H, W)) as the policy takes it: metres, repeated to
+    `spec["channels"]` channels for policies built for colour images (LeRobot's ACT and diffusion),
+    then the camera's resize / crop. Training (dataset items) and the robot (live frames) both call this.
+    """
+    metres = depth_map_to_metres(depth)
+    channels = int((spec or {}).get("channels", 1))
+    if channels != 1:
+        metres = metres.expand(*metres.shape[:-3], channels, *metres.shape[-2:])
+    return transform_image(metres, spec, generator) if spec else metres
+
+
+def is_depth_spec(spec: Mapping[str, Any] | None) -> bool:
+    """A checkpoint feature spec (koch_features.json) of a depth map."""
+    return spec is not None and spec.get("kind") == DEPTH_KIND
 
 
 def image_output_shape(spec: Mapping[str, Any]) -> tuple[int, int]:
@@ -73,7 +108,8 @@ class ObservationChecker:
     """Checks robot observations against what the policy was trained on and batches them (one).
 
     Images: uint8 (1, H, W, C) as recorded (with `feature_specs`, the checkpoint's dataset specs,
-    before the training resize / crop). Everything else: finite float32 (1, *shape).
+    before the training resize / crop); depth maps: uint16 millimetres (1, H, W, 1) as recorded, handed
+    on as int32. Everything else: finite float32 (1, *shape).
     This is the input of `arrays_to_batch` and of the exported ONNX graph alike. The expected
     layouts are worked out once, here, not on every inference.
     """
@@ -83,27 +119,35 @@ class ObservationChecker:
         self.input_features = input_features
         self.feature_specs = feature_specs
         self.features = tuple(input_features)
-        self._images: list[tuple[str, tuple[int, int, int]]] = []
+        self._images: list[tuple[str, tuple[int, int, int], bool]] = []  # key, recorded shape, depth map
         self._vectors: list[tuple[str, tuple[int, ...]]] = []
         for key, feature in input_features.items():
             expected = tuple(feature.shape)
             if key.startswith(IMAGE_PREFIX):
                 spec = (feature_specs or {}).get(key, {})
-                if spec.get("resize") or spec.get("crop"):
+                depth = is_depth_spec(spec)
+                if spec.get("resize") or spec.get("crop") or depth:
                     height, width, channels = spec["shape"]
                 else:
                     channels, height, width = expected
-                self._images.append((key, (height, width, channels)))
+                self._images.append((key, (height, width, channels), depth))
             else:
                 self._vectors.append((key, expected))
 
     def __call__(self, observation: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
         try:
-            for key, shape in self._images:
+            for key, shape, depth in self._images:
                 value = np.asarray(observation[key])
                 if value.ndim == 2 and shape[2] == 1:
                     value = value[:, :, None]
+                if depth:
+                    if value.dtype != np.uint16 or value.shape != shape:
+                        raise PolicyInputError(
+                            f"{key}: expected a uint16 millimetre depth map of shape {shape} (HxWx1, as recorded: "
+                            f"koch_common.image_codec.depth_to_millimetres), got {value.dtype} {value.shape}")
+                    arrays[key] = value.astype(np.int32)[None]
+                    continue
                 if value.dtype != np.uint8 or value.shape != shape:
                     raise PolicyInputError(
                         f"{key}: expected a uint8 image of shape {shape} (HxWxC, as "
@@ -145,15 +189,17 @@ def arrays_to_batch(
     """`ObservationChecker`'s output as tensors -> the batch layout LeRobotDataset produces.
 
     Images: uint8 (B, H, W, C) -> float32 (B, C, h, w) in [0, 1] (the `/ 255` of the dataset's video
-    decoder), then the training resize / centre crop. Pure torch, so the ONNX export traces this very
-    function into the deployed graph.
+    decoder), then the training resize / centre crop; depth maps: integer millimetres -> `depth_for_policy`.
+    Pure torch, so the ONNX export traces this very function into the deployed graph.
     """
     batch = {}
     for key in input_features:
         tensor = arrays[key]
-        if key.startswith(IMAGE_PREFIX):
+        spec = (feature_specs or {}).get(key)
+        if is_depth_spec(spec):
+            tensor = depth_for_policy(tensor.permute(0, 3, 1, 2), spec, None)
+        elif key.startswith(IMAGE_PREFIX):
             tensor = tensor.permute(0, 3, 1, 2).float() / 255.0
-            spec = (feature_specs or {}).get(key)
             if spec:
                 tensor = transform_image(tensor, spec, None)
         batch[key] = tensor

@@ -22,14 +22,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from koch_common.checkpoint_layout import ONNX_DIR, ONNX_MANIFEST  # noqa: F401 (re-exported)
 from koch_runtime import lerobot_compat
 from koch_runtime.checkpoint import PRETRAINED_MODEL_DIR, CheckpointInfo, resolve_pretrained_dir
 from koch_runtime.checkpoint_trust import CheckpointError, check_checkpoint_files, load_processors, read_json_object
 from koch_runtime.observation import ACTION_KEY
 from koch_runtime.threads import ThreadLayout
 
-ONNX_DIR = "onnx"
-ONNX_MANIFEST = "manifest.json"
 # Version of the export layout; 2: the ACT graph takes raw observation arrays and returns robot units.
 ONNX_FORMAT = 2
 # The graphs of each kind of export.

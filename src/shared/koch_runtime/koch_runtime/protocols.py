@@ -55,6 +55,11 @@ class ChunkPredictor(Protocol):
         ...
 
     @property
+    def policy_type(self) -> str:
+        """The checkpoint's LeRobot policy type (act, diffusion, rgbd_diffusion, ...)."""
+        ...
+
+    @property
     def check_observation(self) -> ObservationChecker:
         """The checker predict_chunk runs first (callable; `.batch` gives the dataset's tensors)."""
         ...

@@ -2,9 +2,12 @@
 
 The driver opens the pty's slave side with the real dynamixel_sdk exactly as it opens a
 U2D2 adapter, so the sim exercises the same bus code as the robot. Each servo has a byte
-control table laid out from `koch_common.dynamixel_models`; with torque on, Present_Position
-follows Goal_Position as a first-order lag, integrated lazily from the monotonic clock
-before every instruction (no busy loop). With torque off a position only changes through
+control table laid out from `koch_common.dynamixel_models`. Where the servo state comes from
+is pluggable: by default, with torque on, Present_Position follows Goal_Position as a
+first-order lag, integrated lazily from the monotonic clock before every instruction (no busy
+loop); with a `ServoPlant` (the simulated follower: koch_sim.physics.ServoBridge over MuJoCo)
+the servo passes torque, goal and current cap to the plant and reads its present position,
+velocity and current back, and everything on the wire stays the same. With torque off a position only changes through
 `set_present_position`, which is how the simulated leader arm is "moved by hand"; a servo in
 current-based position mode (the leader's spring-loaded gripper trigger) can be pushed off
 its goal the same way and springs back when released.
@@ -38,6 +41,7 @@ import tty
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Protocol
 
 from koch_common.dynamixel_models import (
     CONTROL_TABLE_SIZE,
@@ -86,11 +90,23 @@ DEFAULT_SHUTDOWN_MASK = HW_OVERHEATING | HW_ELECTRICAL_SHOCK | HW_OVERLOAD
 _TCGETS2 = 0x802C542A  # linux/asm-generic ioctl: termios2 carries the line's actual baud rate
 
 
-class EmulatedServo:
-    """One servo: control table bytes plus the first-order position dynamics."""
+class ServoPlant(Protocol):
+    """Where a servo's motion comes from when it is not the built-in first-order lag."""
 
-    def __init__(self, servo_id: int, spec: ModelSpec, time_constant_s: float, initial_position: int) -> None:
+    def drive(self, servo_id: int, torque_on: bool, goal_raw: int, current_cap_ma: int | None) -> None: ...
+
+    def present(self, servo_id: int) -> tuple[float, float, int]:
+        """Present position (ticks), velocity (ticks/s) and Present_Current (raw)."""
+        ...
+
+
+class EmulatedServo:
+    """One servo: control table bytes plus its position dynamics (first-order lag or a plant)."""
+
+    def __init__(self, servo_id: int, spec: ModelSpec, time_constant_s: float, initial_position: int,
+                 plant: ServoPlant | None = None) -> None:
         self.spec = spec
+        self.plant = plant
         self.time_constant_s = time_constant_s
         self.table = bytearray(CONTROL_TABLE_SIZE)
         self._position = float(initial_position)
@@ -169,8 +185,43 @@ class EmulatedServo:
             goal = min(max(goal, self.get_field("Min_Position_Limit")), self.get_field("Max_Position_Limit"))
         return goal
 
+    def _current_cap(self) -> int | None:
+        """Goal_Current clamped by Current_Limit in current-based position mode (raw); else None."""
+        if "Current_Limit" not in self.spec.fields or self.get_field("Operating_Mode") != CURRENT_BASED_POSITION_MODE:
+            return None
+        return min(self.get_field("Current_Limit"), abs(self.get_field("Goal_Current")))
+
+    def _drive_plant(self) -> None:
+        if self.plant is not None:
+            # Only the position-following modes hold a goal; in any other mode the joint is left limp.
+            following = self.torque_on and self.get_field("Operating_Mode") in POSITION_FOLLOWING_MODES
+            self.plant.drive(self.servo_id, following, round(self._goal()), self._current_cap())
+
+    def _update_from_plant(self, plant: ServoPlant) -> None:
+        self._drive_plant()
+        self._position, self._velocity_ticks_per_s, current = plant.present(self.servo_id)
+        # the plant caps the force itself: only the register's range bounds the reading
+        self._set_present(current, self._current_limit())
+
+    def _current_limit(self) -> int:
+        """Current_Limit where the model has it; else the range Present_Current (Present_Load) reads in."""
+        if "Current_Limit" in self.spec.fields:
+            return self.get_field("Current_Limit")
+        return self.spec.current_saturation_raw
+
+    def _set_present(self, current: int, saturation: int) -> None:
+        """Present_Position/Velocity from the servo's state, Present_Current within ±saturation, Moving."""
+        self.set_field("Present_Position", round(self._position))
+        velocity_units = self._velocity_ticks_per_s * 60.0 / POSITION_TICKS_PER_TURN / VELOCITY_UNIT_RPM
+        self.set_field("Present_Velocity", round(velocity_units))
+        self.set_field("Present_Current", max(-saturation, min(saturation, current)))
+        self.set_field("Moving", int(abs(velocity_units) > self.get_field("Moving_Threshold")))
+
     def update(self, now: float) -> None:
         """Advance the dynamics to `now` and refresh the Present_* fields."""
+        if self.plant is not None:
+            self._update_from_plant(self.plant)
+            return
         dt = max(0.0, now - self._last_update)
         self._last_update = now
         error = 0.0
@@ -187,16 +238,8 @@ class EmulatedServo:
             self._velocity_ticks_per_s = error / self.time_constant_s
         elif now - self._manual_time > MANUAL_VELOCITY_HOLD_S:
             self._velocity_ticks_per_s = 0.0
-        self.set_field("Present_Position", round(self._position))
-        velocity_units = self._velocity_ticks_per_s * 60.0 / POSITION_TICKS_PER_TURN / VELOCITY_UNIT_RPM
-        self.set_field("Present_Velocity", round(velocity_units))
-        has_limit = "Current_Limit" in self.spec.fields
-        saturation = self.get_field("Current_Limit") if has_limit else self.spec.current_saturation_raw
-        if has_limit and self.get_field("Operating_Mode") == CURRENT_BASED_POSITION_MODE:
-            saturation = min(saturation, abs(self.get_field("Goal_Current")))  # the mode's force cap
-        current = max(-saturation, min(saturation, round(CURRENT_PER_TICK_ERROR * error)))
-        self.set_field("Present_Current", current)
-        self.set_field("Moving", int(abs(velocity_units) > self.get_field("Moving_Threshold")))
+        cap = self._current_cap()  # current-based position mode: Goal_Current is the force cap
+        self._set_present(round(CURRENT_PER_TICK_ERROR * error), self._current_limit() if cap is None else cap)
 
     def move_by_hand(self, raw: int, now: float) -> None:
         if self.torque_on and self.get_field("Operating_Mode") != CURRENT_BASED_POSITION_MODE:
@@ -248,6 +291,7 @@ class EmulatedServo:
         if not was_on and self.torque_on:
             # Real X-series firmware re-syncs the goal on torque-on so the joint does not jump.
             self.set_field("Goal_Position", round(self._position))
+        self._drive_plant()  # a plant acts on a new goal at once, not at the next instruction
         return p2.ERR_NONE
 
     def _check_values(self, staged: bytearray, touched: dict[str, tuple[int, int]]) -> int:
@@ -327,6 +371,7 @@ class DynamixelBusEmulator:
         initial_positions: dict[int, int] | None = None,
         wire_timing: bool = False,
         return_delay_time: int = RETURN_DELAY_DEFAULT,
+        plant: ServoPlant | None = None,
     ) -> None:
         if time_constant_s <= 0:
             raise ValueError(f"time_constant_s must be > 0, got {time_constant_s}")
@@ -341,7 +386,7 @@ class DynamixelBusEmulator:
         initial_positions = initial_positions or {}
         self._servos = [
             EmulatedServo(
-                servo_id, model_by_number(model), time_constant_s, initial_positions.get(servo_id, 2048)
+                servo_id, model_by_number(model), time_constant_s, initial_positions.get(servo_id, 2048), plant
             )
             for servo_id, model in servos
         ]

@@ -17,12 +17,14 @@ from koch_sim.dxl_emulator import DynamixelBusEmulator
 
 
 class LeaderArmEmulator:
-    def __init__(self, arm: ArmConfig, link_path: str | None = None, wire_timing: bool = False) -> None:
+    def __init__(self, arm: ArmConfig, link_path: str | None = None, wire_timing: bool = False,
+                 initial: np.ndarray | None = None) -> None:
         self.arm = arm
+        raw = arm.to_raw(np.zeros(len(arm.joints)) if initial is None else initial)
         self.emulator = DynamixelBusEmulator(
             [(j.id, model_by_name(j.model).model_number) for j in arm.joints],
             link_path=link_path,
-            initial_positions={j.id: j.zero_raw for j in arm.joints},
+            initial_positions={j.id: int(r) for j, r in zip(arm.joints, raw)},
             wire_timing=wire_timing,
         )
 

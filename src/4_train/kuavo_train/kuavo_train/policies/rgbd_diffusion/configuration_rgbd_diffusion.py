@@ -9,6 +9,7 @@ names follow LeRobot's plugin convention (configuration_X / modeling_X / process
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
@@ -19,7 +20,10 @@ DENOISERS = ("unet", "transformer")
 @PreTrainedConfig.register_subclass("rgbd_diffusion")
 @dataclass
 class RgbdDiffusionConfig(DiffusionConfig):
-    # Image features holding depth (1 channel typical); null = every image key containing "depth".
+    # Depth maps come as they are recorded, one channel in metres (koch_runtime.build reads this; policies
+    # built for colour images get depth repeated to three channels).
+    takes_depth_maps: ClassVar[bool] = True
+    # Image features holding depth maps; null = every image key containing "depth" (<camera>_depth).
     depth_features: list[str] | None = None
     # Token width of the observation encoder (and of the transformer denoiser).
     d_model: int = 128
