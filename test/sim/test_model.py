@@ -15,7 +15,7 @@ from koch_sim.expert import plan_episode
 from koch_sim.layout import ObjectRole
 from koch_sim.mjcf import scene_xml
 from koch_sim.sim_config import TaskKind, load_sim
-from koch_sim.tasks import block_down_on, goal_object, sample_layout
+from koch_sim.tasks import block_down_on, goal_object, judge, sample_layout, success_rule
 
 KOCH = load_koch()
 K = KOCH.kinematics
@@ -126,3 +126,12 @@ def test_the_first_block_the_experts_jaws_come_down_on_is_the_goal(task: TaskKin
         other = next(o for o in layout.blocks if o.name != chosen[0])
         assert block_down_on(layout, layout.objects, np.array([*other.position[:2], 0.12])) is None
         assert block_down_on(layout, layout.objects, np.array([*other.position[:2], 0.03])) == other.name
+
+
+def test_the_reach_rule_in_words_follows_the_threshold_judge_uses() -> None:
+    sim = load_sim(overrides=["tasks.reach.success_distance=0.05"])
+    layout = sample_layout(TaskKind.REACH, 1001, sim)
+    target = np.asarray(goal_object(layout).position) + [0.0, 0.0, sim.tasks.reach.target_height]
+    assert success_rule(TaskKind.REACH, sim)[0] == "tcp within 5 cm of the target"
+    assert judge(layout, layout.objects, target + [0.045, 0.0, 0.0], sim).success
+    assert not judge(layout, layout.objects, target + [0.055, 0.0, 0.0], sim).success

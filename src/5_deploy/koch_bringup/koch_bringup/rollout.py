@@ -38,15 +38,9 @@ from koch_bringup.rollout_media import EpisodeFilm, Take, plot_summary
 from koch_bringup.world_probe import FIRST_EVAL_SEED, WorldProbe, running_world
 from koch_common.checkpoint_layout import TRAIN_CONFIG_FILE, pretrained_model_dir
 from koch_sim.sim_config import TaskKind, load_sim, task_kind
-from koch_sim.tasks import goal_object
+from koch_sim.tasks import goal_object, success_rule
 
 JUDGE_PERIOD_S = 0.1
-SUCCESS_RULE = {TaskKind.REACH: "tcp within 3 cm of the target",
-                TaskKind.PICK_PLACE: "the cube resting inside the zone",
-                TaskKind.PICK_COLOR: "the named cube lifted",
-                TaskKind.PICK_TALLER: "the taller block lifted"}
-MEASURE = {TaskKind.REACH: "tcp distance", TaskKind.PICK_PLACE: "cube-to-zone distance",
-           TaskKind.PICK_COLOR: "lift", TaskKind.PICK_TALLER: "lift"}
 REPORT_FILE = "rollout.json"
 # Tasks with a distractor: the rollout also reports which block the policy went for.
 CHOICE_TASKS = (TaskKind.PICK_COLOR.value, TaskKind.PICK_TALLER.value)
@@ -184,12 +178,13 @@ def run_rollout(checkpoint: Path, task: str, episodes: int, output: Path, first_
     kind = task_kind(task)
     parameters = dict(parameters or {})
     output.mkdir(parents=True, exist_ok=True)
-    report = RolloutReport(str(checkpoint), kind.value, SUCCESS_RULE[kind], MEASURE[kind], "?", "?",
+    sim = load_sim()
+    rule, measure = success_rule(kind, sim)
+    report = RolloutReport(str(checkpoint), kind.value, rule, measure, "?", "?",
                            str(parameters.get("device", "cpu")), first_seed, training=training_record(checkpoint),
                            utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                            command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     began = time.monotonic()
-    sim = load_sim()
     duration = sim.tasks.duration_s(kind)
     # The sim world starts on layout `seed` and each new episode takes the next one.
     specs = graph.deploy(str(checkpoint), sim=True, seed=first_seed - 1, task=kind.value, port_link=port_link,

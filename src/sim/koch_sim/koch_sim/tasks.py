@@ -122,6 +122,18 @@ class Outcome:
     detail: str
 
 
+def success_rule(task: TaskKind | str, sim: SimConfig) -> tuple[str, str]:
+    """What `judge` checks, in words, and the name of the measure it reports (for reports and plots)."""
+    kind = task_kind(str(task))
+    if kind is TaskKind.REACH:
+        return f"tcp within {sim.tasks.reach.success_distance * 100:g} cm of the target", "tcp distance"
+    if kind is TaskKind.PICK_PLACE:
+        return "the cube resting inside the zone", "cube-to-zone distance"
+    if kind is TaskKind.PICK_COLOR:
+        return "the named cube lifted", "lift"
+    return "the taller block lifted", "lift"
+
+
 def judge(layout: Layout, objects_now: tuple[SceneObject, ...], tcp: np.ndarray, sim: SimConfig) -> Outcome:
     """Did the episode succeed? `objects_now`: the layout's objects at their current poses."""
     kind = task_kind(layout.task)
