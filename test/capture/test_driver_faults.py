@@ -308,3 +308,25 @@ def test_malformed_replies_are_counted_bus_errors_never_exceptions(tmp_path: Pat
             driver.assert_goals_within_limits()
         finally:
             driver.close()
+
+
+def test_a_traced_command_reports_its_receipt_and_the_first_goal_write_that_carries_it(
+        driver: RecordingDriver) -> None:
+    from koch_common.latency_trace import ChunkTrace
+    from koch_driver.trajectory import TimedTrajectory
+
+    traces: list[ChunkTrace] = []
+    driver.on_trace = traces.append
+    start = driver.read().position
+    received = driver.clock()
+    trajectory = TimedTrajectory(received + np.arange(5) / 30.0, start + np.linspace(0, 0.05, 5)[:, None])
+    written = len(driver.sent)  # connecting synced the goals
+    driver.command(trajectory, received, trace_id=123)
+    assert traces == []  # nothing written since: no trace
+    run(driver, 0.2)
+    assert len(traces) == 1 and len(driver.sent) >= written + 2  # the first write carries it, later ones do not
+    assert traces[0].chunk_ns == 123 and received == traces[0].driver_receipt <= traces[0].bus_write
+    driver.command(trajectory, driver.clock(), trace_id=124)
+    driver.hold()  # a hold before the write: the command never reached the bus
+    run(driver, 0.1)
+    assert len(traces) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from koch_sim.dxl_emulator import HW_OVERLOAD, DynamixelBusEmulator
 pytestmark = pytest.mark.dds
 
 ARM = load_koch().follower
+# Drivers built in this process keep the test process's CPUs (a node takes the CPU budget's otherwise).
+THESE_CPUS = Parameter("cpus", value=sorted(os.sched_getaffinity(0)))
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -50,7 +53,7 @@ def _trajectory(positions: list[list[float]], times: list[float]) -> JointTrajec
 def _start_driver(ros: RosSession, port: Path) -> tuple[list[JointState], Publisher]:
     """The follower driver on `port`, and a probe recording its states and sending commands."""
     ros.add(DriverNode(context=ros.context, namespace="follower",
-                       parameter_overrides=[Parameter("port", value=str(port))]))
+                       parameter_overrides=[Parameter("port", value=str(port)), THESE_CPUS]))
     probe = ros.node("probe")
     states: list[JointState] = []
     probe.create_subscription(JointState, "/follower/joint_states", states.append, 50)
@@ -101,7 +104,7 @@ def test_driver_never_commands_outside_the_joint_limits(emulator, tmp_path: Path
 def test_teleop_mirrors_the_leader_onto_the_follower(emulator, tmp_path: Path) -> None:
     with ros_session() as ros:
         ros.add(DriverNode(context=ros.context, namespace="follower",
-                           parameter_overrides=[Parameter("port", value=str(tmp_path / "follower"))]))
+                           parameter_overrides=[Parameter("port", value=str(tmp_path / "follower")), THESE_CPUS]))
         ros.add(TeleopNode(context=ros.context, cli_args=[
             "--ros-args", "-r", "leader_joint_states:=/leader/joint_states",
             "-r", "follower_commands:=/follower/joint_commands"]))

@@ -10,6 +10,7 @@ every follower joint stays within 0.25 rad of the leader pose (the lag is the co
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -119,6 +120,9 @@ def test_scripted_expert_drives_the_follower_through_an_emulated_leader_bus_over
     from koch_sim.tasks import sample_layout
     from koch_sim.world_msgs import objects_to_markers
 
+    # Drivers built in this process keep the test process's CPUs (a node takes the CPU budget's otherwise).
+    these_cpus = Parameter("cpus", value=sorted(os.sched_getaffinity(0)))
+
     follower_servos = [(j.id, model_by_name(j.model).model_number) for j in KOCH.follower.joints]
     leader_link, follower_link = str(tmp_path / "leader"), str(tmp_path / "follower")
     with (
@@ -129,9 +133,9 @@ def test_scripted_expert_drives_the_follower_through_an_emulated_leader_bus_over
             "--ros-args", "-r", "objects:=/sim/objects", "-r", "task:=/sim/task"],
             parameter_overrides=[Parameter("leader_port_link", value=leader_link), Parameter("task", value="reach")]))
         ros.add(DriverNode(context=ros.context, namespace="leader", parameter_overrides=[
-            Parameter("arm", value="leader"), Parameter("port", value=leader_link)]))
+            Parameter("arm", value="leader"), Parameter("port", value=leader_link), these_cpus]))
         ros.add(DriverNode(context=ros.context, namespace="follower",
-                           parameter_overrides=[Parameter("port", value=follower_link)]))
+                           parameter_overrides=[Parameter("port", value=follower_link), these_cpus]))
         ros.add(TeleopNode(context=ros.context, cli_args=[
             "--ros-args", "-r", "leader_joint_states:=/leader/joint_states",
             "-r", "follower_joint_states:=/follower/joint_states",

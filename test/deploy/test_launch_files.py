@@ -70,7 +70,8 @@ def test_launch_actions_turn_every_spec_field_into_launch_ros() -> None:
             ("launch.substitutions", "LaunchConfiguration"), ("launch", "LaunchDescription")} <= imports
     calls = {ast.unparse(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
     node_kwargs = {k.arg for k in calls["Node"].keywords}
-    assert {"package", "executable", "name", "namespace", "parameters", "remappings", "arguments"} <= node_kwargs
+    assert {"package", "executable", "name", "namespace", "parameters", "remappings", "arguments",
+            "additional_env"} <= node_kwargs
     assert {k.arg for k in calls["ExecuteProcess"].keywords} >= {"cmd"}
     assert {k.arg for k in calls["DeclareLaunchArgument"].keywords} >= {"default_value", "description"}
     assert "graph.build" in calls and "graph.LAUNCH_ARGUMENTS" in ast.unparse(tree)

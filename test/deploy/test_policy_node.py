@@ -10,12 +10,14 @@ never on wall-clock time: the shared CI host decides how fast ticks come, not th
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.parameter import Parameter
@@ -94,6 +96,8 @@ class FakeWorld:
 
 def _start(ros: RosSession, checkpoint: Path,
            **params) -> tuple[PolicyNode, FakeWorld, list[tuple[float, JointTrajectory]]]:
+    # In this process: keep the test process's CPUs and torch threads (the node would take the CPU budget's).
+    params = {"cpus": sorted(os.sched_getaffinity(0)), "inference_threads": torch.get_num_threads(), **params}
     overrides = [Parameter("checkpoint", value=str(checkpoint))]
     overrides += [Parameter(k, value=v) for k, v in params.items()]
     node = ros.add(PolicyNode(context=ros.context, namespace="policy", parameter_overrides=overrides,

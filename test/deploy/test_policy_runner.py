@@ -464,3 +464,34 @@ def test_anything_else_raising_in_a_tick_holds_as_an_internal_fault() -> None:
         _only_fault(runner, RunnerFault.INTERNAL)
     finally:
         runner.close()
+
+
+def test_a_chunk_is_traced_from_its_frame_to_the_first_tick_that_carries_it() -> None:
+    """The trace starts at the trigger frame's stamp and arrival, and goes to the tick that first executes
+    the chunk: once, and never to a tick that read the queue before the chunk landed."""
+    model_may_finish = threading.Event()
+
+    def model(obs: dict[str, np.ndarray]) -> np.ndarray:
+        model_may_finish.wait(5.0)
+        return np.tile(obs["observation.state"], (20, 1))
+
+    runner = PolicyRunner(model, STREAMS, SafetyLimits.for_arm(KOCH.follower, KOCH.safety), FPS, 10,
+                          trigger="observation.images.head")
+    try:
+        now = time.time()
+        _feed(runner, now - 0.01)
+        runner.tick(now)  # armed
+        arrived = time.time()
+        runner.push("observation.images.head", now - 0.005, np.zeros((4, 4, 3), np.uint8))  # starts inference
+        held = runner.tick(now + 0.001)  # while the model runs: a hold, nothing to trace
+        assert held.kind is TickKind.HOLD and runner.take_trace(held) is None
+        model_may_finish.set()
+        wait_for(lambda: runner.inferences == 1, 5.0, "inference")
+        first = runner.tick(time.time())
+        trace = runner.take_trace(first)
+        assert first.kind is TickKind.CHUNK and trace is not None
+        assert trace.capture == now - 0.005 and arrived <= trace.arrival <= trace.inference_start
+        assert trace.inference_start <= trace.inference_end <= time.time()
+        assert runner.take_trace(runner.tick(time.time())) is None  # the next tick carries no new chunk
+    finally:
+        runner.close()

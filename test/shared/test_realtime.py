@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
+from koch_common.cpu_budget import LIBRARY_THREAD_VARIABLES, CpuBudget, CpuRole, place_this_process
 from koch_common.realtime import make_current_thread_realtime
 
 
@@ -33,3 +34,30 @@ def test_fifo_is_set_for_the_calling_thread_only_or_the_refusal_says_what_to_gra
 def test_priority_outside_the_fifo_range_is_refused() -> None:
     problem, policy, _ = _in_thread(0)
     assert problem is not None and "1-99" in problem and policy == os.SCHED_OTHER
+
+
+def test_the_cpu_budget_leaves_a_core_to_the_graph_and_pins_only_with_cores_to_spare() -> None:
+    small = CpuBudget((0, 1))
+    assert small.inference_threads == 1 and not small.pinned
+    assert small.cpus_for(CpuRole.CONTROL) is None and small.cpus_for(CpuRole.INFERENCE) is None
+    assert small.environment(CpuRole.SUPPORT) == {name: "1" for name in LIBRARY_THREAD_VARIABLES}
+    large = CpuBudget(tuple(range(2, 10)))  # eight CPUs, numbered as a container's cpuset may number them
+    assert large.pinned and large.inference_threads == 7
+    assert large.cpus_for(CpuRole.CONTROL) == (2,) and large.cpus_for(CpuRole.INFERENCE) == tuple(range(3, 10))
+    assert large.cpus_for(CpuRole.SUPPORT) is None and large.environment(CpuRole.INFERENCE)["OMP_NUM_THREADS"] == "7"
+    assert "control path on CPU 2" in large.describe() and "nothing pinned" in small.describe()
+
+
+def test_placing_a_node_pins_the_calling_thread_and_says_so() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    out: list[tuple[str, set[int]]] = []
+
+    def body() -> None:
+        out.append((place_this_process(CpuRole.CONTROL, cpus[-1:], 1), os.sched_getaffinity(0)))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    message, pinned = out[0]
+    assert pinned == set(cpus[-1:]) and f"pinned to CPUs {cpus[-1:]}" in message and "1 thread(s)" in message
+    assert sorted(os.sched_getaffinity(0)) == cpus  # the test's own thread is untouched

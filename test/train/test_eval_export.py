@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from synthetic_reach import JOINTS, SyntheticDataset
 from test_policies import RGBD, TINY_RGBD, tiny
 from test_resume import TINY_ACT
 
+from koch_common.checkpoint_layout import RuntimeKind
+from koch_runtime.checkpoint_trust import CheckpointError
 from koch_runtime.factory import load_runtime
 from koch_runtime.observation import PolicyInputError
 from koch_runtime.onnx_runtime import OnnxRuntime, find_onnx_dir
@@ -44,11 +47,17 @@ def test_held_out_evaluation_and_act_onnx_export(reach_dataset: SyntheticDataset
     assert report["mse"] > 0 and all(np.isfinite(v) for v in report["mae_per_step"])
     assert (tmp_path / "eval" / "eval.png").stat().st_size > 1000
 
-    # ACT as one ONNX graph; the factory picks onnxruntime once the export exists.
+    # ACT as one ONNX graph, exported and checked at the end of training; the factory picks onnxruntime
+    # when the export exists, unless told to run PyTorch, and refuses to run ONNX without one.
     pytorch = PolicyRuntime.load(checkpoint)
+    assert isinstance(load_runtime(checkpoint), OnnxRuntime)
+    assert isinstance(load_runtime(checkpoint, kind=RuntimeKind.PYTORCH), PolicyRuntime)
+    shutil.rmtree(find_onnx_dir(checkpoint))
     assert isinstance(load_runtime(checkpoint), PolicyRuntime)
+    with pytest.raises(CheckpointError, match="no ONNX export beside it.*kuavo_export --checkpoint.*runtime:=pytorch"):
+        load_runtime(checkpoint, kind=RuntimeKind.ONNX)
     export(checkpoint)
-    onnx = load_runtime(checkpoint)
+    onnx = load_runtime(checkpoint, kind=RuntimeKind.ONNX)
     assert isinstance(onnx, OnnxRuntime) and onnx.n_action_steps == pytorch.n_action_steps
     rng = np.random.default_rng(0)
     # The robot sends the camera's native size: both runtimes apply the checkpoint's resize.

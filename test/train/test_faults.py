@@ -43,7 +43,8 @@ def error_line(err: str, prog: str) -> str:
 def train_args(dataset: SyntheticDataset | None, output_dir: Path, *extra: str) -> list[str]:
     root, repo_id = (dataset.root, dataset.repo_id) if dataset else ("/nonexistent", "local/none")
     return ["--config", "train/act_sim.yaml", f"dataset.root={root}", f"dataset.repo_id={repo_id}",
-            f"output_dir={output_dir}", *TINY_ACT, "batch_size=2", "num_workers=0", "log_every=1", *extra]
+            f"output_dir={output_dir}", *TINY_ACT, "batch_size=2", "num_workers=0", "log_every=1",
+            "export_onnx=false", *extra]  # the export at the end is test_eval_export's
 
 
 def contents(checkpoints: Path) -> list[str]:

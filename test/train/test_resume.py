@@ -30,6 +30,7 @@ def args(dataset: SyntheticDataset, output_dir: Path, *extra: str) -> list[str]:
         "steps=4", "batch_size=2", "grad_accum_steps=2", "num_workers=0", "log_every=1", "save_every=2",
         "keep_last=1", "warmup_steps=1", "schedule=cosine", "ema_decay=0.9", "precision=bf16",
         "augment.enable=true", "dataset.resize=[48, 64]", "dataset.crop=[44, 60]", "dataset.episodes_to_use=2",
+        "export_onnx=false",  # the export at the end is test_eval_export's
         *extra,
     ]
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from koch_common.dynamixel_models import OPERATING_MODES, decode_hardware_error, model_by_name
+from koch_common.latency_trace import ChunkTrace
 from koch_common.robot import ArmConfig
 from koch_common.safety import SafetyLimits
 from koch_driver.bus import BusError, DynamixelBus, PortBusyError, PortLostError
@@ -89,6 +90,9 @@ class ArmDriver:
         self._backoff = arm.reconnect_min_s
         self._next_hw_poll = 0.0
         self.log: Callable[[str], None] = lambda _message: None
+        # A command's receipt, until the first goal write sampled from it (its trace's driver half).
+        self._receipt: ChunkTrace | None = None
+        self.on_trace: Callable[[ChunkTrace], None] | None = None
 
     @property
     def torque_ids(self) -> list[int]:
@@ -205,11 +209,15 @@ class ArmDriver:
             effort=np.asarray(current_raw, dtype=np.float64) * CURRENT_UNIT_A,
         )
 
-    def command(self, trajectory: TimedTrajectory, now: float) -> None:
+    def command(self, trajectory: TimedTrajectory, now: float, trace_id: int | None = None) -> None:
+        """Follow `trajectory` from now on. `trace_id` (the message's stamp, ns): report its receipt at `now`
+        and its first goal write to `on_trace`."""
         if self._goal is None:
             raise RuntimeError("driver is not connected")
         if self.health.connected:
             self._follower.replace(trajectory, self._goal, now)
+            if trace_id is not None and self.on_trace is not None:
+                self._receipt = ChunkTrace(chunk_ns=trace_id, driver_receipt=now)
 
     def command_point(self, positions: np.ndarray, now: float) -> None:
         """Single-point streaming: go to `positions` now (through the limits, at the velocity limit)."""
@@ -217,6 +225,7 @@ class ArmDriver:
 
     def hold(self) -> None:
         self._follower.clear()
+        self._receipt = None
 
     def step(self, dt: float) -> JointStateSample | None:
         """One control cycle: read, sample the trajectory, limit, write. None: no state this cycle."""
@@ -235,6 +244,7 @@ class ArmDriver:
                 goal = self.limits.next_goal(previous, self._goal_step, goal, dt)
                 self._write_goal(goal, state.position)
                 self._goal_step = self._goal - previous
+                self._trace_write()
             else:
                 self._goal_step[:] = 0.0  # no write: the goal stands still this period
         except PortLostError as err:
@@ -255,6 +265,13 @@ class ArmDriver:
         self._first_error_at = None
         self.health.reads += 1
         return state
+
+    def _trace_write(self) -> None:
+        """The write that just returned is the first to carry the last command received: stamp it."""
+        receipt, self._receipt = self._receipt, None
+        if receipt is not None and self.on_trace is not None:
+            receipt.bus_write = self.clock()
+            self.on_trace(receipt)
 
     def _record_error(self, err: BusError) -> None:
         self.health.consecutive_errors += 1

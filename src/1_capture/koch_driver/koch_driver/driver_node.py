@@ -9,6 +9,8 @@ Services: `~/torque` (std_srvs/SetBool), `~/reboot` and `~/hold` (std_srvs/Trigg
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
@@ -16,6 +18,8 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from koch_common.cpu_budget import place_this_process
+from koch_common.latency_trace import DRIVER_STAGES, ChunkTrace, StageWindow, TraceLog
 from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
@@ -31,6 +35,7 @@ class DriverNode(Node):
         super().__init__("koch_driver", **kwargs)
         # Every parameter, its default and description: koch_driver.settings.DriverSettings.
         settings = declare_settings(self, DriverSettings)
+        self.get_logger().info(place_this_process(DriverSettings.CPU_ROLE, settings.cpus, 0))
         koch = load_koch()
         arm = settings.apply_to(getattr(koch, settings.arm))
         self.arm_name = settings.arm
@@ -38,6 +43,13 @@ class DriverNode(Node):
         self.driver = ArmDriver(arm, SafetyLimits.for_arm(arm, koch.safety), torque_enable=torque,
                                 clock=self.now)
         self.driver.log = self._warn
+        # Each command's receipt -> first goal write (the policy node reports the path before it).
+        self.traces = StageWindow(DRIVER_STAGES)
+        self.trace_log = TraceLog(settings.trace_log) if settings.trace_log else None
+        self.driver.on_trace = self._on_trace
+        self.late_cycles = 0  # control cycles that started more than half a period late
+        self._last_cycle: float | None = None
+        self._worst_interval_s = 0.0
         self.driver.connect(timeout_s=settings.connect_timeout_s)
         self.get_logger().info(
             f"{self.arm_name} arm on {arm.port}: {len(arm.joints)} servos, torque on IDs "
@@ -66,8 +78,9 @@ class DriverNode(Node):
             self.driver.hold()
             return
         try:
-            trajectory = trajectory_from_msg(msg, self.driver.joint_order(list(msg.joint_names)), self.now())
-            self.driver.command(trajectory, self.now())
+            received = self.now()
+            trajectory = trajectory_from_msg(msg, self.driver.joint_order(list(msg.joint_names)), received)
+            self.driver.command(trajectory, received, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
         except (ValueError, RuntimeError) as err:
             self.get_logger().error(f"rejected joint command: {err}")
 
@@ -103,7 +116,19 @@ class DriverNode(Node):
                              lambda pose: f"holding {[round(float(v), 3) for v in pose]}")
 
     # -- loop -------------------------------------------------------------------------------------
+    def _on_trace(self, trace: ChunkTrace) -> None:
+        self.traces.add(trace)
+        if self.trace_log is not None:
+            self.trace_log.write(trace)
+
     def on_tick(self) -> None:
+        started = time.monotonic()
+        if self._last_cycle is not None:
+            interval = started - self._last_cycle
+            self._worst_interval_s = max(self._worst_interval_s, interval)
+            if interval > 1.5 * self.period:
+                self.late_cycles += 1
+        self._last_cycle = started
         # Never raises on bus trouble: the driver holds, reports and reconnects by itself.
         state = self.driver.step(self.period)
         if state is not None:
@@ -115,7 +140,9 @@ class DriverNode(Node):
             self.publish_diagnostics()  # a new hardware error is reported at once, not at 1 Hz
 
     def publish_diagnostics(self) -> None:
-        self.diag_pub.publish(diagnostics_msg(self.get_name(), self.arm_name, self.driver, self.now()))
+        loop = {"late_cycles": self.late_cycles, "cycle_interval_max_ms": f"{self._worst_interval_s * 1e3:.1f}",
+                "traced_commands": self.traces.count, **self.traces.diagnostics()}
+        self.diag_pub.publish(diagnostics_msg(self.get_name(), self.arm_name, self.driver, self.now(), loop))
 
     def destroy_node(self) -> None:
         # Releases the port's locks explicitly: TIOCEXCL belongs to the tty and would outlive this process
@@ -123,10 +150,15 @@ class DriverNode(Node):
         driver = getattr(self, "driver", None)  # absent when __init__ failed
         if driver is not None:
             driver.close()
+        trace_log = getattr(self, "trace_log", None)  # absent when __init__ failed
+        if trace_log is not None:
+            trace_log.close()
         super().destroy_node()
 
 
-def diagnostics_msg(node_name: str, arm_name: str, driver: ArmDriver, stamp: float) -> DiagnosticArray:
+def diagnostics_msg(node_name: str, arm_name: str, driver: ArmDriver, stamp: float,
+                    loop: dict[str, object] | None = None) -> DiagnosticArray:
+    """`loop`: the node's control-loop and trace figures, added to the bus status's values."""
     health, bus = driver.health, driver.bus
     msg = DiagnosticArray()
     msg.header.stamp = to_time_msg(stamp)
@@ -145,6 +177,7 @@ def diagnostics_msg(node_name: str, arm_name: str, driver: ArmDriver, stamp: flo
         "reconnects": health.reconnects, "retries": bus.retries, "fast_sync_read": bus.uses_fast_sync_read,
         "fast_read_fallbacks": bus.fast_fallbacks, "last_error": health.last_error,
         **{f"safety_{kind}": count for kind, count in driver.limits.interventions.items()},
+        **(loop or {}),
     }
     bus_status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
     msg.status.append(bus_status)

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from koch_common.config import ConfigError
+from koch_common.realtime import RealtimeSettings
 from koch_common.robot import ArmConfig
 from koch_common.settings import setting
 
@@ -17,7 +18,11 @@ ARMS = ("follower", "leader")
 
 
 @dataclass(frozen=True, kw_only=True)
-class DriverSettings:
+class DriverSettings(RealtimeSettings):
+    realtime_priority: int = setting(
+        50, "SCHED_FIFO priority (1-99) of the control loop (read, limit, write), above the policy node's tick "
+        "(40) and every normal thread; needs CAP_SYS_NICE or an rtprio limit (without, the node logs why and "
+        "runs normally); 0: normal scheduling", minimum=0, maximum=99)
     arm: str = setting("follower", "which arm of koch.yaml this driver runs (its joints, port and limits)",
                        choices=ARMS)
     port: str | None = setting(
@@ -37,6 +42,9 @@ class DriverSettings:
     connect_timeout_s: float = setting(
         10.0, "how long to wait for the bus and every servo at start-up before giving up", minimum=0.0)
     diagnostics_period_s: float = setting(1.0, "period of the /diagnostics messages (s)")
+    trace_log: str = setting(
+        "", "a JSON-lines file for each joint_commands message's receipt and first goal write on the bus "
+        "(koch_common.latency_trace); empty: none (their latency is on /diagnostics either way)")
 
     def validate(self) -> DriverSettings:
         for name in ("error_timeout_s", "control_rate_hz", "diagnostics_period_s"):

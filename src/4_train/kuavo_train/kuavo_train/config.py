@@ -132,6 +132,10 @@ class TrainConfig:
     # Stop (after saving a checkpoint) once this many steps ran in this process; 0 = run to `steps`.
     # For time-sliced jobs on shared GPU boxes: the next job resumes.
     stop_after: int = 0
+    # At the end of the run (step == steps), export the final checkpoint to ONNX beside it and check it
+    # against PyTorch (kuavo_export); the robot then runs the export by default. act, diffusion and
+    # rgbd_diffusion only; other types deploy the PyTorch checkpoint.
+    export_onnx: bool = True
 
     def __post_init__(self) -> None:
         # Written so that NaN fails every check (`require(x >= 0)`, not `x < 0`): a TrainConfig built in

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,6 +156,32 @@ def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
     }
     (out_dir / ONNX_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return out_dir
+
+
+# The policy types `export` writes graphs for.
+EXPORTABLE_TYPES = ("act", "diffusion", "rgbd_diffusion")
+
+
+def export_after_training(checkpoint: Path, policy_type: str) -> Path | None:
+    """The end of a training run: the checked export beside `checkpoint`, or None (said on stderr) where the
+    type has none or the export failed its check; the checkpoint stands either way and the robot then runs
+    it with PyTorch. A failed export leaves no graph behind for the runtime to pick up."""
+    if policy_type not in EXPORTABLE_TYPES:
+        print(f"no ONNX export for {policy_type} (exported: {', '.join(EXPORTABLE_TYPES)}): the robot runs the "
+              "PyTorch checkpoint", file=sys.stderr)
+        return None
+    out_dir = resolve_pretrained_dir(checkpoint) / ONNX_DIR
+    try:
+        out = export(checkpoint)
+    except (ValueError, RuntimeError) as exc:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        print(f"ONNX export failed its check ({' '.join(str(exc).split())}): removed it; the robot runs the "
+              "PyTorch checkpoint", file=sys.stderr)
+        return None
+    manifest = json.loads((out / ONNX_MANIFEST).read_text(encoding="utf-8"))
+    print(f"ONNX export: {out} (max |onnx - torch| {manifest['max_abs_error']}); the robot runs it by default "
+          "(policy node runtime:=auto)", file=sys.stderr)
+    return out
 
 
 class ActModel(nn.Module):

@@ -51,6 +51,7 @@ from kuavo_train.data import (
     split_episodes,
 )
 from kuavo_train.errors import WRITE_FAILURES, OutputError, check_writable, is_write_failure, reason
+from kuavo_train.export import export_after_training
 from kuavo_train.frame_cache import CachedFramesDataset, FrameCache
 from kuavo_train.state import EMA, STATE_DIR, load_training_state, save_training_state
 
@@ -658,6 +659,8 @@ def train(cfg: TrainConfig) -> Path:
     if is_main:
         print(f"done in {elapsed:.0f} s ({elapsed / max(outcome.step - start.step, 1):.3f} s/step); checkpoint: "
               f"{final / PRETRAINED_MODEL_DIR}", file=sys.stderr)
+        if cfg.export_onnx and outcome.step >= cfg.steps:
+            export_after_training(final, cfg.policy.type)
     return final
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from koch_camera.settings import CameraFile
+from koch_common.cpu_budget import CpuBudget, CpuRole
 from koch_common.feature_mapping import DEFAULT_MAPPING
+from koch_common.latency_trace import DRIVER_TRACE_FILE, POLICY_TRACE_FILE
 from koch_common.settings import node_parameters, setting_info
 from koch_common.topics import topic
 from koch_driver.settings import DriverSettings, TeleopSettings
@@ -42,10 +44,24 @@ class NodeSpec:
     def fully_qualified_name(self) -> str:
         return f"/{self.namespace}/{self.name}" if self.namespace else f"/{self.name}"
 
+    @property
+    def cpu_role(self) -> CpuRole:
+        return CPU_ROLES.get((self.package, self.executable), CpuRole.SUPPORT)
+
+    def environment(self) -> dict[str, str]:
+        """What the launcher and the launch files add to the node's environment: the CPU budget's library
+        thread counts for its role (koch_common.cpu_budget), read by BLAS/OpenMP at import."""
+        return CpuBudget.for_this_machine().environment(self.cpu_role)
+
+
+# The nodes on the control path or running inference, by (package, executable); the rest support them.
+CPU_ROLES = {("koch_driver", "driver"): DriverSettings.CPU_ROLE, ("koch_sim", "sim_world"): SimWorldSettings.CPU_ROLE,
+             ("koch_policy", "policy"): PolicySettings.CPU_ROLE}
+
 
 def sim_robot(seed: int | None = None, port_link: str | None = None, goal_log: str | None = None,
               cameras: tuple[str, ...] = ("head", "wrist"), task: str | None = None,
-              physics: bool | None = None) -> list[NodeSpec]:
+              physics: bool | None = None, driver_trace: str | None = None) -> list[NodeSpec]:
     """The simulated Koch: MuJoCo physics behind the servo emulator, follower driver on its pty, cameras.
 
     `seed`: of the first episode's layout (None: the sim world's default). `port_link` overrides
@@ -53,20 +69,22 @@ def sim_robot(seed: int | None = None, port_link: str | None = None, goal_log: s
     on one machine do not share a serial port. `goal_log`: a CSV file for every goal the servos
     receive. `task`: reach, pick_place, pick_color or pick_taller (None: sim.yaml's task).
     `physics` False: first-order servos instead of MuJoCo (the fault drill's command-path audit).
+    `driver_trace`: the driver's trace log (koch_common.latency_trace).
     """
     port = port_link or load_sim().emulator.follower_port_link
     return [
         NodeSpec("koch_sim", "sim_world", "sim_world", "sim",
                  node_parameters(SimWorldSettings, seed=seed, follower_port_link=port_link, goal_log=goal_log,
                                  task=task, physics=physics)),
-        *follower_driver(port),
+        *follower_driver(port, driver_trace),
         *sim_cameras(cameras),
     ]
 
 
-def follower_driver(port: str | None = None) -> list[NodeSpec]:
-    """The follower arm's driver; on `port` (None: koch.yaml's follower port)."""
-    return [NodeSpec("koch_driver", "driver", "driver", "follower", node_parameters(DriverSettings, port=port))]
+def follower_driver(port: str | None = None, trace_log: str | None = None) -> list[NodeSpec]:
+    """The follower arm's driver; on `port` (None: koch.yaml's follower port), tracing commands to `trace_log`."""
+    return [NodeSpec("koch_driver", "driver", "driver", "follower",
+                     node_parameters(DriverSettings, port=port, trace_log=trace_log))]
 
 
 def scripted_teleop(leader_port_link: str | None = None, task: str | None = None) -> list[NodeSpec]:
@@ -110,12 +128,17 @@ def policy(checkpoint: str, **parameters: Any) -> list[NodeSpec]:
 
 
 def deploy(checkpoint: str, sim: bool = True, seed: int | None = None, task: str | None = None,
-           port_link: str | None = None, **parameters: Any) -> list[NodeSpec]:
+           port_link: str | None = None, trace_dir: str | None = None, **parameters: Any) -> list[NodeSpec]:
     """What `policy.launch.py` starts: the robot (simulated, laid out for `task`, or real) and the policy node.
 
-    `port_link`: the simulated follower's pseudo-terminal (see `sim_robot`)."""
-    robot = sim_robot(seed, port_link=port_link, task=task) if sim else follower_driver()
-    return robot + policy(checkpoint, **parameters)
+    `port_link`: the simulated follower's pseudo-terminal (see `sim_robot`). `trace_dir`: the policy node and
+    the driver write every chunk's trace points there (koch_common.latency_trace.read_run joins them)."""
+    folder = Path(trace_dir).resolve() if trace_dir else None  # the nodes may run elsewhere than here
+    policy_trace = str(folder / POLICY_TRACE_FILE) if folder else None
+    driver_trace = str(folder / DRIVER_TRACE_FILE) if folder else None
+    robot = (sim_robot(seed, port_link=port_link, task=task, driver_trace=driver_trace) if sim
+             else follower_driver(trace_log=driver_trace))
+    return robot + policy(checkpoint, trace_log=policy_trace, **parameters)
 
 
 # ---- the launch files' graphs: robot, sim, teleop, record, policy --------------------------------
@@ -259,13 +282,14 @@ def record(sim: bool = False, bag_root: str | None = None, mapping: str = DEFAUL
 
 
 def policy_graph(checkpoint: str, sim: bool = True, seed: int | None = None, with_rviz: bool = False,
-                 task: str | None = None, **parameters: Any) -> list[NodeSpec]:
+                 task: str | None = None, trace_dir: str | None = None, **parameters: Any) -> list[NodeSpec]:
     """policy.launch.py: `deploy` (robot + policy node), robot_state_publisher and optional RViz.
 
     `parameters` (device, enabled, chunk_policy, realtime_priority, ...; None: the node's default)
     are the policy node's parameters of the same names.
     """
-    return deploy(checkpoint, sim, seed, task, **parameters) + robot_state_publisher() + (rviz() if with_rviz else [])
+    return (deploy(checkpoint, sim, seed, task, trace_dir=trace_dir, **parameters) + robot_state_publisher()
+            + (rviz() if with_rviz else []))
 
 
 # ---- launch arguments, declared once for the launch files and `launch_graph` ----------------------
@@ -278,7 +302,7 @@ class LaunchArgument:
 
 
 # The policy node's parameters that policy.launch.py passes on, as launch arguments of the same names.
-POLICY_ARGUMENTS = ("checkpoint", "device", "chunk_policy", "enabled", "realtime_priority")
+POLICY_ARGUMENTS = ("checkpoint", "runtime", "device", "chunk_policy", "enabled", "realtime_priority")
 
 
 def _launch_text(value: Any) -> str:
@@ -339,6 +363,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[LaunchArgument, ...]] = {
     "policy": (
         *(_parameter_argument(PolicySettings, name, "policy") for name in POLICY_ARGUMENTS),
         LaunchArgument("sim", "true", "true: the simulated Koch; false: the real follower arm"),
+        LaunchArgument("trace_dir", "", "a folder for the policy node's and the driver's trace logs of every "
+                       "chunk, capture to bus write (koch_common.latency_trace); empty: none"),
         _SEED,
         _TASK,
         _RVIZ,
@@ -380,7 +406,8 @@ def build(name: str, values: dict[str, str] | None = None) -> list[NodeSpec | Pr
     if not v["checkpoint"]:
         raise ValueError("policy: checkpoint:=PATH is required (a pretrained_model directory written by kuavo_train)")
     parameters = {name: _parameter_value(PolicySettings, name, v[name]) for name in POLICY_ARGUMENTS}
-    return list(policy_graph(sim=_flag(v["sim"], "sim"), seed=seed, with_rviz=rviz_on, task=task, **parameters))
+    return list(policy_graph(sim=_flag(v["sim"], "sim"), seed=seed, with_rviz=rviz_on, task=task,
+                             trace_dir=v["trace_dir"] or None, **parameters))
 
 
 def sim_cameras(names: tuple[str, ...] = ("head", "wrist")) -> list[NodeSpec]:

@@ -25,7 +25,7 @@ def to_actions(specs: list[graph.NodeSpec | graph.ProcessSpec]) -> list:
             actions.append(Node(package=spec.package, executable=spec.executable, name=spec.name,
                                 namespace=spec.namespace, parameters=[spec.parameters],
                                 remappings=list(spec.remappings), arguments=list(spec.arguments),
-                                output="screen"))
+                                additional_env=spec.environment(), output="screen"))
     return actions
 
 

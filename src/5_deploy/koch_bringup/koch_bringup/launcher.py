@@ -103,7 +103,9 @@ class GraphProcess:
     def _spawn(self, spec: NodeSpec | ProcessSpec, command: list[str], mode: str) -> subprocess.Popen:
         log = open(self._log_path(spec), mode)  # noqa: SIM115
         try:
-            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
+            env = {**os.environ, **spec.environment()} if isinstance(spec, NodeSpec) else None
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint,
+                                    env=env)
         finally:
             log.close()  # the child has its own descriptor
 

@@ -11,7 +11,9 @@ expert is scored by). Nothing in the graph knows it is being evaluated: the tool
 services and reads the topics an operator would.
 
 Writes to --output: rollout.json (every figure below and each episode), videos/episode_<seed>.mp4
-(head camera with the commanded tool path, the tool's trail and the verdict) and summary.png.
+(head camera with the commanded tool path, the tool's trail and the verdict), summary.png, and trace/:
+the policy node's and the driver's trace logs, from which the report budgets each chunk's way from
+the camera's capture to the goal written on the servo bus (koch_common.latency_trace).
 Success rate comes with its 95% Wilson interval; inference latency p50/p99 is the policy node's own
 (its diagnostics), safety interventions are the driver's and the policy node's counters by kind.
 On tasks with a distractor it also says which block the jaws first came down on.
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +40,7 @@ from koch_bringup import graph
 from koch_bringup.rollout_media import EpisodeFilm, Take, plot_summary
 from koch_bringup.world_probe import FIRST_EVAL_SEED, WorldProbe, running_world
 from koch_common.checkpoint_layout import TRAIN_CONFIG_FILE, pretrained_model_dir
+from koch_common.latency_trace import budget, read_run
 from koch_sim.sim_config import TaskKind, load_sim, task_kind
 from koch_sim.tasks import goal_object, success_rule
 
@@ -77,6 +81,8 @@ class RolloutReport:
     latency_p99_ms: float = math.nan
     chunk_publish_rate_hz: float = math.nan
     training: dict[str, Any] = field(default_factory=dict)  # steps, episodes, wall time, device of the checkpoint
+    # Per stage of the live path, capture -> bus write: p50/p99 ms and chunks (koch_common.latency_trace.budget).
+    latency_budget: dict[str, dict[str, Any]] = field(default_factory=dict)
     wall_s: float = 0.0
     host: str = field(default_factory=lambda: f"{platform.node()} ({os.cpu_count()} cores)")
     utc: str = ""
@@ -187,8 +193,10 @@ def run_rollout(checkpoint: Path, task: str, episodes: int, output: Path, first_
     began = time.monotonic()
     duration = sim.tasks.duration_s(kind)
     # The sim world starts on layout `seed` and each new episode takes the next one.
+    trace_dir = output / "trace"  # every chunk's trace points, from both nodes
+    shutil.rmtree(trace_dir, ignore_errors=True)
     specs = graph.deploy(str(checkpoint), sim=True, seed=first_seed - 1, task=kind.value, port_link=port_link,
-                         **parameters)
+                         trace_dir=str(trace_dir), **parameters)
     with running_world(specs, output / "logs", kind.value) as (running, probe):
         film = EpisodeFilm(probe, sim.camera.fps) if video else None
         probe.enable_policy(False, timeout=120.0)  # loading torch and the checkpoint takes a while on a small CPU
@@ -216,6 +224,7 @@ def run_rollout(checkpoint: Path, task: str, episodes: int, output: Path, first_
         report.latency_p99_ms = float(last.get("inference_latency_p99_ms", "nan"))
         rates = [float(d["chunk_publish_rate_hz"]) for d in probe.diagnostics if d.get("enabled") == "True"]
         report.chunk_publish_rate_hz = sorted(rates)[len(rates) // 2] if rates else math.nan
+    report.latency_budget = budget(read_run(trace_dir))
     report.wall_s = round(time.monotonic() - began, 1)
     (output / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
     plot_summary(report, output / "summary.png")
@@ -225,6 +234,8 @@ def run_rollout(checkpoint: Path, task: str, episodes: int, output: Path, first_
 def describe(report: RolloutReport) -> str:
     low, high = report.success_ci
     n = len(report.episodes)
+    end_to_end = report.latency_budget.get("end_to_end", {})
+    end_to_end = end_to_end if end_to_end.get("n") else {}
     lines = [f"{report.policy_type} ({report.runtime}) on {report.task}, {n} unseen layouts from seed "
              f"{report.first_seed} ({report.success_rule}):",
              f"  success      : {report.successes}/{n} = {report.success_rate:.0%}, 95% CI [{low:.0%}, {high:.0%}]",
@@ -235,6 +246,9 @@ def describe(report: RolloutReport) -> str:
              f"  final {report.measure}: mean {sum(e.final_measure for e in report.episodes) / max(n, 1) * 100:.1f} cm",
              f"  inference    : p50 {report.latency_p50_ms:.0f} ms, p99 {report.latency_p99_ms:.0f} ms; chunks "
              f"{report.chunk_publish_rate_hz:.1f} Hz",
+             *([] if not end_to_end else [
+                 f"  end to end   : camera capture -> goal on the bus p50 {end_to_end['p50_ms']:.0f} ms, "
+                 f"p99 {end_to_end['p99_ms']:.0f} ms ({end_to_end['n']} chunks)"]),
              f"  safety       : {report.interventions or 'no interventions'}"]
     return "\n".join(lines)
 

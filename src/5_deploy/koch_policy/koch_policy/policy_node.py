@@ -49,9 +49,11 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
 from koch_common.config import ConfigError
+from koch_common.cpu_budget import CpuBudget, place_this_process
 from koch_common.feature_mapping import Feature, Mapping, ZeroStamps, load_mapping
 from koch_common.image_codec import DEPTH_SCALE_TO_M, depth_to_millimetres, from_fields, to_rgb
 from koch_common.kinematics import tcp_position
+from koch_common.latency_trace import POLICY_STAGES, ChunkTrace, StageWindow, TraceLog
 from koch_common.node_params import declare_settings, updated_settings
 from koch_common.node_runner import run_node
 from koch_common.robot import load_koch
@@ -87,6 +89,9 @@ class PolicyNode(Node):
         # Every parameter, its default and description: koch_policy.settings.PolicySettings.
         self.settings: PolicySettings = declare_settings(self, PolicySettings)
         settings = self.settings
+        # Before the runtime starts its threads: they inherit the CPUs (koch_common.cpu_budget).
+        threads = settings.inference_threads or CpuBudget.for_this_machine().inference_threads
+        self.get_logger().info(place_this_process(PolicySettings.CPU_ROLE, settings.cpus, threads))
         self.enabled = settings.enabled
         self.dry_run = settings.dry_run
         self.publish_markers = settings.publish_markers
@@ -95,7 +100,11 @@ class PolicyNode(Node):
         self.kinematics = koch.kinematics
         self.mapping: Mapping = load_mapping(settings.mapping)
         # A LeRobot checkpoint or its ONNX export (kuavo_export), with the same processors as training.
-        self.runtime = load_runtime(settings.checkpoint, settings.device, settings.inference_threads)
+        self.runtime = load_runtime(settings.checkpoint, settings.device, threads, kind=settings.runtime)
+        self.runtime_name = RUNTIME_NAMES.get(type(self.runtime).__name__, type(self.runtime).__name__)
+        self.runtime_path = str(getattr(self.runtime, "onnx_dir", settings.checkpoint))
+        self.get_logger().info(f"runtime: {self.runtime_name} ({self.runtime_path}; runtime:={settings.runtime}), "
+                               f"{self.runtime.policy_type} on {settings.device}")
         self.fps = float(self.mapping.fps) if settings.rate_hz is None else settings.rate_hz
         n_steps = self.runtime.n_action_steps if settings.n_action_steps is None else settings.n_action_steps
         # The streams this checkpoint reads (a mapping may hold more, e.g. a depth camera an RGB policy ignores).
@@ -143,7 +152,13 @@ class PolicyNode(Node):
         self.previews = 0
         self.tick_overhead_s: deque[float] = deque(maxlen=1000)
         self._tick_lock = threading.Lock()  # the timer and a landing chunk never tick at once
-        self.create_timer(1.0 / self.fps, self.on_tick, callback_group=ticks)
+        # Each chunk's path from the camera to the publish (the driver reports the rest).
+        self.traces = StageWindow(POLICY_STAGES)
+        self.trace_log = TraceLog(settings.trace_log) if settings.trace_log else None
+        self.missed_ticks = 0  # timer ticks that came more than half a period late (a tick skipped)
+        self._last_timer: float | None = None
+        self._worst_interval_s = 0.0
+        self.create_timer(1.0 / self.fps, self.on_timer, callback_group=ticks)
         self.create_timer(1.0, self.publish_diagnostics, callback_group=control)
         self._last_diag = (self.now(), 0)
         self._faults_reported = 0  # fault count at the last diagnostics: WARN while it grows
@@ -261,6 +276,16 @@ class PolicyNode(Node):
         return SetParametersResult(successful=True)
 
     # -- tick ------------------------------------------------------------------------------
+    def on_timer(self) -> None:
+        started = time.monotonic()
+        if self._last_timer is not None:
+            interval = started - self._last_timer
+            self._worst_interval_s = max(self._worst_interval_s, interval)
+            if interval > 1.5 / self.fps:
+                self.missed_ticks += 1
+        self._last_timer = started
+        self.on_tick()
+
     def on_tick(self) -> None:
         if not self.enabled:
             return
@@ -289,13 +314,21 @@ class PolicyNode(Node):
         if output.command is None:
             return
         stamp = divmod(now_ns, 1_000_000_000)  # the tick time: point 0 is due now
-        self._publish_command(output.command, stamp)
+        trace = self.runner.take_trace(output)  # set when this is the first message that carries a new chunk
+        self._publish_command(output.command, stamp, trace)
         self.tick_overhead_s.append(time.perf_counter() - started)
+        if trace is not None:
+            trace.chunk_ns = now_ns
+            self.traces.add(trace)
+            if self.trace_log is not None:
+                self.trace_log.write(trace)
         if self.publish_markers and output.kind is TickKind.CHUNK:
             self._publish_visuals(output.command, Time(sec=stamp[0], nanosec=stamp[1]))
 
-    def _publish_command(self, command: SafeChunk, stamp: tuple[int, int]) -> None:
+    def _publish_command(self, command: SafeChunk, stamp: tuple[int, int], trace: ChunkTrace | None = None) -> None:
         msg = safe_chunk_cdr(command, self.arm.names, stamp, self.fps)  # serialized: rclpy's conversion is slow
+        if trace is not None:  # handed to DDS now: a subscriber may have it before publish() returns
+            trace.published = self.now()
         if self.dry_run:
             self.preview_pub.publish(msg)
             self.previews += 1
@@ -341,7 +374,8 @@ class PolicyNode(Node):
             "enabled": str(self.enabled),
             "dry_run": str(self.dry_run),
             "chunk_policy": queue.name.value,
-            "runtime": RUNTIME_NAMES.get(type(self.runtime).__name__, type(self.runtime).__name__),
+            "runtime": self.runtime_name,
+            "runtime_path": self.runtime_path,
             "policy_type": self.runtime.policy_type,
             "estop_latched": str(self.gate.estop_latched),
             "gate": gate.value,
@@ -352,6 +386,10 @@ class PolicyNode(Node):
             "tick_overhead_p99_ms": f"{np.percentile(overhead, 99):.3f}",
             "inference_count": str(self.runner.inferences),
             "ticks": str(self.runner.ticks),
+            "missed_ticks": str(self.missed_ticks),
+            "tick_interval_max_ms": f"{self._worst_interval_s * 1e3:.1f}",
+            "traced_chunks": str(self.traces.count),
+            **self.traces.diagnostics(),
             "queue_ticks_left": str(queue.ticks_left(now)),
             "chunks_in_use": str(queue.chunks_in_use(now)),
             "last_inference_error": self.runner.last_error,
@@ -377,6 +415,9 @@ class PolicyNode(Node):
         runner = getattr(self, "runner", None)  # absent when __init__ failed
         if runner is not None:
             runner.close()
+        trace_log = getattr(self, "trace_log", None)  # absent when __init__ failed
+        if trace_log is not None:
+            trace_log.close()
         super().destroy_node()
 
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from koch_common.enums import StrEnum
 from koch_common.feature_mapping import IMAGE_PREFIX
+from koch_common.latency_trace import ChunkTrace
 from koch_common.realtime import pin_current_thread
 from koch_common.resample import StreamBuffer, StreamSpec
 from koch_common.safety import SafeChunk, SafetyLimits
@@ -159,6 +160,7 @@ class TickOutput:
     reason: str = ""
     tick: int = 0
     prediction: np.ndarray | None = None  # the chunk policy's due actions before the safety filter
+    chunks_accepted: int = 0  # chunks the queue had taken when this tick read it (`take_trace`)
 
     @property
     def positions(self) -> np.ndarray | None:
@@ -207,10 +209,15 @@ class PolicyRunner:
         # The inference thread's CPUs (the runtime's `caller_cpus`); None: wherever the OS puts it.
         self.worker_cpus = None if worker_cpus is None else frozenset(worker_cpus)
         self._lock = threading.Lock()
-        self._request: tuple[dict[str, np.ndarray], float, int] | None = None
+        self._request: tuple[dict[str, np.ndarray], float, int, ChunkTrace] | None = None
         self._generation = 0  # bumped by reset: a chunk inferred before it is dropped
         self._busy = False
         self.trigger = trigger
+        # Whose message a chunk's trace starts from: the trigger, else the first camera, else the state.
+        self.trace_stream = trigger or next((n for n in streams if n.startswith(IMAGE_PREFIX)), STATE_FEATURE)
+        self._arrivals: dict[str, tuple[float, float]] = {}  # feature -> (its latest stamp, clock at its arrival)
+        self._accepted = 0  # chunks queued so far
+        self._pending_trace: tuple[int, ChunkTrace] | None = None  # the latest queued chunk's, until published
         self._armed_since: float | None = None  # tick time since which a chunk waits for the trigger
         self._wake = threading.Condition(self._lock)
         self._stop = False
@@ -231,6 +238,8 @@ class PolicyRunner:
     def push(self, feature: str, stamp_s: float, value: np.ndarray) -> None:
         with self._lock:
             fresh = self.buffers[feature].push(stamp_s, value)
+            if fresh and feature == self.trace_stream:
+                self._arrivals[feature] = (stamp_s, self.clock())
             if fresh and feature == self.trigger and self._armed_since is not None and not self._busy:
                 observation, _ = self._observe(stamp_s)
                 if observation is not None:  # else the tick holds for the stale stream
@@ -281,11 +290,23 @@ class PolicyRunner:
         return command.velocity_at(k)
 
     def _out(self, now: float, kind: TickKind, command: SafeChunk | None, reason: str = "",
-             prediction: np.ndarray | None = None) -> TickOutput:
+             prediction: np.ndarray | None = None, chunks_accepted: int = 0) -> TickOutput:
         self.history.append((self.ticks, now, kind))
         if command is not None and _is_finite_time(now):
             self._last_command = (now, command)
-        return TickOutput(kind, command, reason, self.ticks, prediction)
+        return TickOutput(kind, command, reason, self.ticks, prediction, chunks_accepted)
+
+    def take_trace(self, output: TickOutput) -> ChunkTrace | None:
+        """The trace of the newest chunk if `output` is the first command that carries it (a CHUNK tick that
+        read the queue after the chunk landed), else None; the caller adds the publish and the stamp."""
+        if output.kind is not TickKind.CHUNK:
+            return None
+        with self._lock:
+            if self._pending_trace is None or self._pending_trace[0] > output.chunks_accepted:
+                return None
+            trace = self._pending_trace[1]
+            self._pending_trace = None
+        return trace
 
     # -- faults -----------------------------------------------------------------------
     def _state_problem(self, value: object) -> tuple[RunnerFault, str] | None:
@@ -398,6 +419,7 @@ class PolicyRunner:
         with self._lock:
             wants_chunk = self.queue.needs_inference(now, self.lead_ticks())
             due = self.queue.due(now)
+            accepted = self._accepted
         if due is None:
             output = self._out(now, TickKind.HOLD, self.limits.hold(measured), "waiting for a chunk")
         else:
@@ -405,7 +427,7 @@ class PolicyRunner:
                 command = self.limits.safe_chunk(due, measured, 1.0 / self.fps, self._commanded_velocity(now))
             except ValueError as err:  # a plan the worker's check should have refused: defence in depth
                 return self.fault_hold(now, RunnerFault.MODEL_SHAPE, f"the safety layer refused the plan: {err}")
-            output = self._out(now, TickKind.CHUNK, command, prediction=due)
+            output = self._out(now, TickKind.CHUNK, command, prediction=due, chunks_accepted=accepted)
             if self._logged_fault and time.monotonic() - self._fault_at > FAULT_LOG_QUIET_S:
                 self._logged_fault = ""  # running well again: the same fault later is news
         # Last, and without waiting for the worker: woken earlier it would only wait for this thread's
@@ -422,6 +444,7 @@ class PolicyRunner:
                 self._request = None
                 self._busy = False
             self._armed_since = None
+            self._pending_trace = None
             self._last_command = None
             self._last_measured = None  # from before a pause: the arm may have been moved since
             self._generation += 1
@@ -442,7 +465,8 @@ class PolicyRunner:
 
     def _start_inference(self, observation: dict[str, np.ndarray], t_obs: float) -> None:
         """With the lock held and the worker idle."""
-        self._request = (observation, t_obs, self._generation)
+        capture, arrival = self._arrivals.get(self.trace_stream, (None, None))
+        self._request = (observation, t_obs, self._generation, ChunkTrace(capture=capture, arrival=arrival))
         self._armed_since = None
         self._busy = True  # from now: a second request would only overwrite this one
         self._wake.notify()
@@ -456,18 +480,19 @@ class PolicyRunner:
                     self._wake.wait()
                 if self._stop or self._request is None:  # woken to stop
                     return
-                observation, t_obs, generation = self._request
+                observation, t_obs, generation, trace = self._request
                 self._request = None
             try:
-                self._infer(observation, t_obs, generation)
+                self._infer(observation, t_obs, generation, trace)
             except Exception as err:  # after the model: accepting or publishing failed (a bug); it holds
                 self.record_fault(RunnerFault.INTERNAL, f"inference worker: {type(err).__name__}: {err}")
             finally:
                 with self._wake:
                     self._busy = False
 
-    def _infer(self, observation: dict[str, np.ndarray], t_obs: float, generation: int) -> None:
+    def _infer(self, observation: dict[str, np.ndarray], t_obs: float, generation: int, trace: ChunkTrace) -> None:
         """One inference; its chunk is checked, then queued (or dropped and counted) before it counts as done."""
+        trace.inference_start = self.clock()
         started = time.perf_counter()
         try:
             output = self.predict(observation)
@@ -487,6 +512,9 @@ class PolicyRunner:
                 self.queue.clear()  # a model that just produced garbage is not trusted with its older plan
             elif current and chunk is not None:
                 self.queue.accept(chunk, t_obs, self.clock())
+                self._accepted += 1
+                trace.inference_end = self.clock()
+                self._pending_trace = (self._accepted, trace)
         self.latencies_s.append(latency)
         self._recent_latencies_s.append(latency)
         self._worst_recent_latency_s = max(self._recent_latencies_s)

@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
+from koch_common.checkpoint_layout import RuntimeKind
 from koch_common.config import ConfigError
+from koch_common.cpu_budget import CpuRole
 from koch_common.feature_mapping import DEFAULT_MAPPING
 from koch_common.realtime import RealtimeSettings
 from koch_common.settings import REQUIRED, setting
@@ -18,14 +21,24 @@ from koch_policy.chunk_policies import DEFAULT_CHUNK_POLICY, DEFAULT_REPLAN_THRE
 
 @dataclass(frozen=True, kw_only=True)
 class PolicySettings(RealtimeSettings):
+    CPU_ROLE: ClassVar[CpuRole] = CpuRole.INFERENCE
+
+    realtime_priority: int = setting(
+        40, "SCHED_FIFO priority (1-99) of the node's callback threads (the 30 Hz tick, observations, gates), "
+        "below the driver's loop (50); inference keeps normal priority and yields to them; needs CAP_SYS_NICE or "
+        "an rtprio limit (without, the node logs why and runs normally); 0: normal scheduling",
+        minimum=0, maximum=99)
     checkpoint: str = setting(
         REQUIRED, "the policy to run: a LeRobot pretrained_model directory written by kuavo_train, or its ONNX "
         "export (kuavo_export)")
+    runtime: RuntimeKind = setting(
+        RuntimeKind.AUTO, "what runs the checkpoint: auto (its ONNX export when one is beside it, as training "
+        "writes by default, else PyTorch), onnx (the export, or refuse to start) or pytorch (the checkpoint itself)")
     device: str = setting("cpu", "where inference runs: cpu, cuda or cuda:<index> (a torch device; an ONNX export "
                           "uses the CUDA execution provider for cuda)")
     inference_threads: int = setting(
-        0, "CPU threads for inference; fewer leaves a core to the 30 Hz loop; 0: the runtime's default",
-        minimum=0)
+        0, "CPU threads for inference (onnxruntime's pool, or torch's); 0: the CPU budget's, the cores less one "
+        "for the rest of the graph (koch_common.cpu_budget)", minimum=0)
     mapping: str = setting(
         DEFAULT_MAPPING, "feature mapping YAML (a path, or under config/): which topic feeds which policy input, "
         "the same one the converter built the training data with")
@@ -56,6 +69,9 @@ class PolicySettings(RealtimeSettings):
     n_action_steps: int | None = setting(
         None, "execute_k: actions executed per chunk before the next; unset: the checkpoint's n_action_steps",
         minimum=1)
+    trace_log: str = setting(
+        "", "a JSON-lines file for every chunk's trace points (capture, arrival, inference start/end, published; "
+        "koch_common.latency_trace); empty: none (the stage latencies are on /diagnostics either way)")
     fault_injection: bool = setting(
         False, "offer ~/inject_model_fault (std_srvs/SetBool): while true the model's chunks are replaced by NaN, "
         "to drill the fault path (fault_drill); leave it off on a robot")

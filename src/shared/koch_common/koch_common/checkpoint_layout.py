@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from koch_common.enums import StrEnum
+
 PRETRAINED_MODEL_DIR = "pretrained_model"
 TRAIN_CONFIG_FILE = "kuavo_train_config.json"
 ONNX_DIR = "onnx"
@@ -21,3 +23,11 @@ def pretrained_model_dir(path: Path) -> Path | None:
         if (candidate / TRAIN_CONFIG_FILE).is_file():
             return candidate
     return None
+
+
+class RuntimeKind(StrEnum):
+    """Which runtime runs a checkpoint on the robot (the policy node's `runtime` parameter)."""
+
+    AUTO = "auto"        # its ONNX export when one is beside it (training writes one by default), else PyTorch
+    ONNX = "onnx"        # the ONNX export, or refuse to start
+    PYTORCH = "pytorch"  # the PyTorch checkpoint, even when an export is beside it

@@ -17,8 +17,12 @@ def run_node(factory: Callable[[], Any], args: list[str] | None = None, threads:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+    from koch_common.cpu_budget import CpuRole, place_this_process
     from koch_common.ros_executor import DrainingExecutor
 
+    # One thread per library for every node (the policy's inference and the control path's CPUs are set
+    # by those nodes from their parameters): koch_common.cpu_budget.
+    place_this_process(CpuRole.SUPPORT, None, 0)
     rclpy.init(args=args)
     try:
         node = factory()

@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
+from koch_common.cpu_budget import CpuRole
 from koch_common.settings import setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class RealtimeSettings:
-    """The setting of a node whose callbacks must keep a rate; `koch_common.node_runner` applies it."""
+    """The settings of a node whose callbacks must keep a rate: its real-time priority (applied by
+    `koch_common.node_runner`) and its CPUs (applied by the node before it starts threads of its own,
+    `koch_common.cpu_budget.place_this_process`). `CPU_ROLE` is its share of the CPU budget."""
+
+    CPU_ROLE: ClassVar[CpuRole] = CpuRole.CONTROL
 
     realtime_priority: int = setting(
         0, "SCHED_FIFO priority (1-99) of the node's callback threads (its timers among them), so work on the "
-        "same cores (inference, decoding) yields to them; needs CAP_SYS_NICE or an rtprio limit; "
-        "0: normal scheduling", minimum=0, maximum=99)
+        "same cores (inference, decoding) yields to them; needs CAP_SYS_NICE or an rtprio limit (without, the "
+        "node logs why and runs normally); 0: normal scheduling", minimum=0, maximum=99)
+    cpus: list[int] | None = setting(
+        None, "the CPUs the node's threads run on, e.g. [2, 3]; unset: the CPU budget's for the node's role "
+        "(koch_common.cpu_budget: pinned only on 4 or more cores)", minimum=0)
 
 
 REALTIME_PRIORITY = "realtime_priority"  # the parameter node_runner reads, RealtimeSettings' field

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from koch_common.config import ConfigError
+from koch_common.realtime import RealtimeSettings
 from koch_common.settings import setting
 from koch_sim.sim_config import TaskKind
 
@@ -15,7 +16,9 @@ TASKS = tuple(kind.value for kind in TaskKind)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SimWorldSettings:
+class SimWorldSettings(RealtimeSettings):
+    """The simulated servos stand in for hardware: the control path's CPUs (`cpus`), normal priority."""
+
     follower_port_link: str | None = setting(
         None, "path where the follower's emulated servo bus (a pseudo-terminal) is linked, the driver's port; "
         "unset: sim.yaml's emulator.follower_port_link")

@@ -23,6 +23,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
+from koch_common.cpu_budget import place_this_process
 from koch_common.dynamixel_models import model_by_name
 from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
@@ -45,6 +46,7 @@ class SimWorldNode(Node):
         super().__init__("sim_world", **kwargs)
         # Every parameter, its default and description: koch_sim.settings.SimWorldSettings.
         settings = declare_settings(self, SimWorldSettings)
+        self.get_logger().info(place_this_process(SimWorldSettings.CPU_ROLE, settings.cpus, 0))
         self.sim = load_sim()
         self.koch = load_koch()
         self.task = task_kind(settings.task or self.sim.task)
