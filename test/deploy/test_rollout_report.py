@@ -49,7 +49,7 @@ def test_the_report_counts_successes_and_interventions_and_the_table_shows_them(
     rows, runs = table.rollout_rows(table.read_rollouts(tmp_path))
     assert ("| rgbd_diffusion | state, head, head_depth | pick_taller | 3/4 = 75% [30%, 95%]; went for the goal 1/4 "
             "| 4 | 100 "
-            "| 4000 steps, 60 min | cpu | 41 / 90 ms | onnx |") in rows[2]
+            "| 4000 steps, 60 min | cpu | 41 / 90 ms | not traced | onnx |") in rows[2]
     assert runs[0].startswith("1. ") and "rollout --checkpoint ckpt --task pick_taller" in runs[0]
 
 

@@ -94,9 +94,10 @@ def test_every_node_setting_is_described_and_its_default_fits(cls: type) -> None
 
 def test_the_realtime_parameter_node_runner_reads_is_the_settings_field() -> None:
     assert [f.name for f in dataclasses.fields(RealtimeSettings)] == [REALTIME_PRIORITY, "cpus"]
-    # The control path under SCHED_FIFO by default, the driver's loop above the policy node's tick.
-    assert DriverSettings().realtime_priority > PolicySettings(checkpoint="x").realtime_priority > 0
-    assert SimWorldSettings().realtime_priority == 0  # the simulated servos stand in for hardware
+    # The driver's loop under SCHED_FIFO by default; the policy node's callbacks only when asked (their FIFO
+    # executor loop starves inference on few cores); the simulated servos stand in for hardware.
+    assert DriverSettings().realtime_priority > 0
+    assert PolicySettings(checkpoint="x").realtime_priority == SimWorldSettings().realtime_priority == 0
     assert {DriverSettings.CPU_ROLE, SimWorldSettings.CPU_ROLE, PolicySettings.CPU_ROLE} == {
         CpuRole.CONTROL, CpuRole.INFERENCE}
 
@@ -193,7 +194,7 @@ def test_node_parameters_pass_only_what_differs_from_the_default() -> None:
     with pytest.raises(ConfigError, match="Sample.count=True: expected an integer"):
         node_parameters(Sample, count=True)
     assert node_parameters(PolicySettings, checkpoint="/c", chunk_policy=default_of(PolicySettings, "chunk_policy"),
-                           enabled=False, realtime_priority=40) == {"checkpoint": "/c"}
+                           enabled=False, realtime_priority=0) == {"checkpoint": "/c"}
     assert node_parameters(DriverSettings, arm="follower") == {}
     with pytest.raises(ConfigError, match="choose one of"):
         node_parameters(PolicySettings, chunk_policy="bogus")

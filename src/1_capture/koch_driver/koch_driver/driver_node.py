@@ -35,7 +35,7 @@ class DriverNode(Node):
         super().__init__("koch_driver", **kwargs)
         # Every parameter, its default and description: koch_driver.settings.DriverSettings.
         settings = declare_settings(self, DriverSettings)
-        self.get_logger().info(place_this_process(DriverSettings.CPU_ROLE, settings.cpus, 0))
+        placement = place_this_process(DriverSettings.CPU_ROLE, settings.cpus, 0)  # logged once it started
         koch = load_koch()
         arm = settings.apply_to(getattr(koch, settings.arm))
         self.arm_name = settings.arm
@@ -53,7 +53,8 @@ class DriverNode(Node):
         self.driver.connect(timeout_s=settings.connect_timeout_s)
         self.get_logger().info(
             f"{self.arm_name} arm on {arm.port}: {len(arm.joints)} servos, torque on IDs "
-            f"{self.driver.torque_ids if torque else []}, fast sync read {self.driver.bus.uses_fast_sync_read}")
+            f"{self.driver.torque_ids if torque else []}, fast sync read {self.driver.bus.uses_fast_sync_read}; "
+            f"{placement}")
         self.state_pub = self.create_publisher(JointState, "joint_states", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(JointTrajectory, "joint_commands", self.on_command, 10)

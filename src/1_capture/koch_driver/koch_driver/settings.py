@@ -20,9 +20,9 @@ ARMS = ("follower", "leader")
 @dataclass(frozen=True, kw_only=True)
 class DriverSettings(RealtimeSettings):
     realtime_priority: int = setting(
-        50, "SCHED_FIFO priority (1-99) of the control loop (read, limit, write), above the policy node's tick "
-        "(40) and every normal thread; needs CAP_SYS_NICE or an rtprio limit (without, the node logs why and "
-        "runs normally); 0: normal scheduling", minimum=0, maximum=99)
+        50, "SCHED_FIFO priority (1-99) of the control loop (read, limit, write), above every normal thread; "
+        "needs CAP_SYS_NICE or an rtprio limit (without, the node logs why and runs normally); 0: normal "
+        "scheduling", minimum=0, maximum=99)
     arm: str = setting("follower", "which arm of koch.yaml this driver runs (its joints, port and limits)",
                        choices=ARMS)
     port: str | None = setting(

@@ -91,7 +91,7 @@ class PolicyNode(Node):
         settings = self.settings
         # Before the runtime starts its threads: they inherit the CPUs (koch_common.cpu_budget).
         threads = settings.inference_threads or CpuBudget.for_this_machine().inference_threads
-        self.get_logger().info(place_this_process(PolicySettings.CPU_ROLE, settings.cpus, threads))
+        placement = place_this_process(PolicySettings.CPU_ROLE, settings.cpus, threads)  # logged once it loaded
         self.enabled = settings.enabled
         self.dry_run = settings.dry_run
         self.publish_markers = settings.publish_markers
@@ -104,7 +104,7 @@ class PolicyNode(Node):
         self.runtime_name = RUNTIME_NAMES.get(type(self.runtime).__name__, type(self.runtime).__name__)
         self.runtime_path = str(getattr(self.runtime, "onnx_dir", settings.checkpoint))
         self.get_logger().info(f"runtime: {self.runtime_name} ({self.runtime_path}; runtime:={settings.runtime}), "
-                               f"{self.runtime.policy_type} on {settings.device}")
+                               f"{self.runtime.policy_type} on {settings.device}; {placement}")
         self.fps = float(self.mapping.fps) if settings.rate_hz is None else settings.rate_hz
         n_steps = self.runtime.n_action_steps if settings.n_action_steps is None else settings.n_action_steps
         # The streams this checkpoint reads (a mapping may hold more, e.g. a depth camera an RGB policy ignores).

@@ -23,11 +23,14 @@ from koch_policy.chunk_policies import DEFAULT_CHUNK_POLICY, DEFAULT_REPLAN_THRE
 class PolicySettings(RealtimeSettings):
     CPU_ROLE: ClassVar[CpuRole] = CpuRole.INFERENCE
 
+    # Off by default: rclpy's multi-threaded executor loop, run under SCHED_FIFO, takes the CPU the
+    # (normal-priority) inference worker needs on a 2-core machine: measured in the simulated graph, inference
+    # p50 55 -> 123 ms and chunks 35 -> 15 Hz with priority 40 (docs/deploy.md, the CPU budget).
     realtime_priority: int = setting(
-        40, "SCHED_FIFO priority (1-99) of the node's callback threads (the 30 Hz tick, observations, gates), "
-        "below the driver's loop (50); inference keeps normal priority and yields to them; needs CAP_SYS_NICE or "
-        "an rtprio limit (without, the node logs why and runs normally); 0: normal scheduling",
-        minimum=0, maximum=99)
+        0, "SCHED_FIFO priority (1-99) of the node's callback threads (the 30 Hz tick, observations, gates), below "
+        "the driver's loop (50); inference keeps normal priority; needs CAP_SYS_NICE or an rtprio limit (without, "
+        "the node logs why and runs normally); 0: normal scheduling (the default: on few cores the FIFO executor "
+        "loop starves inference)", minimum=0, maximum=99)
     checkpoint: str = setting(
         REQUIRED, "the policy to run: a LeRobot pretrained_model directory written by kuavo_train, or its ONNX "
         "export (kuavo_export)")

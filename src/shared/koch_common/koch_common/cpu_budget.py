@@ -13,8 +13,10 @@ scheduler put last. The budget gives each node a share:
 - with `PINNING_MIN_CORES` or more, the control path (the driver's loop, the simulator) on the first
   core and the policy node on the others, so inference never takes the control loop's core; with
   fewer there is nothing to spare and nothing is pinned;
-- the control path under SCHED_FIFO where the OS permits it (the driver's and the policy node's
-  `realtime_priority`; `koch_common.realtime` logs why not where not).
+- the driver's control loop under SCHED_FIFO where the OS permits it (its `realtime_priority`;
+  `koch_common.realtime` logs why not where not). The policy node's callbacks stay at normal priority
+  unless asked: under SCHED_FIFO, rclpy's multi-threaded executor loop takes the CPU its inference
+  worker needs on a small machine.
 
 Each value is a node parameter (`cpus`, `inference_threads`, `realtime_priority`) whose unset or 0
 default means "the budget's"; a launch argument or parameter file overrides it.
