@@ -6,7 +6,7 @@ import os
 import threading
 
 from koch_common.cpu_budget import LIBRARY_THREAD_VARIABLES, CpuBudget, CpuRole, place_this_process
-from koch_common.realtime import make_current_thread_realtime
+from koch_common.realtime import LateCycleCounter, make_current_thread_realtime
 
 
 def _in_thread(priority: int) -> tuple[str | None, int, int]:
@@ -61,3 +61,12 @@ def test_placing_a_node_pins_the_calling_thread_and_says_so() -> None:
     message, pinned = out[0]
     assert pinned == set(cpus[-1:]) and f"pinned to CPUs {cpus[-1:]}" in message and "1 thread(s)" in message
     assert sorted(os.sched_getaffinity(0)) == cpus  # the test's own thread is untouched
+
+
+def test_a_cycle_more_than_half_a_period_late_is_counted_with_the_worst_interval() -> None:
+    cycles = LateCycleCounter(0.02)
+    for t in (0.0, 0.02, 0.041, 0.07, 0.09):  # 0.041 -> 0.07 is 1.45 periods: on time; nothing skipped
+        cycles.started(t)
+    assert cycles.late == 0
+    cycles.started(0.121)  # 1.55 periods after the last
+    assert cycles.late == 1 and abs(cycles.worst_interval_s - 0.031) < 1e-12

@@ -22,6 +22,7 @@ from koch_common.cpu_budget import place_this_process
 from koch_common.latency_trace import DRIVER_STAGES, ChunkTrace, StageWindow, TraceLog
 from koch_common.node_params import declare_settings
 from koch_common.node_runner import run_node
+from koch_common.realtime import LateCycleCounter
 from koch_common.robot import load_koch
 from koch_common.safety import SafetyLimits
 from koch_driver.bus import BusError
@@ -47,9 +48,6 @@ class DriverNode(Node):
         self.traces = StageWindow(DRIVER_STAGES)
         self.trace_log = TraceLog(settings.trace_log) if settings.trace_log else None
         self.driver.on_trace = self._on_trace
-        self.late_cycles = 0  # control cycles that started more than half a period late
-        self._last_cycle: float | None = None
-        self._worst_interval_s = 0.0
         self.driver.connect(timeout_s=settings.connect_timeout_s)
         self.get_logger().info(
             f"{self.arm_name} arm on {arm.port}: {len(arm.joints)} servos, torque on IDs "
@@ -63,6 +61,7 @@ class DriverNode(Node):
         self.create_service(Trigger, "~/reboot", self.on_reboot)
         self.create_service(Trigger, "~/hold", self.on_hold)
         self.period = 1.0 / arm.control_rate_hz
+        self.cycles = LateCycleCounter(self.period)  # late cycles: more than half a period late
         self._last_hw_errors: dict[int, int] = {}
         self.create_timer(self.period, self.on_tick)
         self.create_timer(settings.diagnostics_period_s, self.publish_diagnostics)
@@ -123,13 +122,7 @@ class DriverNode(Node):
             self.trace_log.write(trace)
 
     def on_tick(self) -> None:
-        started = time.monotonic()
-        if self._last_cycle is not None:
-            interval = started - self._last_cycle
-            self._worst_interval_s = max(self._worst_interval_s, interval)
-            if interval > 1.5 * self.period:
-                self.late_cycles += 1
-        self._last_cycle = started
+        self.cycles.started(time.monotonic())
         # Never raises on bus trouble: the driver holds, reports and reconnects by itself.
         state = self.driver.step(self.period)
         if state is not None:
@@ -141,7 +134,7 @@ class DriverNode(Node):
             self.publish_diagnostics()  # a new hardware error is reported at once, not at 1 Hz
 
     def publish_diagnostics(self) -> None:
-        loop = {"late_cycles": self.late_cycles, "cycle_interval_max_ms": f"{self._worst_interval_s * 1e3:.1f}",
+        loop = {"late_cycles": self.cycles.late, "cycle_interval_max_ms": f"{self.cycles.worst_interval_s * 1e3:.1f}",
                 "traced_commands": self.traces.count, **self.traces.diagnostics()}
         self.diag_pub.publish(diagnostics_msg(self.get_name(), self.arm_name, self.driver, self.now(), loop))
 

@@ -56,6 +56,7 @@ from koch_common.kinematics import tcp_position
 from koch_common.latency_trace import POLICY_STAGES, ChunkTrace, StageWindow, TraceLog
 from koch_common.node_params import declare_settings, updated_settings
 from koch_common.node_runner import run_node
+from koch_common.realtime import LateCycleCounter
 from koch_common.robot import load_koch
 from koch_common.safety import SafeChunk, SafetyLimits
 from koch_policy.gate import GateState, SafetyGate
@@ -155,9 +156,7 @@ class PolicyNode(Node):
         # Each chunk's path from the camera to the publish (the driver reports the rest).
         self.traces = StageWindow(POLICY_STAGES)
         self.trace_log = TraceLog(settings.trace_log) if settings.trace_log else None
-        self.missed_ticks = 0  # timer ticks that came more than half a period late (a tick skipped)
-        self._last_timer: float | None = None
-        self._worst_interval_s = 0.0
+        self.timer_cycles = LateCycleCounter(1.0 / self.fps)  # missed ticks: more than half a period late
         self.create_timer(1.0 / self.fps, self.on_timer, callback_group=ticks)
         self.create_timer(1.0, self.publish_diagnostics, callback_group=control)
         self._last_diag = (self.now(), 0)
@@ -277,13 +276,7 @@ class PolicyNode(Node):
 
     # -- tick ------------------------------------------------------------------------------
     def on_timer(self) -> None:
-        started = time.monotonic()
-        if self._last_timer is not None:
-            interval = started - self._last_timer
-            self._worst_interval_s = max(self._worst_interval_s, interval)
-            if interval > 1.5 / self.fps:
-                self.missed_ticks += 1
-        self._last_timer = started
+        self.timer_cycles.started(time.monotonic())
         self.on_tick()
 
     def on_tick(self) -> None:
@@ -386,8 +379,8 @@ class PolicyNode(Node):
             "tick_overhead_p99_ms": f"{np.percentile(overhead, 99):.3f}",
             "inference_count": str(self.runner.inferences),
             "ticks": str(self.runner.ticks),
-            "missed_ticks": str(self.missed_ticks),
-            "tick_interval_max_ms": f"{self._worst_interval_s * 1e3:.1f}",
+            "missed_ticks": str(self.timer_cycles.late),
+            "tick_interval_max_ms": f"{self.timer_cycles.worst_interval_s * 1e3:.1f}",
             "traced_chunks": str(self.traces.count),
             **self.traces.diagnostics(),
             "queue_ticks_left": str(queue.ticks_left(now)),

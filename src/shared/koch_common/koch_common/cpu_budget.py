@@ -90,11 +90,10 @@ def place_this_process(role: CpuRole, cpus: list[int] | None, threads: int) -> s
     count = threads or budget.threads(role)
     done = []
     if wanted is not None:
-        try:
-            os.sched_setaffinity(0, wanted)
-            done.append(f"pinned to CPUs {list(wanted)}")
-        except (OSError, AttributeError) as err:
-            done.append(f"not pinned to CPUs {list(wanted)} ({err})")
+        from koch_common.realtime import pin_current_thread  # realtime imports CpuRole from here
+
+        problem = pin_current_thread(frozenset(wanted))
+        done.append(problem or f"pinned to CPUs {list(wanted)}")
     if "cv2" in sys.modules:
         sys.modules["cv2"].setNumThreads(count)
     if "torch" in sys.modules:

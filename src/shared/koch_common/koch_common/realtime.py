@@ -61,3 +61,23 @@ def pin_current_thread(cpus: frozenset[int]) -> str | None:
     except OSError as err:  # e.g. the process's CPU set no longer holds them
         return f"not pinned to CPUs {sorted(cpus)}: {err}"
     return None
+
+
+class LateCycleCounter:
+    """Counts the cycles of a periodic callback that started more than half a period late (a cycle
+    skipped), and the longest interval between two starts: a timer's honesty, for /diagnostics."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.late = 0
+        self.worst_interval_s = 0.0
+        self._last: float | None = None
+
+    def started(self, now: float) -> None:
+        """Call at the start of each cycle with a monotonic time (s)."""
+        if self._last is not None:
+            interval = now - self._last
+            self.worst_interval_s = max(self.worst_interval_s, interval)
+            if interval > 1.5 * self.period_s:
+                self.late += 1
+        self._last = now
