@@ -17,7 +17,7 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from koch_bringup.ros_session import RosSession, ros_session, wait_for
+from koch_bringup.ros_session import RosSession, publish_until, ros_session, wait_for
 from koch_common.dynamixel_models import model_by_name
 from koch_common.robot import load_koch
 from koch_driver.driver_node import DriverNode
@@ -81,8 +81,9 @@ def test_driver_publishes_states_and_follows_a_trajectory(emulator, tmp_path: Pa
 
         goal = [0.4, 0.3, -0.3, 0.2, 0.1, 0.5]
         wait_for(lambda: command_pub.get_subscription_count() > 0, 5.0, "driver subscription")
-        command_pub.publish(_trajectory([[0.2, 0.15, -0.15, 0.1, 0.05, 0.25], goal], [0.5, 1.0]))
-        wait_for(lambda: np.allclose(states[-1].position, goal, atol=0.01), 5.0, "arm reaching the goal")
+        publish_until(command_pub, _trajectory([[0.2, 0.15, -0.15, 0.1, 0.05, 0.25], goal], [0.5, 1.0]),
+                      lambda: np.allclose(states[-1].position, goal, atol=0.01), 10.0, "arm reaching the goal",
+                      every=4.0)
         # the servos settle on the goal in raw ticks too (the published state may lead the emulator's present
         # position by a control period on a busy host)
         def servos_at_goal() -> bool:
@@ -96,13 +97,27 @@ def test_driver_never_commands_outside_the_joint_limits(emulator, tmp_path: Path
     with ros_session() as ros:
         states, command_pub = _start_driver(ros, tmp_path / "follower")
         wait_for(lambda: states and command_pub.get_subscription_count() > 0, 10.0, "driver")
-        command_pub.publish(_trajectory([[9.0, -9.0, 9.0, -9.0, 9.0, float("nan")]], [0.0]))
-        time.sleep(2.0)
-        goals = np.array([emulator.read_field(j.id, "Goal_Position") for j in ARM.joints])
-        goal_rad = ARM.from_raw(goals)
-        assert np.all(goal_rad <= ARM.upper + 1e-3) and np.all(goal_rad >= ARM.lower - 1e-3)
-        assert abs(goal_rad[5]) < 1e-3, "a NaN target holds the joint where it was"
-        assert np.all(np.abs(np.array(states[-1].position)) <= ARM.upper + 1e-3)
+
+        def goal_rad() -> np.ndarray:
+            return ARM.from_raw(np.array([emulator.read_field(j.id, "Goal_Position") for j in ARM.joints]))
+
+        start = np.array(states[-1].position)
+        publish_until(command_pub, _trajectory([[9.0, -9.0, 9.0, -9.0, 9.0, 9.0]], [0.0]),
+                      lambda: states[-1].position[0] > start[0] + 0.05, 10.0, "the arm moving to the clipped target")
+        def settled() -> bool:
+            before = goal_rad()
+            time.sleep(0.3)
+            return bool(np.allclose(goal_rad(), before, atol=1e-3))
+
+        wait_for(settled, 15.0, "the arm settling on the limits")
+        assert np.all(goal_rad() <= ARM.upper + 1e-3) and np.all(goal_rad() >= ARM.lower - 1e-3)
+        assert np.all(np.abs(np.array(states[-1].position)) <= np.maximum(np.abs(ARM.upper), np.abs(ARM.lower)) + 1e-3)
+
+        held = goal_rad()
+        # the first command arrived, so writer and reader are matched: this one arrives too, and is rejected
+        command_pub.publish(_trajectory([[0.0, 0.0, 0.0, 0.0, 0.0, float("nan")]], [0.0]))
+        time.sleep(1.0)
+        np.testing.assert_allclose(goal_rad(), held, atol=2e-3, err_msg="a chunk holding a NaN is rejected whole")
 
 
 def test_teleop_mirrors_the_leader_onto_the_follower(emulator, tmp_path: Path) -> None:
@@ -156,8 +171,8 @@ def test_driver_reports_hardware_errors_and_serves_torque_reboot_hold(emulator, 
 
         # single-point streaming
         goal = [0.2, -0.1, 0.3, 0.0, -0.2, 0.1]
-        point_pub.publish(JointState(name=ARM.names, position=goal))
-        wait_for(lambda: np.allclose(states[-1].position, goal, atol=0.01), 5.0, "streamed point reached")
+        publish_until(point_pub, JointState(name=ARM.names, position=goal),
+                      lambda: np.allclose(states[-1].position, goal, atol=0.01), 10.0, "streamed point reached")
 
         emulator.set_hardware_error(3, HW_OVERLOAD)
 

@@ -255,3 +255,28 @@ def test_the_head_camera_shows_each_episodes_target_where_it_lies() -> None:
             assert np.hypot(xs - u, ys - v).max() < 0.03 / distance * k[0, 0]
     finally:
         renderer.close()
+
+
+def test_a_new_layout_restyles_the_scene_without_a_new_gl_context() -> None:
+    """A new episode's layout (other sizes, colours, marker poses) draws exactly what a renderer built
+    for it draws, on the same GL context: a rebuild per episode left a gap in every camera stream."""
+    from koch_sim.render import SceneRenderer
+
+    width, height = 160, 120
+    reused = SceneRenderer(KOCH, SIM, "head", width, height)
+    try:
+        reused.render_rgbd(np.array(KOCH.home), sample_layout("pick_place", 0, SIM).objects)
+        context = reused._renderer
+        for seed in (1, 2, 3):
+            objects = sample_layout("pick_place", seed, SIM).objects
+            fresh = SceneRenderer(KOCH, SIM, "head", width, height)
+            try:
+                expected = fresh.render_rgbd(np.array(KOCH.home), objects)
+            finally:
+                fresh.close()
+            color, depth = reused.render_rgbd(np.array(KOCH.home), objects)
+            assert reused._renderer is context, "a same-structure layout must not rebuild the renderer"
+            np.testing.assert_array_equal(color, expected[0])
+            np.testing.assert_array_equal(depth, expected[1])
+    finally:
+        reused.close()

@@ -17,6 +17,7 @@ from typing import Any
 import rclpy
 from rclpy.context import Context
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 
 from koch_common.ros_executor import DrainingExecutor
 
@@ -75,4 +76,22 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "
         if condition():
             return
         time.sleep(0.005)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def publish_until(publisher: Publisher, message: object, condition: Callable[[], bool], timeout: float = 10.0,
+                  what: str = "condition", every: float = 1.0) -> None:
+    """Publish `message` every `every` s until `condition` holds.
+
+    A writer that sees a reader (`get_subscription_count() > 0`) does not mean the reader has matched the
+    writer yet: a volatile sample sent in that window is dropped. Sending again is what a real client does.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        publisher.publish(message)
+        resend = min(deadline, time.monotonic() + every)
+        while time.monotonic() < resend:
+            if condition():
+                return
+            time.sleep(0.005)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")

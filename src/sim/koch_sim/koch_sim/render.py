@@ -25,11 +25,10 @@ MOUNTS = (HEAD_CAMERA, WRIST_CAMERA)
 NO_RETURN_FRACTION = 0.99  # depth at or beyond this fraction of the far plane is "no return"
 
 
-def _layout_key(objects: tuple[SceneObject, ...]) -> tuple:
-    """What changes the model: names, roles, sizes, colours, and where the markers lie (they are
-    fixed geoms; a block's pose is its free joint's, set every frame)."""
-    return tuple((o.name, o.role, o.half, o.rgba) + ((o.position, o.quaternion) if o.role is ObjectRole.MARKER else ())
-                 for o in objects)
+def _structure(objects: tuple[SceneObject, ...]) -> tuple:
+    """What only a new model can change: which objects exist and what they are. Sizes, colours and
+    marker poses change in place (`_restyle`), so a new episode's layout costs no new GL context."""
+    return tuple((o.name, o.role) for o in objects)
 
 
 class SceneRenderer:
@@ -40,7 +39,7 @@ class SceneRenderer:
         self.sim = sim
         self.mount = mount
         self.width, self.height = width, height
-        self._key: tuple | None = None
+        self._structure: tuple | None = None
         self._renderer: mujoco.Renderer | None = None
         self.model: mujoco.MjModel | None = None
         self.data: mujoco.MjData | None = None
@@ -57,12 +56,28 @@ class SceneRenderer:
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
         self.model, self.data = model, mujoco.MjData(model)
         self._renderer = mujoco.Renderer(model, self.height, self.width)
-        self._key = _layout_key(objects)
+        self._structure = _structure(objects)
+
+    def _restyle(self, objects: tuple[SceneObject, ...]) -> None:
+        """Give the objects of this (same-structure) layout their sizes and colours, and the markers,
+        fixed geoms of the world body, their poses. A renderer rebuilt per episode takes a new GL
+        context (~0.5 s on software Mesa): a gap in every camera stream at each new episode."""
+        model = self.model
+        assert model is not None
+        for obj in objects:
+            geom = model.geom(obj.name).id
+            model.geom_size[geom] = obj.half
+            model.geom_rbound[geom] = float(np.linalg.norm(obj.half))
+            model.geom_rgba[geom] = obj.rgba
+            if obj.role is ObjectRole.MARKER:
+                model.geom_pos[geom] = obj.position
+                model.geom_quat[geom] = obj.quaternion
 
     def pose(self, joints: np.ndarray, objects: tuple[SceneObject, ...]) -> None:
-        """Put the model in this world state (rebuilding it when the layout changed)."""
-        if self._key != _layout_key(objects) or self.model is None:
+        """Put the model in this world state (built once per set of objects, restyled per layout)."""
+        if self.model is None or self._structure != _structure(objects):
             self._build(objects)
+        self._restyle(objects)  # a few array writes: cheaper than telling whether the layout changed
         assert self.model is not None and self.data is not None
         n = len(self.koch.follower.joints)
         self.data.qpos[:n] = joints
