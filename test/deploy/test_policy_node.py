@@ -155,6 +155,37 @@ def test_disabled_node_publishes_nothing_and_enabled_chunks_stay_inside_limits(c
         # on a shared CI host the scheduler, not the node, decides it.
 
 
+def test_once_disable_is_answered_no_tick_publishes(checkpoint: Path) -> None:
+    """An operator disables the policy, then sends the arm home itself: a tick that was mid-way when the
+    disable arrived must not publish after the answer (its chunk would override the operator's command).
+    The tick is held mid-way on purpose, so the race the robot meets now and then happens every time."""
+    with ros_session() as ros:
+        node, world, chunks = _start(ros, checkpoint)
+        _enable(ros, True)
+        wait_for(lambda: any(len(m.points) > 1 for _, m in chunks), 60.0, "a model chunk")
+        inside, release = threading.Event(), threading.Event()
+        tick = node.runner.tick
+
+        def slow_tick(now: float):  # the runner is plain Python: slowed here, the node and DDS are real
+            inside.set()
+            release.wait(5.0)
+            return tick(now)
+
+        node.runner.tick = slow_tick  # type: ignore[method-assign]
+        wait_for(inside.is_set, 10.0, "a tick in progress")
+        answered = threading.Event()
+        caller = threading.Thread(target=lambda: (_enable(ros, False), answered.set()))
+        caller.start()
+        time.sleep(0.3)
+        release.set()
+        node.runner.tick = tick  # type: ignore[method-assign]
+        caller.join(10.0)
+        assert answered.is_set(), "the disable was never answered"
+        published = node.published
+        time.sleep(0.5)
+        assert node.published == published, "a tick published after the disable was answered"
+
+
 def test_dry_run_publishes_only_the_preview(checkpoint: Path) -> None:
     with ros_session() as ros:
         node, world, chunks = _start(ros, checkpoint, dry_run=True, enabled=True)

@@ -213,10 +213,13 @@ class PolicyNode(Node):
 
     # -- gates ----------------------------------------------------------------------------------
     def on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        if request.data and not self.enabled:
-            self.runner.reset()
-            self.runtime.reset()
-        self.enabled = bool(request.data)
+        # Under the tick lock: once "disabled" is answered no tick is mid-way to publishing, so a caller
+        # that then commands the driver itself (an operator's reset) is not overridden by a late chunk.
+        with self._tick_lock:
+            if request.data and not self.enabled:
+                self.runner.reset()
+                self.runtime.reset()
+            self.enabled = bool(request.data)
         response.success = True
         response.message = "enabled" if self.enabled else "disabled"
         return response
@@ -283,6 +286,8 @@ class PolicyNode(Node):
         if not self.enabled:
             return
         with self._tick_lock:
+            if not self.enabled:  # disabled while this tick waited for the lock
+                return
             try:
                 self._tick()
             except Exception as err:  # the last resort: an exception here would stop the timer's executor
