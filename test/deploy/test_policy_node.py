@@ -419,3 +419,46 @@ def test_unnamed_unstamped_joint_states_are_read_as_the_mapping_says(checkpoint:
             else:
                 wait_for(lambda n=node: n.runner.faults[RunnerFault.OBSERVATION] > 3, 60.0, "refused joint states")
                 assert node.runner.measured_position() is None and not chunks
+
+
+@pytest.fixture(scope="module")
+def smolvla_checkpoint(reach_dataset: SyntheticDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained SmolVLA on a backbone built here (koch_runtime.vlm_backbone), saved as `train` saves it."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from koch_runtime.vlm_backbone import BACKBONE_DIR, SmolVLMBackbone, build_backbone, smolvla_overrides
+
+    meta = LeRobotDatasetMetadata(reach_dataset.repo_id, root=reach_dataset.root)
+    spec = SmolVLMBackbone()
+    folder = tmp_path_factory.mktemp("smolvla")
+    backbone = build_backbone(folder / BACKBONE_DIR, [str(t) for t in meta.tasks.index], spec)
+    overrides = {**smolvla_overrides(backbone, spec), "chunk_size": 10, "n_action_steps": 10, "num_steps": 2}
+    runtime = build_policy("smolvla", overrides, meta.features, meta.stats,
+                           ["observation.state", "observation.images.head"])
+    runtime.save(folder / "checkpoint" / "pretrained_model")
+    return folder / "checkpoint" / "pretrained_model"
+
+
+def test_a_vla_is_not_enabled_without_an_instruction_and_takes_one_live(smolvla_checkpoint: Path) -> None:
+    """The instruction comes from the `task` parameter or ~/task (std_msgs/String) and changes at run time;
+    without one the node refuses to enable rather than run the model on no text."""
+    from std_msgs.msg import String
+
+    from koch_bringup.ros_session import publish_until
+
+    with ros_session() as ros:
+        node, world, chunks = _start(ros, smolvla_checkpoint)
+        client = ros.nodes[-1]
+        refused = ros.call(client, SetBool, "/policy/policy/enable", SetBool.Request(data=True))
+        assert not refused.success and "task" in refused.message and not node.enabled
+        task_pub = client.create_publisher(String, "/policy/policy/task", 10)
+        publish_until(task_pub, String(data="reach the red target"),
+                      lambda: node.runtime.task == "reach the red target", 30.0, "the task from ~/task")
+        _enable(ros, True)
+        wait_for(lambda: any(len(m.points) > 1 for _, m in list(chunks)), 60.0, "the VLA's chunks")
+        for _, msg in list(chunks):
+            _check_limits(msg, world.position)
+        assert node.set_parameters([Parameter("task", value="move left")])[0].successful
+        assert node.runtime.task == "move left"
+        inferences = node.runner.inferences
+        wait_for(lambda: node.runner.inferences > inferences + 2, 60.0, "inferences on the new instruction")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,24 @@ def test_observation_of_the_wrong_size_is_refused(reach_dataset: SyntheticDatase
 def test_missing_dataset_folder_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="meta/info.json"):
         load_metadata(DatasetConfig(repo_id="local/none", root=str(tmp_path / "nowhere")))
+
+
+def test_train_cli_trains_smolvla_from_scratch_with_no_download(
+    reach_dataset: SyntheticDataset, tmp_path: Path
+) -> None:
+    """`policy.type=smolvla` without pretrained weights: train builds the backbone into the run folder and
+    every checkpoint carries a copy, so the checkpoint loads where the run folder is not."""
+    output_dir = tmp_path / "run"
+    args = cli_args(reach_dataset, output_dir)
+    args[1] = "train/smolvla_pick_color.yaml"
+    assert main([*args, "policy.overrides.chunk_size=6", "policy.overrides.n_action_steps=6",
+                 "policy.overrides.num_steps=2"]) == 0
+    assert (output_dir / "vlm_backbone" / "tokenizer.json").is_file()
+    moved = tmp_path / "robot"
+    shutil.copytree(output_dir / "checkpoints" / "last", moved)
+    shutil.rmtree(output_dir)
+    runtime = PolicyRuntime.load(moved)
+    assert runtime.policy_type == "smolvla" and runtime.needs_task
+    runtime.task = "reach the red target"
+    actions = runtime.predict_chunk(robot_observation(reach_dataset, index=3))
+    assert actions.shape == (6, 6) and np.all(np.isfinite(actions))

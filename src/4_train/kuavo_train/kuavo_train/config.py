@@ -84,6 +84,9 @@ class PolicySection:
     overrides: dict[str, Any] = field(default_factory=dict)
     # SmolVLA / pi0: a LOCAL folder holding pretrained weights to fine-tune (never downloaded).
     pretrained_path: str | None = None
+    # SmolVLA from scratch (no pretrained_path): sizes of the backbone `train` builds into
+    # <output_dir>/vlm_backbone (koch_runtime.vlm_backbone.SmolVLMBackbone; {} = its defaults).
+    vlm_backbone: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

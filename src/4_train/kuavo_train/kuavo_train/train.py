@@ -40,6 +40,7 @@ from koch_runtime.checkpoint_trust import read_json_object
 from koch_runtime.lerobot_compat import is_depth_map
 from koch_runtime.observation import DEPTH_KIND, IMAGE_PREFIX
 from koch_runtime.torch_runtime import PolicyRuntime
+from koch_runtime.vlm_backbone import BACKBONE_DIR, SMOLVLA, SmolVLMBackbone, build_backbone, smolvla_overrides
 from kuavo_train.config import TrainConfig, load_train_config
 from kuavo_train.data import (
     ResumableBatchSampler,
@@ -87,9 +88,15 @@ def image_transforms_for(cfg: TrainConfig, features: dict[str, Any]) -> dict[str
 def build_runtime(cfg: TrainConfig, device: str | None = None) -> PolicyRuntime:
     """A fresh policy + processors for `cfg`, normalising with the dataset's stats."""
     meta = load_metadata(cfg.dataset)
+    overrides = dict(cfg.policy.overrides)
+    if cfg.policy.type == SMOLVLA and cfg.policy.pretrained_path is None and "vlm_model_name" not in overrides:
+        # From scratch: a backbone sized by policy.vlm_backbone, its vocabulary the dataset's task texts.
+        spec = SmolVLMBackbone.from_mapping(cfg.policy.vlm_backbone)
+        backbone = build_backbone(Path(cfg.output_dir) / BACKBONE_DIR, [str(t) for t in meta.tasks.index], spec)
+        overrides = {**smolvla_overrides(backbone, spec), **overrides}
     return build_policy(
         cfg.policy.type,
-        cfg.policy.overrides,
+        overrides,
         meta.features,
         meta.stats,
         cfg.policy.input_features,

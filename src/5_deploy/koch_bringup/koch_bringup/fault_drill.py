@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rclpy.qos import qos_profile_sensor_data
@@ -378,7 +379,7 @@ def run_drill(out: Path, kinds: list[FaultKind], duration_s: float | None, seed:
             checkpoint = untrained_checkpoint(out / "untrained_act" / "pretrained_model", first_image_shape(ros))
             log(f"untrained ACT for the drill: {checkpoint}")
         # the model-fault service only when a drill uses it: it is off on a robot unless asked for
-        injection = {"fault_injection": True} if FaultKind.MODEL_NAN in kinds else {}
+        injection: dict[str, Any] = {"fault_injection": True} if FaultKind.MODEL_NAN in kinds else {}
         policy = stack.enter_context(GraphProcess(graph.policy(str(checkpoint), enabled=True, **injection),
                                                   out / "logs"))
         drill = Drill(robot, policy, ros, 1.0 / 30.0, rng, fault_s)

@@ -117,14 +117,18 @@ def recorder(output_dir: str, topics: list[str], types: list[str], storage: str 
                                      storage=storage))]
 
 
-def policy(checkpoint: str, **parameters: Any) -> list[NodeSpec]:
+def policy(checkpoint: str, task_topic: str | None = None, **parameters: Any) -> list[NodeSpec]:
     """The policy node; its action chunks drive the follower driver.
 
-    `parameters`: any of koch_policy.settings.PolicySettings (None or the default: not passed).
+    `task_topic`: where its instruction comes from besides the `task` parameter (the simulated world's episode
+    text; default: the node's own ~/task). `parameters`: any of koch_policy.settings.PolicySettings (None or the
+    default: not passed).
     """
+    remaps: tuple[tuple[str, str], ...] = (("action_chunk", topic("follower_joint_commands")),)
+    if task_topic:
+        remaps += (("~/task", task_topic),)
     return [NodeSpec("koch_policy", "policy", "policy", "policy",
-                     node_parameters(PolicySettings, checkpoint=checkpoint, **parameters),
-                     (("action_chunk", topic("follower_joint_commands")),))]
+                     node_parameters(PolicySettings, checkpoint=checkpoint, **parameters), remaps)]
 
 
 def deploy(checkpoint: str, sim: bool = True, seed: int | None = None, task: str | None = None,
@@ -138,7 +142,9 @@ def deploy(checkpoint: str, sim: bool = True, seed: int | None = None, task: str
     driver_trace = str(folder / DRIVER_TRACE_FILE) if folder else None
     robot = (sim_robot(seed, port_link=port_link, task=task, driver_trace=driver_trace) if sim
              else follower_driver(trace_log=driver_trace))
-    return robot + policy(checkpoint, trace_log=policy_trace, **parameters)
+    # In the simulator the instruction is the episode's (a VLA reads it; other policies ignore it).
+    return robot + policy(checkpoint, task_topic=topic("sim_task") if sim else None, trace_log=policy_trace,
+                          **parameters)
 
 
 # ---- the launch files' graphs: robot, sim, teleop, record, policy --------------------------------

@@ -43,7 +43,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
@@ -145,6 +145,8 @@ class PolicyNode(Node):
         for name in ("~/estop", "/estop"):
             self.create_subscription(Bool, name, self.on_estop_topic, 10, callback_group=control)
         self.create_subscription(Bool, "~/deadman", self.on_deadman, 10, callback_group=control)
+        self.create_subscription(String, "~/task", self.on_task_topic, 10, callback_group=control)
+        self._set_task(settings.task)
         if settings.fault_injection:
             self.create_service(SetBool, "~/inject_model_fault", self.on_inject_model_fault, callback_group=control)
         self.add_on_set_parameters_callback(self.on_parameters)
@@ -216,6 +218,11 @@ class PolicyNode(Node):
         # Under the tick lock: once "disabled" is answered no tick is mid-way to publishing, so a caller
         # that then commands the driver itself (an operator's reset) is not overridden by a late chunk.
         with self._tick_lock:
+            if request.data and self.runtime.needs_task and not self.runtime.task:
+                response.success = False
+                response.message = (f"not enabled: the {self.runtime.policy_type} policy acts on a task instruction "
+                                    "and none is set; set the `task` parameter or publish one on ~/task")
+                return response
             if request.data and not self.enabled:
                 self.runner.reset()
                 self.runtime.reset()
@@ -223,6 +230,18 @@ class PolicyNode(Node):
         response.success = True
         response.message = "enabled" if self.enabled else "disabled"
         return response
+
+    def on_task_topic(self, msg: String) -> None:
+        self._set_task(msg.data)
+
+    def _set_task(self, text: str) -> None:
+        """The instruction from here on (the next inference reads it); ignored by policies without language."""
+        text = text.strip()
+        if text == (self.runtime.task or ""):
+            return
+        self.runtime.task = text or None
+        if self.runtime.needs_task:
+            self.get_logger().info(f"task: {text!r}" if text else "task cleared: the policy holds until a new one")
 
     def _latch(self, reason: str) -> bool:
         latched = self.gate.estop()
@@ -274,6 +293,8 @@ class PolicyNode(Node):
         if updated.chunk_policy != self.settings.chunk_policy:
             self.runner.set_chunk_policy(updated.chunk_policy)
         self.dry_run = updated.dry_run
+        if updated.task != self.settings.task:
+            self._set_task(updated.task)
         self.settings = updated
         return SetParametersResult(successful=True)
 

@@ -2,7 +2,7 @@
 
 `koch_policy.policy_node` declares them as ROS parameters (koch_common.node_params) and
 `koch_bringup.graph` reads the defaults from here, so a launch passes only what differs.
-`chunk_policy` and `dry_run` may change at run time; everything else is read at start-up.
+`chunk_policy`, `dry_run` and `task` may change at run time; everything else is read at start-up.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ class PolicySettings(RealtimeSettings):
     mapping: str = setting(
         DEFAULT_MAPPING, "feature mapping YAML (a path, or under config/): which topic feeds which policy input, "
         "the same one the converter built the training data with")
+    task: str = setting(
+        "", "the instruction a language-conditioned policy (SmolVLA) acts on, e.g. 'pick up the red cube'; also "
+        "set by a std_msgs/String on ~/task (may change at run time); such a policy is not enabled without one",
+        read_only=False)
     enabled: bool = setting(
         False, "start with the policy commanding the arm; at run time use the ~/enable service (std_srvs/SetBool)")
     dry_run: bool = setting(

@@ -25,6 +25,7 @@ from koch_runtime.lerobot_compat import is_depth_map
 from koch_runtime.observation import ACTION_KEY, DEPTH_KIND, image_output_shape
 from koch_runtime.plugins import register_policy_plugins
 from koch_runtime.torch_runtime import PolicyRuntime
+from koch_runtime.vlm_backbone import SMOLVLA, is_backbone_folder
 
 COLOUR_CHANNELS = 3
 # Where the VLA weights come from, for the error message when they are absent locally.
@@ -104,11 +105,14 @@ def build_policy(
     `pretrained_path`: a LOCAL folder with pretrained weights (SmolVLA / pi0 fine-tuning).
     """
     register_policy_plugins()
-    if policy_type in HUB_IDS and pretrained_path is None:
+    if policy_type in HUB_IDS and pretrained_path is None and not from_local_backbone(overrides):
         raise ConfigError(
-            f"policy.type={policy_type} fine-tunes pretrained weights: set policy.pretrained_path to a local "
-            f"folder holding them (e.g. `huggingface-cli download {HUB_IDS[policy_type]} --local-dir <folder>` "
-            "on a machine with network access); training never downloads"
+            f"policy.type={policy_type} needs its backbone locally: set policy.pretrained_path to a local folder "
+            f"holding pretrained weights (e.g. `huggingface-cli download {HUB_IDS[policy_type]} --local-dir "
+            "<folder>` on a machine with network access)"
+            + (", or leave it unset to train from scratch on a backbone `train` builds (policy.vlm_backbone)"
+               if policy_type == SMOLVLA else "")
+            + "; training never downloads"
         )
     # LeRobot's configs take a device type ("cuda", "cpu"); the model goes to the exact device (e.g.
     # "cuda:3" of a multi-GPU rank, whose current CUDA device accelerate sets).
@@ -150,6 +154,12 @@ def build_policy(
         stats = {k: v for k, v in stats.items() if k not in depth_keys}
     preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=stats)
     return PolicyRuntime(policy, preprocessor, postprocessor, feature_specs)
+
+
+def from_local_backbone(overrides: Mapping[str, Any]) -> bool:
+    """Whether `overrides` build SmolVLA from scratch on a local backbone folder (koch_runtime.vlm_backbone)."""
+    folder = overrides.get("vlm_model_name")
+    return folder is not None and is_backbone_folder(Path(folder)) and overrides.get("load_vlm_weights") is False
 
 
 def depth_stats_in_metres(dataset_stats: Mapping[str, Mapping[str, Any]],

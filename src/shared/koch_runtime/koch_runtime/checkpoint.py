@@ -20,6 +20,9 @@ from lerobot.configs.policies import PreTrainedConfig
 from koch_common.checkpoint_layout import PRETRAINED_MODEL_DIR  # noqa: F401 (re-exported)
 from koch_runtime.observation import ACTION_KEY, ObservationChecker
 
+# Policy types conditioned on a task text (their preprocessor tokenises it).
+LANGUAGE_POLICY_TYPES = ("smolvla", "pi0", "pi05")
+
 # Our addition to that layout: the dataset's feature specs (dtype, shape, joint names) for the
 # policy's inputs and action, so the robot knows which joint each action column drives.
 FEATURE_SPECS_FILE = "koch_features.json"
@@ -69,10 +72,17 @@ class CheckpointInfo:
     # The CPUs the thread calling predict_chunk should run on (OnnxRuntime: the core its pinned pool
     # leaves free, see koch_runtime.threads.ThreadLayout); None: wherever the OS puts it.
     caller_cpus: frozenset[int] | None = None
+    # The instruction a language-conditioned policy acts on (the node's `task` parameter and topic).
+    task: str | None = None
 
     @property
     def policy_type(self) -> str:
         return str(self.config.type)
+
+    @property
+    def needs_task(self) -> bool:
+        """Whether the policy reads a task instruction (the VLAs): it never runs without one."""
+        return self.policy_type in LANGUAGE_POLICY_TYPES
 
     @property
     def input_features(self) -> dict[str, Any]:

@@ -61,6 +61,7 @@ SAFE_PROCESSOR_STEPS: dict[str, str] = {
     # Loads a tokenizer by name (AutoTokenizer, without remote code; offline: a local folder only).
     "tokenizer_processor": "smolvla, pi0, pi05",
     "pi05_prepare_state_tokenizer_processor_step": "pi05",
+    "smolvla_new_line_processor": "smolvla",  # appends a newline to the task text
 }
 # LeRobot policy types whose construction from config.json reads no further model or code by name.
 # (sac, reward_classifier, pi0_fast, groot, wall_x load models with trust_remote_code=True; the rest are
@@ -318,8 +319,11 @@ def load_processors(pretrained_dir: Path, config: Any, device: str) -> tuple[Any
     for filename in PROCESSOR_FILES:
         check_processor_file(pretrained_dir, filename)
     try:
+        overrides: dict[str, Any] = {"device_processor": {"device": device}}
+        if getattr(config, "vlm_model_name", None):  # the tokenizer of the backbone the model was built on
+            overrides["tokenizer_processor"] = {"tokenizer_name": config.vlm_model_name}
         return make_pre_post_processors(config, pretrained_path=str(pretrained_dir),
-                                        preprocessor_overrides={"device_processor": {"device": device}})
+                                        preprocessor_overrides=overrides)
     except (ValueError, KeyError, TypeError, ImportError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"{pretrained_dir}: its processor pipelines ({', '.join(PROCESSOR_FILES)}) cannot be "
                               f"built: {one_line(exc)}; use a checkpoint written by `train`") from None

@@ -20,6 +20,13 @@ class ChunkPredictor(Protocol):
     last_forward_s: float
     # CPUs the thread calling predict_chunk should run on; None: wherever the OS puts it.
     caller_cpus: frozenset[int] | None
+    # The instruction a language-conditioned policy acts on (None: none given).
+    task: str | None
+
+    @property
+    def needs_task(self) -> bool:
+        """Whether the policy reads a task instruction (the VLAs): predict_chunk refuses without one."""
+        ...
 
     def predict_chunk(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         """Actions (chunk_size, action_dim) float32 in robot units for one observation

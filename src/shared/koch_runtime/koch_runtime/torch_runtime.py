@@ -9,6 +9,7 @@ export, koch_runtime.onnx_runtime) through koch_runtime.factory.load_runtime.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +25,8 @@ from lerobot.processor import PolicyProcessorPipeline
 from koch_runtime import lerobot_compat
 from koch_runtime.checkpoint import CheckpointInfo, resolve_pretrained_dir, write_feature_specs
 from koch_runtime.checkpoint_trust import CheckpointError, check_checkpoint_files, load_processors, one_line
-from koch_runtime.observation import ACTION_KEY
+from koch_runtime.observation import ACTION_KEY, PolicyInputError
+from koch_runtime.vlm_backbone import BACKBONE_DIR, SMOLVLA, is_backbone_folder
 
 
 class PolicyRuntime(CheckpointInfo):
@@ -56,6 +58,14 @@ class PolicyRuntime(CheckpointInfo):
         path = resolve_pretrained_dir(checkpoint_dir)
         config, feature_specs = check_checkpoint_files(path)
         config.device = device
+        if config.type == SMOLVLA:
+            # Its backbone is the copy inside the checkpoint, whatever folder training built it in.
+            backbone = path / BACKBONE_DIR
+            if not is_backbone_folder(backbone):
+                raise CheckpointError(
+                    f"{backbone} is missing: a SmolVLA checkpoint carries its backbone's config and tokenizer "
+                    "there (vlm_model_name is never fetched); use a checkpoint written by `train`")
+            config.vlm_model_name = str(backbone)
         try:
             # strict: every weight must match the architecture in config.json, none silently left random.
             policy = get_policy_class(config.type).from_pretrained(path, config=config, strict=True)
@@ -73,6 +83,10 @@ class PolicyRuntime(CheckpointInfo):
         """Write the policy (config.json + model.safetensors) and both processors into `directory`."""
         directory = Path(directory)
         self.policy.save_pretrained(directory)
+        backbone = Path(getattr(self.config, "vlm_model_name", "") or "")
+        if self.config.type == SMOLVLA and is_backbone_folder(backbone) and \
+                backbone.resolve() != (directory / BACKBONE_DIR).resolve():
+            shutil.copytree(backbone, directory / BACKBONE_DIR, dirs_exist_ok=True)
         self.preprocessor.save_pretrained(directory)
         self.postprocessor.save_pretrained(directory)
         write_feature_specs(directory, self.feature_specs)
@@ -93,7 +107,12 @@ class PolicyRuntime(CheckpointInfo):
 
     def predict_chunk(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         """Actions (chunk_size, action_dim) float32 in robot units for one observation."""
-        batch = self.check_observation.batch(observation)
+        batch: dict[str, Any] = self.check_observation.batch(observation)
+        if self.needs_task:
+            if not self.task:
+                raise PolicyInputError(f"{self.policy_type} acts on a task instruction and none is set: give the "
+                                       "policy node's `task` parameter or publish one on its ~/task topic")
+            batch["task"] = self.task
         with torch.inference_mode():
             # The processors' batch carries an empty 'action' entry; a queue-based policy would read it.
             batch = {k: v for k, v in self.preprocessor(batch).items() if k != ACTION_KEY}
