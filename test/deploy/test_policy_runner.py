@@ -495,3 +495,42 @@ def test_a_chunk_is_traced_from_its_frame_to_the_first_tick_that_carries_it() ->
         assert runner.take_trace(runner.tick(time.time())) is None  # the next tick carries no new chunk
     finally:
         runner.close()
+
+
+def test_under_rtc_a_guidable_model_is_given_the_plan_from_the_observation_time() -> None:
+    """rtc with a flow-matching policy: each inference after the first gets the current plan's actions from
+    its observation time on and the delay in ticks; another chunk policy, chosen at run time, gets none."""
+    ramp = np.linspace(np.zeros(6), np.full(6, 0.2), 30)
+    guided: list[tuple[np.ndarray, int]] = []
+
+    def plain(obs: dict[str, np.ndarray]) -> np.ndarray:
+        return ramp.copy()
+
+    def with_prefix(obs: dict[str, np.ndarray], prefix: np.ndarray, delay: int) -> np.ndarray:
+        guided.append((prefix.copy(), delay))
+        return ramp.copy()
+
+    runner = PolicyRunner(plain, STREAMS, SafetyLimits.for_arm(KOCH.follower, KOCH.safety), FPS, 10,
+                          chunk_policy="rtc", predict_guided=with_prefix)
+    try:
+        t0 = time.time()
+        _feed(runner, t0)
+        runner.tick(t0)
+        wait_for(lambda: runner.inferences == 1, 5.0, "the first chunk")
+        assert guided == [], "no plan yet: the first chunk is not guided"
+        t = t0 + 20 / FPS  # fewer than replan_threshold of the chunk left: the next tick asks again
+        _feed(runner, t)
+        runner.tick(t)
+        wait_for(lambda: runner.inferences == 2, 5.0, "the second chunk")
+        prefix, delay = guided[-1]
+        np.testing.assert_allclose(prefix, ramp[20:], atol=1e-9)  # the plan from the observation time on
+        assert 1 <= delay <= len(prefix)
+
+        runner.set_chunk_policy("latest_only")
+        t += 20 / FPS
+        _feed(runner, t)
+        runner.tick(t)
+        wait_for(lambda: runner.inferences == 3, 5.0, "a chunk under latest_only")
+        assert len(guided) == 1, "only rtc guides"
+    finally:
+        runner.close()

@@ -43,12 +43,14 @@ from koch_runtime.lerobot_compat import (
     clear_video_decoder_cache,
     depth_map_statistics,
     embedding_only_for_image_columns,
+    enable_rtc,
     global_conditioning,
     is_depth_map,
     load_hf_dataset,
     lossless_encoder,
     make_noise_scheduler,
     needs_embedding,
+    normalize_actions,
     push_observation_history,
     replace_submodules,
     use_lossless_streaming_encoder,
@@ -376,3 +378,40 @@ def test_every_seam_is_tested_here() -> None:
         getattr(getattr(lerobot_compat, name), "__module__", None) == lerobot_compat.__name__)}
     tested = set(globals())
     assert public - tested == set(), f"lerobot_compat seams without a test: {sorted(public - tested)}"
+
+
+def test_normalize_actions_is_the_inverse_of_the_postprocessor() -> None:
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.factory import make_pre_post_processors
+
+    config = ACTConfig(device="cpu")
+    config.input_features = {OBS_STATE: PolicyFeature(FeatureType.STATE, (6,))}
+    config.output_features = {"action": PolicyFeature(FeatureType.ACTION, (6,))}
+    stats = {key: {"mean": np.arange(6.0), "std": np.full(6, 2.0), "min": -np.ones(6), "max": np.ones(6)}
+             for key in (OBS_STATE, "action")}
+    _, postprocessor = make_pre_post_processors(config, dataset_stats=stats)
+    actions = torch.randn(1, 5, 6)
+    normalized = normalize_actions(postprocessor, actions)
+    torch.testing.assert_close(normalized, (actions - torch.arange(6.0)) / 2.0)
+    torch.testing.assert_close(postprocessor(normalized), actions)
+
+
+def test_enable_rtc_gives_a_loaded_flow_matching_policy_its_guidance(tmp_path: Path) -> None:
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    from koch_runtime.vlm_backbone import SmolVLMBackbone, build_backbone, smolvla_overrides
+
+    spec = SmolVLMBackbone(text_hidden=32, text_layers=2, vision_hidden=16, vision_layers=1)
+    backbone = build_backbone(tmp_path / "backbone", ["pick up the red cube"], spec)
+    config = SmolVLAConfig(device="cpu", chunk_size=4, n_action_steps=4, **smolvla_overrides(backbone, spec))
+    config.input_features = {OBS_STATE: PolicyFeature(FeatureType.STATE, (6,)),
+                             "observation.images.head": PolicyFeature(FeatureType.VISUAL, (3, 32, 32))}
+    config.output_features = {"action": PolicyFeature(FeatureType.ACTION, (6,))}
+    policy = SmolVLAPolicy(config)
+    assert policy.model.rtc_processor is None and not policy._rtc_enabled()
+    enable_rtc(policy, execution_horizon=3)
+    assert policy._rtc_enabled() and policy.model.rtc_processor is policy.rtc_processor
+    assert policy.config.rtc_config.execution_horizon == 3

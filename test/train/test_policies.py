@@ -178,3 +178,13 @@ def test_smolvla_trains_on_a_backbone_built_here_and_its_checkpoint_carries_it(
     assert chunk.shape == (TINY_SMOLVLA["chunk_size"], 6) and np.all(np.isfinite(chunk))
     np.testing.assert_array_equal(chunk, chunk_for(tasks[0]))
     assert np.abs(chunk - chunk_for("move left")).max() > 1e-4, "the instruction conditions the chunk"
+
+    # Real-Time Chunking: guided towards a plan the model would not make itself, the chunk's first actions
+    # (those the robot runs while the model infers) follow that plan; later ones are free.
+    loaded.task = tasks[0]
+    plan, delay = chunk + 0.3, 4
+    torch.manual_seed(5)
+    guided = loaded.predict_guided(observation, plan, delay)
+    unguided_error = np.abs(chunk[:delay] - plan[:delay]).mean()
+    guided_error = np.abs(guided[:delay] - plan[:delay]).mean()
+    assert guided_error < 0.5 * unguided_error, (guided_error, unguided_error)  # 3 denoising steps here

@@ -16,11 +16,13 @@ in ticks), and how a newly arrived chunk merges with what is planned (`accept`).
   when fewer than `threshold` of a chunk is left (LeRobot's chunk_size_threshold, 0.5).
 - `latest_only`: the newest chunk replaces the plan from now on, executed to its end;
   requested at the same threshold.
-- `rtc`: Real-Time Chunking, chunk side. The actions executed while the model was inferring
-  (the inference delay d, in ticks since t_obs) are frozen to the old plan, and the rest of the
-  overlap is inpainted towards the new chunk with RTC's linear prefix-weight schedule. A
-  flow-matching policy (pi0/pi05/SmolVLA with LeRobot's RTC) additionally guides its denoising
-  with that prefix; ACT cannot, so for ACT this is the freeze + soft-mask blend only.
+- `rtc`: Real-Time Chunking. A flow-matching policy (SmolVLA) run with PyTorch is asked for a
+  chunk that continues the current plan: the runner hands it the plan's actions from t_obs on and
+  the expected inference delay d (`prefix_at`), and LeRobot's RTC steers every denoising step
+  towards them (`PolicyRuntime.predict_guided`). Chunk side, for every family, the d actions
+  executed while the model was inferring are frozen to the old plan and the rest of the overlap
+  is blended towards the new chunk with RTC's linear prefix-weight schedule: for ACT and
+  Diffusion, which cannot be guided, this freeze-and-blend is all of it.
 """
 
 from __future__ import annotations
@@ -165,6 +167,13 @@ class RealTimeChunking(ChunkPolicy):
     def __init__(self, fps: float, n_action_steps: int, threshold: float = DEFAULT_REPLAN_THRESHOLD) -> None:
         super().__init__(fps, n_action_steps, threshold)
         self.last_frozen = 0  # frozen actions of the last merge (inference delay in ticks)
+
+    def prefix_at(self, t_obs: float) -> np.ndarray | None:
+        """The plan's actions for t_obs + i / fps on (what guided denoising continues); None without a plan."""
+        if self._plan is None:
+            return None
+        old, have = self._old_plan_at(t_obs, self.chunk_len)
+        return old[have] if have.any() and have[0] else None
 
     def accept(self, chunk: np.ndarray, t_obs: float, now: float | None = None) -> None:
         now = t_obs if now is None else now

@@ -124,6 +124,7 @@ class PolicyNode(Node):
             on_chunk=self.on_tick if settings.publish_on_arrival else None,
             trigger=resolve_trigger(settings.inference_trigger, [f.key for f in inputs]),
             worker_cpus=self.runtime.caller_cpus,
+            predict_guided=self.runtime.predict_guided if self.runtime.supports_guidance else None,
         )
         self.runner.log = self._log_fault
         # Three groups, so the executor's threads run them side by side (in the node's one default group

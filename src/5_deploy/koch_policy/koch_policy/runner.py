@@ -48,11 +48,14 @@ from koch_policy.chunk_policies import (
     DEFAULT_REPLAN_THRESHOLD,
     ChunkPolicy,
     ChunkPolicyName,
+    RealTimeChunking,
     make_chunk_policy,
 )
 from koch_policy.gate import GateState, SafetyGate
 
 STATE_FEATURE = "observation.state"
+# RTC's guidance for one inference: the plan's actions from t_obs on, and the ticks the inference will take.
+Guidance = tuple[np.ndarray, int]
 
 
 def resolve_trigger(choice: str, streams: Iterable[str]) -> str | None:
@@ -182,12 +185,15 @@ class PolicyRunner:
         on_chunk: Callable[[], None] | None = None,
         trigger: str | None = None,
         worker_cpus: Collection[int] | None = None,
+        predict_guided: Callable[[dict[str, np.ndarray], np.ndarray, int], np.ndarray] | None = None,
     ) -> None:
         if STATE_FEATURE not in streams:
             raise ValueError(f"the feature mapping must provide {STATE_FEATURE!r} for the measured position")
         if trigger is not None and trigger not in streams:
             raise ValueError(f"inference trigger {trigger!r} is not an input stream; choose one of {list(streams)}")
         self.predict = predict
+        # A flow-matching policy's guided inference: used under the rtc chunk policy (chunk_policies).
+        self.predict_guided = predict_guided
         self.buffers = {name: StreamBuffer(spec, maxlen=64) for name, spec in streams.items()}
         self.limits = limits
         for intervention in RunnerIntervention:  # every kind reported, zeros included
@@ -209,7 +215,7 @@ class PolicyRunner:
         # The inference thread's CPUs (the runtime's `caller_cpus`); None: wherever the OS puts it.
         self.worker_cpus = None if worker_cpus is None else frozenset(worker_cpus)
         self._lock = threading.Lock()
-        self._request: tuple[dict[str, np.ndarray], float, int, ChunkTrace] | None = None
+        self._request: tuple[dict[str, np.ndarray], float, int, ChunkTrace, Guidance | None] | None = None
         self._generation = 0  # bumped by reset: a chunk inferred before it is dropped
         self._busy = False
         self.trigger = trigger
@@ -466,10 +472,22 @@ class PolicyRunner:
     def _start_inference(self, observation: dict[str, np.ndarray], t_obs: float) -> None:
         """With the lock held and the worker idle."""
         capture, arrival = self._arrivals.get(self.trace_stream, (None, None))
-        self._request = (observation, t_obs, self._generation, ChunkTrace(capture=capture, arrival=arrival))
+        self._request = (observation, t_obs, self._generation, ChunkTrace(capture=capture, arrival=arrival),
+                         self._guidance(t_obs))
         self._armed_since = None
         self._busy = True  # from now: a second request would only overwrite this one
         self._wake.notify()
+
+    def _guidance(self, t_obs: float) -> Guidance | None:
+        """Under rtc with a guidable policy: the plan from t_obs on, and the ticks the inference will take
+        (the worst recent latency, as lead_ticks plans with)."""
+        if self.predict_guided is None or not isinstance(self.queue, RealTimeChunking):
+            return None
+        actions = self.queue.prefix_at(t_obs)
+        if actions is None:
+            return None
+        delay = min(len(actions), math.ceil(self._worst_recent_latency_s * self.fps))
+        return actions, delay
 
     def _work(self) -> None:
         if self.worker_cpus and (problem := pin_current_thread(self.worker_cpus)):
@@ -480,22 +498,26 @@ class PolicyRunner:
                     self._wake.wait()
                 if self._stop or self._request is None:  # woken to stop
                     return
-                observation, t_obs, generation, trace = self._request
+                observation, t_obs, generation, trace, guidance = self._request
                 self._request = None
             try:
-                self._infer(observation, t_obs, generation, trace)
+                self._infer(observation, t_obs, generation, trace, guidance)
             except Exception as err:  # after the model: accepting or publishing failed (a bug); it holds
                 self.record_fault(RunnerFault.INTERNAL, f"inference worker: {type(err).__name__}: {err}")
             finally:
                 with self._wake:
                     self._busy = False
 
-    def _infer(self, observation: dict[str, np.ndarray], t_obs: float, generation: int, trace: ChunkTrace) -> None:
+    def _infer(self, observation: dict[str, np.ndarray], t_obs: float, generation: int, trace: ChunkTrace,
+               guidance: Guidance | None = None) -> None:
         """One inference; its chunk is checked, then queued (or dropped and counted) before it counts as done."""
         trace.inference_start = self.clock()
         started = time.perf_counter()
         try:
-            output = self.predict(observation)
+            if guidance is not None and self.predict_guided is not None:
+                output = self.predict_guided(observation, *guidance)
+            else:
+                output = self.predict(observation)
         except Exception as err:  # a failed inference holds, never crashes the loop
             self.last_error = f"{type(err).__name__}: {err}"
             self.record_fault(RunnerFault.MODEL_ERROR, self.last_error)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from lerobot.configs.policies import PreTrainedConfig
 
 # LeRobot's checkpoint layout: <output_dir>/checkpoints/<step>/pretrained_model/{config.json,
@@ -22,6 +24,8 @@ from koch_runtime.observation import ACTION_KEY, ObservationChecker
 
 # Policy types conditioned on a task text (their preprocessor tokenises it).
 LANGUAGE_POLICY_TYPES = ("smolvla", "pi0", "pi05")
+# Flow-matching policies: RTC's guided denoising applies (lerobot.policies.rtc).
+FLOW_MATCHING_POLICY_TYPES = ("smolvla", "pi0", "pi05")
 
 # Our addition to that layout: the dataset's feature specs (dtype, shape, joint names) for the
 # policy's inputs and action, so the robot knows which joint each action column drives.
@@ -78,6 +82,16 @@ class CheckpointInfo:
     @property
     def policy_type(self) -> str:
         return str(self.config.type)
+
+    @property
+    def supports_guidance(self) -> bool:
+        """Whether predict_guided steers the model's denoising (a flow-matching policy under PyTorch)."""
+        return False
+
+    def predict_guided(self, observation: Mapping[str, np.ndarray], prefix: np.ndarray,
+                       inference_delay: int) -> np.ndarray:
+        raise NotImplementedError(f"{self.policy_type} under {type(self).__name__} does not guide its denoising "
+                                  "towards a prefix; only flow-matching policies run with PyTorch do")
 
     @property
     def needs_task(self) -> bool:

@@ -343,3 +343,31 @@ class FrameSourceDataset(LeRobotDataset):
 
     def _query_videos(self, query_timestamps: dict[str, list[float]], ep_idx: int) -> dict[str, torch.Tensor]:
         return self.video_frames(query_timestamps, ep_idx)
+
+
+def enable_rtc(policy: Any, execution_horizon: int) -> None:
+    """Turn on Real-Time Chunking's guided denoising in a flow-matching policy (SmolVLA, pi0) after loading.
+
+    LeRobot 0.4.4 builds the RTC processor from `config.rtc_config` in the policy's constructor (None in
+    every saved config); `init_rtc_processor` re-reads it and hands it to the model. 0.6 keeps the names and
+    adds `supports_rtc()` and a background `RTCInferenceEngine` (lerobot.rollout.inference.rtc).
+    """
+    from lerobot.configs.types import RTCAttentionSchedule
+    from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+    policy.config.rtc_config = RTCConfig(enabled=True, execution_horizon=execution_horizon,
+                                         prefix_attention_schedule=RTCAttentionSchedule.EXP)
+    policy.init_rtc_processor()
+
+
+def normalize_actions(postprocessor: Any, actions: torch.Tensor) -> torch.Tensor:
+    """Robot-unit actions into the model's normalised action space: the inverse of the postprocessor's
+    unnormaliser, which RTC's prefix (`prev_chunk_left_over`) must be in. LeRobot 0.4.4 has no public
+    inverse; its normaliser mixin's `_normalize_action(inverse=False)` is that map (same in 0.6)."""
+    from lerobot.processor.normalize_processor import UnnormalizerProcessorStep
+
+    step = next((s for s in postprocessor.steps if isinstance(s, UnnormalizerProcessorStep)), None)
+    if step is None:
+        return actions
+    normalized: torch.Tensor = step._normalize_action(actions, inverse=False)
+    return normalized

@@ -33,6 +33,18 @@ class ChunkPredictor(Protocol):
         (images uint8 HxWxC as recorded, everything else float32); PolicyInputError if it does not fit."""
         ...
 
+    @property
+    def supports_guidance(self) -> bool:
+        """Whether `predict_guided` steers the denoising towards a prefix (flow-matching policies)."""
+        ...
+
+    def predict_guided(self, observation: Mapping[str, np.ndarray], prefix: np.ndarray,
+                       inference_delay: int) -> np.ndarray:
+        """`predict_chunk` whose chunk continues `prefix`: the current plan's actions for the observation's time
+        on (t_obs + i / fps, robot units), the first `inference_delay` of which will have run by the time the
+        new chunk lands (RTC's guided denoising)."""
+        ...
+
     def reset(self) -> None:
         """Forget per-episode state (observation history, stateful processors)."""
         ...

@@ -23,7 +23,12 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.processor import PolicyProcessorPipeline
 
 from koch_runtime import lerobot_compat
-from koch_runtime.checkpoint import CheckpointInfo, resolve_pretrained_dir, write_feature_specs
+from koch_runtime.checkpoint import (
+    FLOW_MATCHING_POLICY_TYPES,
+    CheckpointInfo,
+    resolve_pretrained_dir,
+    write_feature_specs,
+)
 from koch_runtime.checkpoint_trust import CheckpointError, check_checkpoint_files, load_processors, one_line
 from koch_runtime.observation import ACTION_KEY, PolicyInputError
 from koch_runtime.vlm_backbone import BACKBONE_DIR, SMOLVLA, is_backbone_folder
@@ -107,18 +112,41 @@ class PolicyRuntime(CheckpointInfo):
 
     def predict_chunk(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         """Actions (chunk_size, action_dim) float32 in robot units for one observation."""
+        return self._predict(observation, None)
+
+    @property
+    def supports_guidance(self) -> bool:
+        return self.policy_type in FLOW_MATCHING_POLICY_TYPES
+
+    def predict_guided(self, observation: Mapping[str, np.ndarray], prefix: np.ndarray,
+                       inference_delay: int) -> np.ndarray:
+        """A chunk that continues `prefix` (robot units, from the observation's time on): LeRobot's Real-Time
+        Chunking steers every denoising step towards it (weight 1 on the first `inference_delay` actions,
+        decaying after), so the new chunk agrees with the actions the robot executes while the model infers."""
+        if not self.supports_guidance:
+            return super().predict_guided(observation, prefix, inference_delay)
+        if self.config.rtc_config is None or not self.config.rtc_config.enabled:
+            lerobot_compat.enable_rtc(self.policy, execution_horizon=self.n_action_steps)
+        actions = torch.as_tensor(np.asarray(prefix, np.float32))[None]
+        left_over = lerobot_compat.normalize_actions(self.postprocessor, actions)
+        return self._predict(observation, {"prev_chunk_left_over": left_over,
+                                           "inference_delay": int(inference_delay)})
+
+    def _predict(self, observation: Mapping[str, np.ndarray], guidance: dict[str, Any] | None) -> np.ndarray:
         batch: dict[str, Any] = self.check_observation.batch(observation)
         if self.needs_task:
             if not self.task:
                 raise PolicyInputError(f"{self.policy_type} acts on a task instruction and none is set: give the "
                                        "policy node's `task` parameter or publish one on its ~/task topic")
             batch["task"] = self.task
-        with torch.inference_mode():
+        # RTC's guidance differentiates through the denoiser: grad mode must be available (no_grad, whose
+        # enable_grad inside works), where plain inference runs under inference_mode.
+        with torch.no_grad() if guidance else torch.inference_mode():
             # The processors' batch carries an empty 'action' entry; a queue-based policy would read it.
             batch = {k: v for k, v in self.preprocessor(batch).items() if k != ACTION_KEY}
             batch = self._observe(batch)
             started = time.perf_counter()
-            actions = self.policy.predict_action_chunk(batch)
+            actions = self.policy.predict_action_chunk(batch, **(guidance or {}))
             self.last_forward_s = time.perf_counter() - started
             actions = self.postprocessor(actions)
         chunk: np.ndarray = actions[0].detach().cpu().numpy().astype(np.float32)
