@@ -462,3 +462,43 @@ def test_a_vla_is_not_enabled_without_an_instruction_and_takes_one_live(smolvla_
         assert node.runtime.task == "move left"
         inferences = node.runner.inferences
         wait_for(lambda: node.runner.inferences > inferences + 2, 60.0, "inferences on the new instruction")
+
+
+def _boundary_jumps(node: PolicyNode, chunks_wanted: int) -> list[float]:
+    """The largest joint jump between the plan and each new chunk at the tick the chunk lands (rad), raw:
+    before the chunk policy's blend and the safety layer."""
+    import math
+
+    jumps: list[float] = []
+    queue = node.runner.queue
+    accept = queue.accept
+
+    def measured_accept(chunk: np.ndarray, t_obs: float, now: float | None = None) -> None:
+        landed = math.ceil(((t_obs if now is None else now) - t_obs) * node.fps)
+        old, have = queue._old_plan_at(t_obs, len(chunk))
+        if landed < len(chunk) and have[landed]:
+            jumps.append(float(np.abs(np.asarray(chunk)[landed] - old[landed]).max()))
+        accept(chunk, t_obs, now)
+
+    queue.accept = measured_accept  # type: ignore[method-assign]
+    wait_for(lambda: len(jumps) >= chunks_wanted, 180.0, f"{chunks_wanted} chunk boundaries")
+    return jumps
+
+
+def test_rtc_guidance_shrinks_a_slow_vlas_jumps_at_chunk_boundaries(smolvla_checkpoint: Path) -> None:
+    """Over DDS, SmolVLA with inference lasting several ticks: under rtc each new chunk is guided towards
+    the plan it replaces, so where it lands it starts close to where the arm is being sent; latest_only
+    (the same replanning, no guidance) jumps. Both are printed; the safety layer bounds what is published."""
+    jumps: dict[str, list[float]] = {}
+    for chunk_policy in ("latest_only", "rtc"):
+        with ros_session() as ros:
+            node, world, chunks = _start(ros, smolvla_checkpoint, task="reach the red target",
+                                         chunk_policy=chunk_policy)
+            _enable(ros, True)
+            jumps[chunk_policy] = _boundary_jumps(node, 12)
+            latency_ticks = np.median(node.runner.latencies_s) * node.fps
+            for _, msg in list(chunks):
+                _check_limits(msg, world.position)
+        print(f"{chunk_policy}: inference {latency_ticks:.1f} ticks; jump at a chunk boundary max "
+              f"{max(jumps[chunk_policy]):.3f} rad, median {np.median(jumps[chunk_policy]):.3f} rad")
+    assert np.median(jumps["rtc"]) < 0.7 * np.median(jumps["latest_only"]), jumps
