@@ -56,6 +56,7 @@ check_lerobot_version()
 import lerobot.datasets.aggregate as aggregate_module  # noqa: E402
 import lerobot.datasets.compute_stats as compute_stats_module  # noqa: E402
 import lerobot.datasets.lerobot_dataset as lerobot_dataset_module  # noqa: E402
+from lerobot.configs.types import RTCAttentionSchedule  # noqa: E402
 from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
 from lerobot.datasets.video_utils import StreamingVideoEncoder, _default_decoder_cache  # noqa: E402
 from lerobot.policies.diffusion.modeling_diffusion import (  # noqa: E402
@@ -63,7 +64,9 @@ from lerobot.policies.diffusion.modeling_diffusion import (  # noqa: E402
     _make_noise_scheduler,
     _replace_submodules,
 )
+from lerobot.policies.rtc.configuration_rtc import RTCConfig  # noqa: E402
 from lerobot.policies.utils import populate_queues  # noqa: E402
+from lerobot.processor.normalize_processor import UnnormalizerProcessorStep  # noqa: E402
 from lerobot.utils.constants import OBS_IMAGES  # noqa: E402
 
 from koch_runtime.observation import with_stacked_cameras  # noqa: E402
@@ -352,8 +355,6 @@ def enable_rtc(policy: Any, execution_horizon: int) -> None:
     every saved config); `init_rtc_processor` re-reads it and hands it to the model. 0.6 keeps the names and
     adds `supports_rtc()` and a background `RTCInferenceEngine` (lerobot.rollout.inference.rtc).
     """
-    from lerobot.configs.types import RTCAttentionSchedule
-    from lerobot.policies.rtc.configuration_rtc import RTCConfig
 
     policy.config.rtc_config = RTCConfig(enabled=True, execution_horizon=execution_horizon,
                                          prefix_attention_schedule=RTCAttentionSchedule.EXP)
@@ -364,7 +365,6 @@ def normalize_actions(postprocessor: Any, actions: torch.Tensor) -> torch.Tensor
     """Robot-unit actions into the model's normalised action space: the inverse of the postprocessor's
     unnormaliser, which RTC's prefix (`prev_chunk_left_over`) must be in. LeRobot 0.4.4 has no public
     inverse; its normaliser mixin's `_normalize_action(inverse=False)` is that map (same in 0.6)."""
-    from lerobot.processor.normalize_processor import UnnormalizerProcessorStep
 
     step = next((s for s in postprocessor.steps if isinstance(s, UnnormalizerProcessorStep)), None)
     if step is None:
