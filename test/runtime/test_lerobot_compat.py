@@ -38,6 +38,8 @@ from koch_runtime.lerobot_compat import (
     FrameSourceDataset,
     LeRobotVersionError,
     LosslessStreamingEncoder,
+    Pi0AdaptationError,
+    adapt_pi0_model,
     aggregate_without_progress_bars,
     check_lerobot_version,
     clear_video_decoder_cache,
@@ -51,8 +53,10 @@ from koch_runtime.lerobot_compat import (
     make_noise_scheduler,
     needs_embedding,
     normalize_actions,
+    pi0_tokenizer_from,
     push_observation_history,
     replace_submodules,
+    run_pi0_on_stock_transformers,
     use_lossless_streaming_encoder,
 )
 
@@ -415,3 +419,54 @@ def test_enable_rtc_gives_a_loaded_flow_matching_policy_its_guidance(tmp_path: P
     enable_rtc(policy, execution_horizon=3)
     assert policy._rtc_enabled() and policy.model.rtc_processor is policy.rtc_processor
     assert policy.config.rtc_config.execution_horizon == 3
+
+
+def test_pi0_tokenizer_from_gives_pi0s_processors_a_local_tokenizer(tmp_path: Path) -> None:
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.pi0 import processor_pi0
+    from lerobot.policies.pi0.configuration_pi0 import PI0Config
+    from lerobot.processor import TokenizerProcessorStep
+
+    from koch_runtime.vlm_backbone import build_tokenizer
+
+    folder = build_tokenizer(tmp_path / "tokenizer", ["pick up the red cube"])
+    config = PI0Config(device="cpu")
+    config.input_features = {OBS_STATE: PolicyFeature(FeatureType.STATE, (6,))}
+    config.output_features = {"action": PolicyFeature(FeatureType.ACTION, (6,))}
+    with pi0_tokenizer_from(str(folder)):
+        preprocessor, _ = make_pre_post_processors(config, dataset_stats=None)
+    step = next(s for s in preprocessor.steps if isinstance(s, TokenizerProcessorStep))
+    assert step.tokenizer_name == str(folder)
+    assert step.input_tokenizer.convert_ids_to_tokens(step.input_tokenizer("red cube")["input_ids"]) == ["red", "cube"]
+    assert processor_pi0.TokenizerProcessorStep is TokenizerProcessorStep  # LeRobot's factory as it was
+
+
+def test_an_adapted_pi0_backbone_reads_its_prefix_cache_and_refuses_pi05_conditioning() -> None:
+    """The seams of pi0 on stock transformers, on LeRobot's PaliGemmaWithExpertModel with small Gemma sizes
+    (test_policies.py checks a whole pi0: its training and inference passes predict the same velocity)."""
+    from lerobot.policies.pi0.modeling_pi0 import GemmaConfig, PaliGemmaWithExpertModel
+
+    run_pi0_on_stock_transformers()
+    small = GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=2, num_kv_heads=1, head_dim=32)
+    model = PaliGemmaWithExpertModel(small, small, precision="float32", image_size=28)
+    adapt_pi0_model(model)
+    assert model.paligemma.model.multi_modal_projector.linear.out_features == 64  # the text width, not 2048
+    assert model.paligemma.model.get_image_features(torch.zeros(1, 3, 28, 28)).shape == (1, 4, 64)
+
+    prefix = torch.randn(1, 5, 64)
+    _, cache = model.forward(attention_mask=torch.zeros(1, 1, 5, 5), position_ids=torch.arange(5)[None],
+                             past_key_values=None, inputs_embeds=[prefix, None], use_cache=True)
+    suffix = torch.randn(1, 3, 64)
+    outputs = [model.forward(attention_mask=torch.zeros(1, 1, 3, 8), position_ids=torch.arange(5, 8)[None],
+                             past_key_values=cache, inputs_embeds=[None, suffix], use_cache=False)[0][1]
+               for _ in range(2)]
+    assert cache.get_seq_length() == 5  # read, not extended by the suffix
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+    norm = model.gemma_expert.model.layers[0].input_layernorm
+    output, gate = norm(suffix, cond=None)
+    assert gate is None and output.shape == suffix.shape
+    with pytest.raises(Pi0AdaptationError, match="pi0.5"):
+        norm(suffix, cond=torch.zeros(1, 64))
+    with pytest.raises(ImportError):  # pi0.5's constructor still finds no patched transformers
+        __import__("transformers.models.siglip.check")

@@ -188,3 +188,93 @@ def test_smolvla_trains_on_a_backbone_built_here_and_its_checkpoint_carries_it(
     unguided_error = np.abs(chunk[:delay] - plan[:delay]).mean()
     guided_error = np.abs(guided[:delay] - plan[:delay]).mean()
     assert guided_error < 0.5 * unguided_error, (guided_error, unguided_error)  # 3 denoising steps here
+
+
+# pi0 at the smallest size LeRobot 0.4.4 builds (PaliGemma fixes the rest): ~1.3B parameters, 5 GB in float32.
+# The VLM is frozen (train_expert_only) so that the optimiser state fits beside it on a CI machine.
+PI0_SMALLEST: dict[str, Any] = {
+    "paligemma_variant": "gemma_300m", "action_expert_variant": "gemma_300m", "image_resolution": (112, 112),
+    "chunk_size": 8, "n_action_steps": 8, "num_inference_steps": 2, "tokenizer_max_length": 16,
+    "train_expert_only": True,
+}
+
+
+def pi0_velocities(model: Any, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One flow-matching velocity of `model` (PI0Pytorch) for a random input, three ways: through the joint
+    prefix + suffix pass training uses, and through two denoising steps on one cached prefix (inference)."""
+    from lerobot.policies.pi0.modeling_pi0 import OPENPI_ATTENTION_MASK_VALUE, make_att_2d_masks
+
+    def mask_4d(mask_2d: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask_2d[:, None], 0.0, OPENPI_ATTENTION_MASK_VALUE)
+
+    generator = torch.Generator().manual_seed(3)
+    images = [torch.rand(1, 3, 112, 112, generator=generator) * 2 - 1]
+    tokens = torch.randint(0, 20, (1, 16), generator=generator)
+    state = torch.randn(1, model.config.max_state_dim, generator=generator)
+    x_t = torch.randn(1, chunk_size, model.config.max_action_dim, generator=generator)
+    time = torch.full((1,), 0.7)
+    with torch.no_grad():
+        prefix, prefix_pad, prefix_att = model.embed_prefix(images, [torch.ones(1, dtype=torch.bool)], tokens,
+                                                            torch.ones(1, 16, dtype=torch.bool))
+        suffix, suffix_pad, suffix_att, adarms = model.embed_suffix(state, x_t, time)
+        pad, att = torch.cat([prefix_pad, suffix_pad], 1), torch.cat([prefix_att, suffix_att], 1)
+        (_, suffix_out), _ = model.paligemma_with_expert.forward(
+            attention_mask=mask_4d(make_att_2d_masks(pad, att)), position_ids=torch.cumsum(pad, 1) - 1,
+            past_key_values=None, inputs_embeds=[prefix, suffix], use_cache=False, adarms_cond=[None, adarms])
+        joint = model.action_out_proj(suffix_out[:, -chunk_size:].float())
+        _, cache = model.paligemma_with_expert.forward(
+            attention_mask=mask_4d(make_att_2d_masks(prefix_pad, prefix_att)),
+            position_ids=torch.cumsum(prefix_pad, 1) - 1, past_key_values=None, inputs_embeds=[prefix, None],
+            use_cache=True)
+        cached = [model.denoise_step(state, prefix_pad, cache, x_t, time) for _ in range(2)]
+    return joint, cached[0], cached[1]
+
+
+def test_pi0_at_its_smallest_trains_reloads_and_acts_within_the_safety_limits(
+    rgbd_dataset: SyntheticDataset, tmp_path: Path
+) -> None:
+    """pi0 on the installed (stock) transformers through lerobot_compat's adaptation: its training and
+    inference passes agree, a few steps lower its loss on a fixed batch, and the checkpoint reloads through
+    the node's runtime with the tokenizer it carries and gives a chunk the safety layer keeps in limits."""
+    import gc
+    import shutil
+
+    from koch_common.robot import load_koch
+    from koch_common.safety import SafetyLimits
+    from koch_runtime.vlm_backbone import TOKENIZER_DIR, build_tokenizer
+
+    torch.manual_seed(0)
+    meta = load_metadata(DatasetConfig(repo_id=rgbd_dataset.repo_id, root=str(rgbd_dataset.root)))
+    tasks = [str(t) for t in meta.tasks.index]
+    tokenizer = build_tokenizer(tmp_path / "run" / TOKENIZER_DIR, tasks)
+    runtime = build_policy("pi0", PI0_SMALLEST, meta.features, meta.stats, RGB, tokenizer_dir=str(tokenizer))
+    chunk_size = PI0_SMALLEST["chunk_size"]
+    joint, cached, cached_again = pi0_velocities(runtime.policy.model, chunk_size)
+    np.testing.assert_allclose(cached.numpy(), joint.numpy(), atol=1e-4, rtol=1e-3)
+    np.testing.assert_array_equal(cached_again.numpy(), cached.numpy())  # the prefix cache is read, not grown
+
+    dataset = open_dataset(DatasetConfig(repo_id=rgbd_dataset.repo_id, root=str(rgbd_dataset.root)),
+                           runtime.config, RGB)
+    batch = next(infinite_batches(dataset, batch_size=2, num_workers=0, seed=0))
+    optimizer = torch.optim.AdamW([p for p in runtime.policy.parameters() if p.requires_grad], lr=1e-5)
+    before = loss_with_fixed_noise(runtime, batch)
+    for _ in range(3):
+        train_step(runtime, batch, optimizer, None, grad_clip_norm=1.0)
+    after = loss_with_fixed_noise(runtime, batch)
+    assert after < 0.9 * before, (before, after)
+
+    runtime.save(tmp_path / "checkpoint" / "pretrained_model")
+    del runtime, optimizer
+    gc.collect()
+    shutil.rmtree(tmp_path / "run")  # the tokenizer travels in the checkpoint
+    loaded = PolicyRuntime.load(tmp_path / "checkpoint")
+    assert loaded.needs_task and loaded.tokenizer_folder == tmp_path / "checkpoint" / "pretrained_model" / \
+        TOKENIZER_DIR
+    loaded.task = tasks[0]
+    chunk = loaded.predict_chunk({"observation.state": np.zeros(6, np.float32),
+                                  "observation.images.head": np.full((48, 64, 3), 128, np.uint8)})
+    assert chunk.shape == (chunk_size, 6) and np.all(np.isfinite(chunk))
+    koch = load_koch()
+    limits = SafetyLimits.for_arm(koch.follower, koch.safety)
+    safe = limits.filter_chunk(chunk, measured=(limits.lower + limits.upper) / 2, dt=1 / 30)
+    assert np.all(safe >= limits.lower - 1e-9) and np.all(safe <= limits.upper + 1e-9)

@@ -40,7 +40,16 @@ from koch_runtime.checkpoint_trust import read_json_object
 from koch_runtime.lerobot_compat import is_depth_map
 from koch_runtime.observation import DEPTH_KIND, IMAGE_PREFIX
 from koch_runtime.torch_runtime import PolicyRuntime
-from koch_runtime.vlm_backbone import BACKBONE_DIR, SMOLVLA, SmolVLMBackbone, build_backbone, smolvla_overrides
+from koch_runtime.vlm_backbone import (
+    BACKBONE_DIR,
+    PI0,
+    SMOLVLA,
+    TOKENIZER_DIR,
+    SmolVLMBackbone,
+    build_backbone,
+    build_tokenizer,
+    smolvla_overrides,
+)
 from kuavo_train.config import TrainConfig, load_train_config
 from kuavo_train.data import (
     ResumableBatchSampler,
@@ -94,6 +103,10 @@ def build_runtime(cfg: TrainConfig, device: str | None = None) -> PolicyRuntime:
         spec = SmolVLMBackbone.from_mapping(cfg.policy.vlm_backbone)
         backbone = build_backbone(Path(cfg.output_dir) / BACKBONE_DIR, [str(t) for t in meta.tasks.index], spec)
         overrides = {**smolvla_overrides(backbone, spec), **overrides}
+    tokenizer_dir = None
+    if cfg.policy.type == PI0 and cfg.policy.pretrained_path is None:
+        # From scratch: LeRobot's PaliGemma sizes, a word-level tokenizer of the dataset's task texts.
+        tokenizer_dir = str(build_tokenizer(Path(cfg.output_dir) / TOKENIZER_DIR, [str(t) for t in meta.tasks.index]))
     return build_policy(
         cfg.policy.type,
         overrides,
@@ -103,6 +116,7 @@ def build_runtime(cfg: TrainConfig, device: str | None = None) -> PolicyRuntime:
         device=device or cfg.device,
         image_transforms=image_transforms_for(cfg, meta.features),
         pretrained_path=cfg.policy.pretrained_path,
+        tokenizer_dir=tokenizer_dir,
     )
 
 

@@ -7,6 +7,7 @@ normalise with the dataset's stats and whose feature specs record what the robot
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,11 +22,11 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 
 from koch_common.config import ConfigError
 from koch_common.image_codec import DEPTH_UNIT_M
-from koch_runtime.lerobot_compat import is_depth_map
+from koch_runtime.lerobot_compat import is_depth_map, pi0_tokenizer_from, run_pi0_on_stock_transformers
 from koch_runtime.observation import ACTION_KEY, DEPTH_KIND, image_output_shape
 from koch_runtime.plugins import register_policy_plugins
 from koch_runtime.torch_runtime import PolicyRuntime
-from koch_runtime.vlm_backbone import SMOLVLA, is_backbone_folder
+from koch_runtime.vlm_backbone import PI0, SMOLVLA, is_backbone_folder, is_tokenizer_folder
 
 COLOUR_CHANNELS = 3
 # Where the VLA weights come from, for the error message when they are absent locally.
@@ -95,6 +96,7 @@ def build_policy(
     device: str = "cpu",
     image_transforms: Mapping[str, Mapping[str, Any]] | None = None,
     pretrained_path: str | None = None,
+    tokenizer_dir: str | None = None,
 ) -> PolicyRuntime:
     """A fresh (untrained) policy with processors normalising by `dataset_stats`.
 
@@ -103,15 +105,21 @@ def build_policy(
     `image_transforms`: per image key {"resize": [h, w] | None, "crop": [h, w] | None, "kind": "rgb" |
     "depth"}, recorded in the checkpoint so the robot frames its images the same way.
     `pretrained_path`: a LOCAL folder with pretrained weights (SmolVLA / pi0 fine-tuning).
+    `tokenizer_dir`: pi0's tokenizer, a LOCAL folder (koch_runtime.vlm_backbone.build_tokenizer).
     """
     register_policy_plugins()
-    if policy_type in HUB_IDS and pretrained_path is None and not from_local_backbone(overrides):
+    run_pi0_on_stock_transformers()
+    from_scratch = from_local_backbone(overrides) or (
+        policy_type == PI0 and tokenizer_dir is not None and is_tokenizer_folder(Path(tokenizer_dir)))
+    if policy_type in HUB_IDS and pretrained_path is None and not from_scratch:
         raise ConfigError(
             f"policy.type={policy_type} needs its backbone locally: set policy.pretrained_path to a local folder "
             f"holding pretrained weights (e.g. `huggingface-cli download {HUB_IDS[policy_type]} --local-dir "
             "<folder>` on a machine with network access)"
             + (", or leave it unset to train from scratch on a backbone `train` builds (policy.vlm_backbone)"
                if policy_type == SMOLVLA else "")
+            + (", or leave it unset to train from scratch on a tokenizer `train` builds"
+               if policy_type == PI0 else "")
             + "; training never downloads"
         )
     # LeRobot's configs take a device type ("cuda", "cpu"); the model goes to the exact device (e.g.
@@ -152,7 +160,8 @@ def build_policy(
         # feature through. (Here, not in the plugin's processor factory: LeRobot 0.4.4 builds the
         # processors of any DiffusionConfig subclass with diffusion's own factory.)
         stats = {k: v for k, v in stats.items() if k not in depth_keys}
-    preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=stats)
+    with pi0_tokenizer_from(tokenizer_dir) if policy_type == PI0 and tokenizer_dir else contextlib.nullcontext():
+        preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=stats)
     return PolicyRuntime(policy, preprocessor, postprocessor, feature_specs)
 
 

@@ -62,6 +62,7 @@ SAFE_PROCESSOR_STEPS: dict[str, str] = {
     "tokenizer_processor": "smolvla, pi0, pi05",
     "pi05_prepare_state_tokenizer_processor_step": "pi05",
     "smolvla_new_line_processor": "smolvla",  # appends a newline to the task text
+    "pi0_new_line_processor": "pi0",  # likewise
 }
 # LeRobot policy types whose construction from config.json reads no further model or code by name.
 # (sac, reward_classifier, pi0_fast, groot, wall_x load models with trust_remote_code=True; the rest are
@@ -312,16 +313,18 @@ def check_joint_names(feature_specs: Mapping[str, Mapping[str, Any]], input_keys
             )
 
 
-def load_processors(pretrained_dir: Path, config: Any, device: str) -> tuple[Any, Any]:
+def load_processors(pretrained_dir: Path, config: Any, device: str,
+                    tokenizer_dir: Path | None = None) -> tuple[Any, Any]:
     """The checkpoint's pre- and post-processor pipelines (LeRobot's), built only after `check_processor_file`
-    passed for both, on `device` (the device it was trained on need not be the one it runs on)."""
+    passed for both, on `device` (the device it was trained on need not be the one it runs on).
+    `tokenizer_dir`: the local folder the tokenizer step loads (a VLA's, carried in its checkpoint)."""
 
     for filename in PROCESSOR_FILES:
         check_processor_file(pretrained_dir, filename)
     try:
         overrides: dict[str, Any] = {"device_processor": {"device": device}}
-        if getattr(config, "vlm_model_name", None):  # the tokenizer of the backbone the model was built on
-            overrides["tokenizer_processor"] = {"tokenizer_name": config.vlm_model_name}
+        if tokenizer_dir is not None:
+            overrides["tokenizer_processor"] = {"tokenizer_name": str(tokenizer_dir)}
         return make_pre_post_processors(config, pretrained_path=str(pretrained_dir),
                                         preprocessor_overrides=overrides)
     except (ValueError, KeyError, TypeError, ImportError, RuntimeError, OSError) as exc:

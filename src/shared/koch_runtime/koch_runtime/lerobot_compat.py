@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import queue
+import sys
 import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -64,10 +65,12 @@ from lerobot.policies.diffusion.modeling_diffusion import (  # noqa: E402
     _make_noise_scheduler,
     _replace_submodules,
 )
+from lerobot.policies.pi0 import modeling_pi0, processor_pi0  # noqa: E402
 from lerobot.policies.rtc.configuration_rtc import RTCConfig  # noqa: E402
 from lerobot.policies.utils import populate_queues  # noqa: E402
 from lerobot.processor.normalize_processor import UnnormalizerProcessorStep  # noqa: E402
 from lerobot.utils.constants import OBS_IMAGES  # noqa: E402
+from transformers.models.gemma import modeling_gemma  # noqa: E402
 
 from koch_runtime.observation import with_stacked_cameras  # noqa: E402
 
@@ -371,3 +374,134 @@ def normalize_actions(postprocessor: Any, actions: torch.Tensor) -> torch.Tensor
         return actions
     normalized: torch.Tensor = step._normalize_action(actions, inverse=False)
     return normalized
+
+
+# --- pi0 on stock transformers ------------------------------------------------------------------------
+#
+# LeRobot 0.4.4's pi0 is written against openpi's patched transformers 4.53.2 (the `fix/lerobot_openpi`
+# branch, not on PyPI; LeRobot 0.5+ installs it as the `lerobot[pi]` extra). For pi0 (not pi0.5, whose
+# adaptive RMSNorm needs the patch's extra weights) the patch differs from stock transformers in five
+# behaviours, which the functions below give pi0's model instance, and nothing else in the process:
+#   1. GemmaRMSNorm called with `cond=` returns (output, gate); the gate is None without adaRMS.
+#   2. `modeling_gemma._gated_residual(x, y, gate)`: x + y without a gate.
+#   3. GemmaModel.forward does not scale its input embeddings by sqrt(hidden) (pi0 scales the language
+#      embeddings itself; the joint training path never goes through GemmaModel.forward, so without this
+#      training and inference would see differently scaled inputs).
+#   4. With `use_cache=False` a given KV cache is read, not extended: the denoising steps each attend to
+#      the prefix only (stock transformers appends every step's keys to the cache).
+#   5. PaliGemma's image features are not divided by sqrt(hidden).
+# One fix besides: LeRobot sizes the image projection for gemma_2b (2048 wide) whatever
+# `paligemma_variant` says, so the smallest variant (gemma_300m, 1024) fails at its first step; the
+# projection goes to the text model's width here, as in openpi's JAX pi0 (`num_classes=width`).
+# pi0's constructor refuses to run unless `transformers.models.siglip.check` (a module only the patch
+# has) says the patch is installed; that module exists here for the duration of the constructor and
+# answers whether this adaptation is in place. test_lerobot_compat.py checks that the training path and
+# the cached inference path of an adapted pi0 predict the same velocity.
+
+_NO_COND = object()
+
+
+class Pi0AdaptationError(ValueError):
+    """pi0.5's adaptive RMSNorm was asked of a model adapted for pi0 only."""
+
+
+def _rms_norm_with_gate(norm: Any, x: torch.Tensor, cond: Any = _NO_COND) -> Any:
+    output = type(norm).forward(norm, x)
+    if cond is _NO_COND:  # transformers' own layers
+        return output
+    if cond is not None:
+        raise Pi0AdaptationError("adaptive RMSNorm conditioning (pi0.5) needs openpi's patched transformers")
+    return output, None
+
+
+def _gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    if gate is not None:
+        raise Pi0AdaptationError("a gated residual (pi0.5) needs openpi's patched transformers")
+    return x + y
+
+
+def _gemma_forward_unscaled(model: Any, *args: Any, inputs_embeds: torch.Tensor,
+                            adarms_cond: torch.Tensor | None = None, past_key_values: Any = None,
+                            use_cache: bool | None = None, **kwargs: Any) -> Any:
+    if adarms_cond is not None:
+        raise Pi0AdaptationError("adaptive RMSNorm conditioning (pi0.5) needs openpi's patched transformers")
+    # Stock forward multiplies by this normaliser: divide first (exact for a power-of-two width).
+    normalizer = torch.tensor(model.config.hidden_size**0.5, dtype=inputs_embeds.dtype)
+    read_only = past_key_values is not None and not use_cache
+    prefix_length = past_key_values.get_seq_length() if read_only else 0
+    output = type(model).forward(model, *args, inputs_embeds=inputs_embeds / normalizer,
+                                 past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+    if read_only:
+        past_key_values.crop(prefix_length)
+    return output
+
+
+def _image_features_unscaled(paligemma: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    features: torch.Tensor = paligemma.multi_modal_projector(paligemma.vision_tower(pixel_values).last_hidden_state)
+    return features
+
+
+def adapt_pi0_model(paligemma_with_expert: Any) -> None:
+    """Give one pi0 PaliGemmaWithExpertModel the behaviours of openpi's patched transformers (above)."""
+    for module in paligemma_with_expert.modules():
+        if isinstance(module, modeling_gemma.GemmaRMSNorm):
+            module.forward = functools.partial(_rms_norm_with_gate, module)  # type: ignore[method-assign]
+    paligemma = paligemma_with_expert.paligemma
+    width = paligemma.config.text_config.hidden_size
+    projector = paligemma.model.multi_modal_projector.linear
+    if projector.out_features != width:
+        paligemma.config.vision_config.projection_dim = width
+        paligemma.model.multi_modal_projector.linear = nn.Linear(
+            projector.in_features, width, bias=projector.bias is not None, dtype=projector.weight.dtype)
+    for gemma in (paligemma.model.language_model, paligemma_with_expert.gemma_expert.model):
+        gemma.forward = functools.partial(_gemma_forward_unscaled, gemma)
+    paligemma.model.get_image_features = functools.partial(_image_features_unscaled, paligemma.model)
+
+
+@contextlib.contextmanager
+def _transformers_check_module() -> Iterator[None]:
+    name = "transformers.models.siglip.check"
+    module = types.ModuleType(name, "pi0's transformers check, answered by koch_runtime.lerobot_compat")
+    module.check_whether_transformers_replace_is_installed_correctly = (  # type: ignore[attr-defined]
+        lambda: getattr(modeling_gemma, "_gated_residual", None) is _gated_residual)
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        yield
+    finally:
+        if previous is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = previous
+
+
+_stock_pi0_init = modeling_pi0.PI0Pytorch.__init__
+
+
+def _adapted_pi0_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    with _transformers_check_module():
+        _stock_pi0_init(self, *args, **kwargs)
+    adapt_pi0_model(self.paligemma_with_expert)
+
+
+def run_pi0_on_stock_transformers() -> None:
+    """Make every pi0 model built from now on run on the installed (stock) transformers. Idempotent."""
+    setattr(modeling_gemma, "_gated_residual", _gated_residual)  # noqa: B010 (a name only the patch has)
+    setattr(modeling_pi0.PI0Pytorch, "__init__", _adapted_pi0_init)  # noqa: B010
+
+
+@contextlib.contextmanager
+def pi0_tokenizer_from(folder: str) -> Iterator[None]:
+    """Build pi0's processors with the tokenizer in the local `folder`. LeRobot 0.4.4's
+    `make_pi0_pre_post_processors` names `google/paligemma-3b-pt-224` (a download) with no parameter for
+    another; 0.6 is the same. The saved pipeline records `folder`; loading overrides it."""
+    stock = processor_pi0.TokenizerProcessorStep
+
+    def local_tokenizer(**kwargs: Any) -> Any:
+        return stock(**{**kwargs, "tokenizer_name": folder})
+
+    processor_pi0.TokenizerProcessorStep = local_tokenizer
+    try:
+        yield
+    finally:
+        processor_pi0.TokenizerProcessorStep = stock

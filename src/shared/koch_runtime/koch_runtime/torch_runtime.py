@@ -20,7 +20,7 @@ import torch
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.factory import get_policy_class
 from lerobot.policies.pretrained import PreTrainedPolicy
-from lerobot.processor import PolicyProcessorPipeline
+from lerobot.processor import PolicyProcessorPipeline, TokenizerProcessorStep
 
 from koch_runtime import lerobot_compat
 from koch_runtime.checkpoint import (
@@ -31,7 +31,7 @@ from koch_runtime.checkpoint import (
 )
 from koch_runtime.checkpoint_trust import CheckpointError, check_checkpoint_files, load_processors, one_line
 from koch_runtime.observation import ACTION_KEY, PolicyInputError
-from koch_runtime.vlm_backbone import BACKBONE_DIR, SMOLVLA, is_backbone_folder
+from koch_runtime.vlm_backbone import BACKBONE_DIR, PI0, SMOLVLA, TOKENIZER_DIR, is_backbone_folder, is_tokenizer_folder
 
 
 class PolicyRuntime(CheckpointInfo):
@@ -63,6 +63,8 @@ class PolicyRuntime(CheckpointInfo):
         path = resolve_pretrained_dir(checkpoint_dir)
         config, feature_specs = check_checkpoint_files(path)
         config.device = device
+        lerobot_compat.run_pi0_on_stock_transformers()
+        tokenizer_dir = None
         if config.type == SMOLVLA:
             # Its backbone is the copy inside the checkpoint, whatever folder training built it in.
             backbone = path / BACKBONE_DIR
@@ -71,6 +73,13 @@ class PolicyRuntime(CheckpointInfo):
                     f"{backbone} is missing: a SmolVLA checkpoint carries its backbone's config and tokenizer "
                     "there (vlm_model_name is never fetched); use a checkpoint written by `train`")
             config.vlm_model_name = str(backbone)
+            tokenizer_dir = backbone
+        elif config.type == PI0:
+            tokenizer_dir = path / TOKENIZER_DIR
+            if not is_tokenizer_folder(tokenizer_dir):
+                raise CheckpointError(
+                    f"{tokenizer_dir} is missing: a pi0 checkpoint carries its tokenizer there (a Hub tokenizer is "
+                    "never fetched); use a checkpoint written by `train`")
         try:
             # strict: every weight must match the architecture in config.json, none silently left random.
             policy = get_policy_class(config.type).from_pretrained(path, config=config, strict=True)
@@ -79,7 +88,7 @@ class PolicyRuntime(CheckpointInfo):
                 f"{path / 'model.safetensors'} cannot be loaded into the {config.type} model config.json describes: "
                 f"{one_line(exc)}; use a checkpoint written by `train` (weights and config.json of one run)"
             ) from None
-        preprocessor, postprocessor = load_processors(path, config, device)
+        preprocessor, postprocessor = load_processors(path, config, device, tokenizer_dir)
         runtime = cls(policy, preprocessor, postprocessor, feature_specs)
         runtime.reset()
         return runtime
@@ -92,9 +101,19 @@ class PolicyRuntime(CheckpointInfo):
         if self.config.type == SMOLVLA and is_backbone_folder(backbone) and \
                 backbone.resolve() != (directory / BACKBONE_DIR).resolve():
             shutil.copytree(backbone, directory / BACKBONE_DIR, dirs_exist_ok=True)
+        tokenizer = self.tokenizer_folder
+        if self.config.type == PI0 and tokenizer is not None and is_tokenizer_folder(tokenizer) and \
+                tokenizer.resolve() != (directory / TOKENIZER_DIR).resolve():
+            shutil.copytree(tokenizer, directory / TOKENIZER_DIR, dirs_exist_ok=True)
         self.preprocessor.save_pretrained(directory)
         self.postprocessor.save_pretrained(directory)
         write_feature_specs(directory, self.feature_specs)
+
+    @property
+    def tokenizer_folder(self) -> Path | None:
+        """The folder the preprocessor's tokenizer was loaded from (None: no tokenizer step)."""
+        names = [s.tokenizer_name for s in self.preprocessor.steps if isinstance(s, TokenizerProcessorStep)]
+        return Path(names[0]) if names and names[0] else None
 
     @property
     def config(self) -> PreTrainedConfig:  # the policy's own, not a separate copy

@@ -12,6 +12,9 @@ The folder travels inside every checkpoint (`BACKBONE_DIR` beside `config.json`)
 `vlm_model_name` and the tokenizer step at that copy (`koch_runtime.torch_runtime`): a checkpoint never
 names a Hub model to fetch. Fine-tuning real `smolvla_base` weights uses a local copy of SmolVLM2's
 config and tokenizer files the same way (docs/train.md).
+
+pi0 takes its sizes from LeRobot (PaliGemma's, fixed) and only its tokenizer from a folder: the same
+word-level tokenizer, written alone (`build_tokenizer`) and carried in `TOKENIZER_DIR`.
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from koch_common.config import ConfigError
 
-BACKBONE_DIR = "vlm_backbone"  # in a checkpoint's pretrained_model folder
-# The policy types whose backbone comes from a `vlm_model_name` folder.
+BACKBONE_DIR = "vlm_backbone"  # SmolVLA: in a checkpoint's pretrained_model folder
+TOKENIZER_DIR = "tokenizer"  # pi0: likewise
+# The policy type whose backbone comes from a `vlm_model_name` folder.
 SMOLVLA = "smolvla"
+# The policy type LeRobot sizes itself, with only the tokenizer ours.
+PI0 = "pi0"
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<|im_start|>", "<end_of_utterance>"
 IMAGE_TOKENS = {"fake_image_token": "<fake_token_around_image>", "global_image_token": "<global-img>",
                 "image_token": "<image>", "end_of_utterance_token": EOS}
@@ -96,14 +102,11 @@ def words_of(texts: Iterable[str]) -> list[str]:
     return sorted(words)
 
 
-def build_backbone(folder: Path, texts: Iterable[str], spec: SmolVLMBackbone) -> Path:
-    """Write the backbone folder for `texts` (the dataset's task texts) into `folder`; returns it.
-
-    The same texts and spec give the same files, so a resumed run rebuilds it identically.
-    """
+def word_tokenizer(texts: Iterable[str]) -> Any:
+    """A word-level fast tokenizer over the words of `texts` (and the base words), with the special tokens
+    SmolVLA reads. Deterministic: the same texts give the same ids."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor
-    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words_of(texts)])}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
@@ -111,29 +114,58 @@ def build_backbone(folder: Path, texts: Iterable[str], spec: SmolVLMBackbone) ->
     # Words and punctuation apart, as words_of splits them.
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                        pre_tokenizers.Punctuation()])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=UNK, pad_token=PAD, bos_token=BOS,
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=UNK, pad_token=PAD, bos_token=BOS,
                                    eos_token=EOS, extra_special_tokens=IMAGE_TOKENS)
+
+
+def build_backbone(folder: Path, texts: Iterable[str], spec: SmolVLMBackbone) -> Path:
+    """Write the backbone folder for `texts` (the dataset's task texts) into `folder`; returns it.
+
+    The same texts and spec give the same files, so a resumed run rebuilds it identically.
+    """
+    from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+
+    fast = word_tokenizer(texts)
+    vocab = fast.get_vocab()
     edge = {"longest_edge": spec.image_size}
     processor = SmolVLMProcessor(
         image_processor=SmolVLMImageProcessor(do_image_splitting=False, max_image_size=edge, size=edge),
         tokenizer=fast, video_processor=SmolVLMVideoProcessor(), image_seq_len=spec.image_tokens)
+
+    def write(staging: Path) -> None:
+        processor.save_pretrained(staging)
+        SmolVLMConfig(
+            image_token_id=vocab[IMAGE_TOKENS["image_token"]], scale_factor=spec.scale_factor,
+            pad_token_id=vocab[PAD], vocab_size=len(vocab),
+            text_config={"model_type": "llama", "hidden_size": spec.text_hidden, "vocab_size": len(vocab),
+                         "intermediate_size": spec.text_intermediate, "num_hidden_layers": spec.text_layers,
+                         "num_attention_heads": spec.text_heads, "num_key_value_heads": spec.text_kv_heads,
+                         "head_dim": spec.text_hidden // spec.text_heads, "max_position_embeddings": 1024,
+                         "pad_token_id": vocab[PAD]},
+            vision_config={"hidden_size": spec.vision_hidden, "intermediate_size": spec.vision_intermediate,
+                           "num_hidden_layers": spec.vision_layers, "num_attention_heads": spec.vision_heads,
+                           "image_size": spec.image_size, "patch_size": spec.patch_size},
+        ).save_pretrained(staging)
+        (staging / "koch_backbone.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
+
+    return _write_folder(folder, write)
+
+
+def build_tokenizer(folder: Path, texts: Iterable[str]) -> Path:
+    """Write the word-level tokenizer for `texts` into `folder` (pi0 from scratch: its model sizes are
+    LeRobot's, only the tokenizer is ours); returns it."""
+    fast = word_tokenizer(texts)
+    return _write_folder(folder, fast.save_pretrained)
+
+
+def _write_folder(folder: Path, write: Callable[[Path], Any]) -> Path:
+    """`write` into a staging folder, then move it to `folder` unless `folder` already holds the same files."""
     staging = folder.with_name(f".{folder.name}.staging-{os.getpid()}")  # one per process (multi-GPU ranks)
     shutil.rmtree(staging, ignore_errors=True)
-    processor.save_pretrained(staging)
-    SmolVLMConfig(
-        image_token_id=vocab[IMAGE_TOKENS["image_token"]], scale_factor=spec.scale_factor,
-        pad_token_id=vocab[PAD], vocab_size=len(vocab),
-        text_config={"model_type": "llama", "hidden_size": spec.text_hidden, "vocab_size": len(vocab),
-                     "intermediate_size": spec.text_intermediate, "num_hidden_layers": spec.text_layers,
-                     "num_attention_heads": spec.text_heads, "num_key_value_heads": spec.text_kv_heads,
-                     "head_dim": spec.text_hidden // spec.text_heads, "max_position_embeddings": 1024,
-                     "pad_token_id": vocab[PAD]},
-        vision_config={"hidden_size": spec.vision_hidden, "intermediate_size": spec.vision_intermediate,
-                       "num_hidden_layers": spec.vision_layers, "num_attention_heads": spec.vision_heads,
-                       "image_size": spec.image_size, "patch_size": spec.patch_size},
-    ).save_pretrained(staging)
-    (staging / "koch_backbone.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
-    if is_backbone_folder(folder) and _same_files(folder, staging):
+    staging.mkdir(parents=True)
+    write(staging)
+    if folder.is_dir() and _same_files(folder, staging):
         shutil.rmtree(staging)  # a resumed run, or another rank, wrote it already
     else:
         shutil.rmtree(folder, ignore_errors=True)
@@ -155,4 +187,8 @@ def smolvla_overrides(backbone: Path, spec: SmolVLMBackbone) -> dict[str, Any]:
 
 
 def is_backbone_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "tokenizer_config.json").is_file()
+    return (path / "config.json").is_file() and is_tokenizer_folder(path)
+
+
+def is_tokenizer_folder(path: Path) -> bool:
+    return (path / "tokenizer_config.json").is_file()
