@@ -44,6 +44,9 @@ FAMILIES = {
     "rgbd_diffusion": ("train/rgbd_diffusion_pick_taller.yaml",
                        [*TINY_DIFFUSION, "policy.overrides.d_model=16", "policy.overrides.n_heads=2",
                         "policy.overrides.n_denoiser_layers=1"]),
+    # The instruction comes from the simulator's task topic, as the deploy graph remaps it.
+    "smolvla": ("train/smolvla_pick_color.yaml", ["policy.overrides.chunk_size=8", "policy.overrides.n_action_steps=8",
+                                                  "policy.overrides.num_steps=2"]),
 }
 
 

@@ -447,7 +447,8 @@ def test_a_vla_is_not_enabled_without_an_instruction_and_takes_one_live(smolvla_
     from koch_bringup.ros_session import publish_until
 
     with ros_session() as ros:
-        node, world, chunks = _start(ros, smolvla_checkpoint)
+        node, world, chunks = _start(ros, smolvla_checkpoint, flow_steps=1)  # the checkpoint's: 2
+        assert node.runtime.flow_steps == 1
         client = ros.nodes[-1]
         refused = ros.call(client, SetBool, "/policy/policy/enable", SetBool.Request(data=True))
         assert not refused.success and "task" in refused.message and not node.enabled

@@ -125,3 +125,38 @@ def test_diffusion_onnx_encoder_and_denoiser_match_pytorch(rgbd_dataset: Synthet
         expected = pytorch.predict_chunk(observation)
         torch.manual_seed(7)
         np.testing.assert_allclose(onnx.predict_chunk(observation), expected, atol=ATOL * 10, rtol=RTOL)
+
+
+def test_smolvla_onnx_prefix_and_flow_step_match_pytorch(rgbd_dataset: SyntheticDataset, tmp_path: Path) -> None:
+    """SmolVLA's export: the prefix cache and flow-matching step graphs with the Euler loop in host code give
+    PyTorch's chunk for instructions of any length, at the deploy's choice of integration steps."""
+    from test_policies import RGB, TINY_SMOLVLA
+
+    from koch_runtime.build import build_policy
+    from koch_runtime.vlm_backbone import BACKBONE_DIR, SmolVLMBackbone, build_backbone, smolvla_overrides
+    from kuavo_train.config import DatasetConfig
+    from kuavo_train.data import load_metadata
+
+    torch.manual_seed(0)
+    meta = load_metadata(DatasetConfig(repo_id=rgbd_dataset.repo_id, root=str(rgbd_dataset.root)))
+    spec = SmolVLMBackbone()
+    backbone = build_backbone(tmp_path / BACKBONE_DIR, [str(t) for t in meta.tasks.index], spec)
+    built = build_policy("smolvla", {**smolvla_overrides(backbone, spec), **TINY_SMOLVLA}, meta.features,
+                         meta.stats, RGB)
+    built.save(tmp_path / "checkpoint" / "pretrained_model")
+    manifest = json.loads((export(tmp_path / "checkpoint") / "manifest.json").read_text())
+    assert manifest["kind"] == "flow_matching" and set(manifest["graphs"]) == {"prefix", "denoise"}
+
+    pytorch, onnx = PolicyRuntime.load(tmp_path / "checkpoint"), load_runtime(tmp_path / "checkpoint")
+    assert isinstance(onnx, OnnxRuntime) and onnx.needs_task and not onnx.supports_guidance
+    observation = {"observation.state": np.linspace(-1, 1, 6).astype(np.float32),
+                   "observation.images.head": np.random.default_rng(1).integers(0, 255, (48, 64, 3), np.uint8)}
+    with pytest.raises(PolicyInputError, match="task instruction"):
+        onnx.predict_chunk(observation)
+    for task, steps in (("reach the red target", 3), ("move the arm slowly to the left", 1)):
+        pytorch.task = onnx.task = task
+        pytorch.flow_steps = onnx.flow_steps = steps
+        torch.manual_seed(7)  # the same starting noise
+        expected = pytorch.predict_chunk(observation)
+        torch.manual_seed(7)
+        np.testing.assert_allclose(onnx.predict_chunk(observation), expected, atol=ATOL * 10, rtol=RTOL)

@@ -80,6 +80,9 @@ def test_a_few_steps_lower_the_loss_and_the_checkpoint_reloads(
     torch.manual_seed(5)
     chunk = loaded.predict_chunk(observation)
     assert chunk.shape == (overrides["n_action_steps"], 6) and np.all(np.isfinite(chunk))
+    assert loaded.flow_steps is None
+    with pytest.raises(ValueError, match="flow-matching"):
+        loaded.flow_steps = 2
 
 
 def test_converter_depth_reaches_the_depth_encoder_as_a_map_in_metres(rgbd_dataset: SyntheticDataset) -> None:
@@ -189,6 +192,12 @@ def test_smolvla_trains_on_a_backbone_built_here_and_its_checkpoint_carries_it(
     guided_error = np.abs(guided[:delay] - plan[:delay]).mean()
     assert guided_error < 0.5 * unguided_error, (guided_error, unguided_error)  # 3 denoising steps here
 
+    # The integration steps are the deploy's choice (the node's flow_steps): the same model, integrated coarser.
+    assert loaded.flow_steps == TINY_SMOLVLA["num_steps"]
+    loaded.flow_steps = 1
+    torch.manual_seed(5)
+    assert np.abs(loaded.predict_chunk(observation) - chunk).max() > 1e-5
+
 
 # pi0 at the smallest size LeRobot 0.4.4 builds (PaliGemma fixes the rest): ~1.3B parameters, 5 GB in float32.
 # The VLM is frozen (train_expert_only) so that the optimiser state fits beside it on a CI machine.
@@ -235,7 +244,8 @@ def test_pi0_at_its_smallest_trains_reloads_and_acts_within_the_safety_limits(
 ) -> None:
     """pi0 on the installed (stock) transformers through lerobot_compat's adaptation: its training and
     inference passes agree, a few steps lower its loss on a fixed batch, and the checkpoint reloads through
-    the node's runtime with the tokenizer it carries and gives a chunk the safety layer keeps in limits."""
+    the node's runtime with the tokenizer it carries, gives a chunk the safety layer keeps in limits, and
+    follows a plan under Real-Time Chunking's guidance."""
     import gc
     import shutil
 
@@ -271,9 +281,16 @@ def test_pi0_at_its_smallest_trains_reloads_and_acts_within_the_safety_limits(
     assert loaded.needs_task and loaded.tokenizer_folder == tmp_path / "checkpoint" / "pretrained_model" / \
         TOKENIZER_DIR
     loaded.task = tasks[0]
-    chunk = loaded.predict_chunk({"observation.state": np.zeros(6, np.float32),
-                                  "observation.images.head": np.full((48, 64, 3), 128, np.uint8)})
+    observation = {"observation.state": np.zeros(6, np.float32),
+                   "observation.images.head": np.full((48, 64, 3), 128, np.uint8)}
+    torch.manual_seed(5)
+    chunk = loaded.predict_chunk(observation)
     assert chunk.shape == (chunk_size, 6) and np.all(np.isfinite(chunk))
+    # Real-Time Chunking: guided towards a plan, the first actions follow it (as SmolVLA's, above).
+    plan, delay = chunk + 0.3, 4
+    torch.manual_seed(5)
+    guided = loaded.predict_guided(observation, plan, delay)
+    assert np.abs(guided[:delay] - plan[:delay]).mean() < 0.5 * np.abs(chunk[:delay] - plan[:delay]).mean()
     koch = load_koch()
     limits = SafetyLimits.for_arm(koch.follower, koch.safety)
     safe = limits.filter_chunk(chunk, measured=(limits.lower + limits.upper) / 2, dt=1 / 30)

@@ -6,7 +6,12 @@ crop), the checkpoint's LeRobot normaliser, the model and the unnormaliser, trac
 into one graph, so the robot runs no Python between the observation and the actions.
 Diffusion / rgbd_diffusion -> an observation encoder graph (normalised n_obs_steps history ->
 conditioning) and a single denoiser step graph; the scheduler loop and the processors stay in host
-code (koch_runtime.onnx_runtime), where 10-100 denoiser runs dwarf them. After writing, every graph is
+code (koch_runtime.onnx_runtime), where 10-100 denoiser runs dwarf them.
+SmolVLA -> a prefix graph (normalised images and state, the instruction's tokens -> the vision-language
+model's key/value cache of the prefix) and one flow-matching step graph (noisy actions, time, that cache
+-> velocity); the Euler integration, the tokenizer and the processors stay in host code, as for
+diffusion. Real-Time Chunking's guidance differentiates through the step, which a graph does not:
+guided SmolVLA runs with PyTorch (runtime:=pytorch). After writing, every graph is
 run with onnxruntime on a real-shaped input and compared with PyTorch: the export fails unless
 |onnx - torch| <= ATOL + RTOL * |torch| everywhere (float32; see the constants).
 """
@@ -14,10 +19,12 @@ run with onnxruntime on a real-shaped input and compared with PyTorch: the expor
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.policies.smolvla.modeling_smolvla import make_att_2d_masks
 from lerobot.utils.constants import OBS_IMAGES
 from torch import nn
 from torch.onnx import register_custom_op_symbolic, symbolic_helper
@@ -32,7 +40,18 @@ from torch.onnx import register_custom_op_symbolic, symbolic_helper
 from koch_runtime.checkpoint import resolve_pretrained_dir
 from koch_runtime.lerobot_compat import global_conditioning
 from koch_runtime.observation import IMAGE_PREFIX, arrays_to_batch, is_depth_spec, with_stacked_cameras
-from koch_runtime.onnx_runtime import BATCH_AXIS, ONNX_DIR, ONNX_FORMAT, ONNX_MANIFEST, providers_for
+from koch_runtime.onnx_runtime import (
+    BATCH_AXIS,
+    KV_PREFIX,
+    ONNX_DIR,
+    ONNX_FORMAT,
+    ONNX_MANIFEST,
+    PREFIX_PAD,
+    TOKEN_MASK_KEY,
+    TOKENS_KEY,
+    pad_tokens,
+    providers_for,
+)
 from koch_runtime.torch_runtime import PolicyRuntime
 from kuavo_train.errors import WRITE_FAILURES, OutputError, check_writable, is_write_failure, reason
 
@@ -90,6 +109,18 @@ def _register_antialiased_resize() -> None:
     register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", resize, OPSET)
 
 
+def _register_boolean_cumsum() -> None:
+    """Export torch.cumsum of a bool tensor (SmolVLA's position ids from its padding masks): torch sums
+    booleans as int64, ONNX CumSum takes numbers only, and torch.onnx casts nothing."""
+    @symbolic_helper.parse_args("v", "i", "none")
+    def cumsum(g: Any, values: Any, dim: int, dtype: Any) -> Any:
+        if values.type().scalarType() == "Bool":
+            values = g.op("Cast", values, to_i=7)  # TensorProto.INT64
+        return g.op("CumSum", values, g.op("Constant", value_t=torch.tensor(dim, dtype=torch.long)))
+
+    register_custom_op_symbolic("aten::cumsum", cumsum, OPSET)
+
+
 def _check(name: str, onnx_out: np.ndarray, torch_out: np.ndarray) -> float:
     error = float(np.max(np.abs(onnx_out - torch_out)))
     if not np.allclose(onnx_out, torch_out, atol=ATOL, rtol=RTOL):
@@ -98,26 +129,41 @@ def _check(name: str, onnx_out: np.ndarray, torch_out: np.ndarray) -> float:
     return error
 
 
-def _write_graph(path: Path, module: Any, args: tuple[Any, ...], input_names: list[str]) -> float:
-    """Export `module` to `path`, run it with onnxruntime on `args` and return the max |onnx - torch|
-    (RuntimeError beyond the tolerance)."""
+def _outputs(module: Any, args: tuple[Any, ...]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = module(*args)
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def _write_graph(path: Path, module: Any, args: tuple[Any, ...], input_names: list[str],
+                 output_names: Sequence[str] = ("output",), axes: dict[str, dict[int, str]] | None = None,
+                 other_args: Sequence[tuple[Any, ...]] = (),
+                 tracing: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> float:
+    """Export `module` to `path`, run it with onnxruntime on `args` (and on each of `other_args`, inputs of
+    other sizes along the free `axes`) and return the max |onnx - torch| (RuntimeError beyond the tolerance).
+    `axes`: free dimensions per input / output name besides the leading batch axis. `tracing`: a context
+    the export alone runs in (an exportable stand-in for some code); the check runs the module as it is."""
     # A fresh wrapper is in training mode and torch.onnx.export restores that mode on every child
     # afterwards: keep the whole policy in eval mode, or dropout would perturb the reference outputs.
     module.eval()
-    with torch.no_grad():
-        expected = module(*args).numpy()
-        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=["output"],
-                          opset_version=OPSET, dynamo=False,
-                          dynamic_axes={n: {0: BATCH_AXIS} for n in [*input_names, "output"]})
+    dynamic = {n: {0: BATCH_AXIS, **(axes or {}).get(n, {})} for n in [*input_names, *output_names]}
+    with torch.no_grad(), tracing():
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=list(output_names),
+                          opset_version=OPSET, dynamo=False, dynamic_axes=dynamic)
     module.eval()
     session = ort.InferenceSession(str(path), providers=providers_for("cpu"))
-    got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args, strict=True)})[0]
-    return _check(path.stem, got, expected)
+    error = 0.0
+    for inputs in (args, *other_args):
+        got = session.run(None, {n: a.numpy() for n, a in zip(input_names, inputs, strict=True)})
+        for name, out, expected in zip(output_names, got, _outputs(module, inputs), strict=True):
+            error = max(error, _check(f"{path.stem} {name}", out.astype(np.float64), expected.astype(np.float64)))
+    return error
 
 
 def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
     """Write the ONNX graphs + manifest for `checkpoint`; returns the export folder."""
     _register_antialiased_resize()
+    _register_boolean_cumsum()
     pretrained = resolve_pretrained_dir(checkpoint)
     runtime = PolicyRuntime.load(pretrained, "cpu")  # checked: a refused checkpoint is never exported
     out_dir = Path(output) if output else pretrained / ONNX_DIR
@@ -127,8 +173,12 @@ def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
     graphs: dict[str, str] = {}
     errors: dict[str, float] = {}
 
-    def write(name: str, module: nn.Module, args: tuple[Any, ...], input_names: list[str]) -> None:
-        errors[name] = _write_graph(out_dir / f"{name}.onnx", module, args, input_names)
+    def write(name: str, module: nn.Module, args: tuple[Any, ...], input_names: list[str],
+              output_names: Sequence[str] = ("output",), axes: dict[str, dict[int, str]] | None = None,
+              other_args: Sequence[tuple[Any, ...]] = (),
+              tracing: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> None:
+        errors[name] = _write_graph(out_dir / f"{name}.onnx", module, args, input_names, output_names, axes,
+                                    other_args, tracing)
         graphs[name] = f"{name}.onnx"
 
     if hasattr(policy, "diffusion"):
@@ -142,12 +192,15 @@ def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
         sample = torch.randn(1, policy.config.horizon, action_dim, generator=torch.Generator().manual_seed(1))
         timestep = torch.tensor([policy.config.num_train_timesteps // 2], dtype=torch.long)
         write("denoiser", DenoiserStep(policy), (sample, timestep, cond), ["sample", "timestep", "global_cond"])
+    elif policy.config.type == "smolvla":
+        kind = "flow_matching"
+        _write_smolvla(runtime, write)
     elif policy.config.type == "act":
         kind = "act"
         inputs = _sample_observation(runtime)
         write("policy", ActOnObservation(runtime, keys), tuple(inputs[k] for k in keys), keys)
     else:
-        raise ValueError(f"ONNX export supports act, diffusion and rgbd_diffusion, not {policy.config.type!r}")
+        raise ValueError(f"ONNX export supports {', '.join(EXPORTABLE_TYPES)}, not {policy.config.type!r}")
     manifest = {
         "format": ONNX_FORMAT, "kind": kind, "type": policy.config.type, "graphs": graphs, "inputs": keys,
         "opset": OPSET,
@@ -159,7 +212,7 @@ def export(checkpoint: Path | str, output: Path | str | None = None) -> Path:
 
 
 # The policy types `export` writes graphs for.
-EXPORTABLE_TYPES = ("act", "diffusion", "rgbd_diffusion")
+EXPORTABLE_TYPES = ("act", "diffusion", "rgbd_diffusion", "smolvla")
 
 
 def export_after_training(checkpoint: Path, policy_type: str) -> Path | None:
@@ -258,6 +311,113 @@ class DenoiserStep(nn.Module):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
         output: torch.Tensor = self.unet(sample, timestep, global_cond=global_cond)
         return output
+
+
+def _write_smolvla(runtime: PolicyRuntime, write: Any) -> None:
+    """SmolVLA's prefix and flow-matching step graphs (the instruction padded to tokenizer_max_length tokens),
+    checked on two instructions of different lengths."""
+    policy = runtime.policy
+    if policy.config.adapt_to_pi_aloha:
+        raise ValueError("ONNX export of SmolVLA with adapt_to_pi_aloha is not supported: run it with PyTorch")
+    image_keys = list(policy.config.image_features)
+    inputs = [OBS_STATE_KEY, TOKENS_KEY, TOKEN_MASK_KEY, *image_keys]
+    samples = [_sample_prefix_inputs(runtime, task) for task in ("pick up the cube", "move the arm to the left")]
+    prefix = SmolVLAPrefix(policy, image_keys).eval()
+    with torch.no_grad():
+        cache = [prefix(*sample) for sample in samples]
+    kv_names = [f"{KV_PREFIX}{i}" for i in range(len(cache[0]) - 1)]
+    write("prefix", prefix, samples[0], inputs, [PREFIX_PAD, *kv_names], None, samples[1:],
+          functools.partial(full_image_position_ids, policy))
+    generator = torch.Generator().manual_seed(1)
+    x_t = torch.randn(1, policy.config.chunk_size, policy.config.max_action_dim, generator=generator)
+    step = SmolVLAStep(policy, prefix.kv_layers).eval()
+    write("denoise", step, (x_t, torch.tensor([0.7]), *cache[0]), ["x_t", "time", PREFIX_PAD, *kv_names],
+          ["v_t"], None, [(x_t, torch.tensor([0.3]), *cache[1])])
+
+
+OBS_STATE_KEY = "observation.state"
+
+
+def _sample_prefix_inputs(runtime: PolicyRuntime, task: str) -> tuple[torch.Tensor, ...]:
+    """The prefix graph's inputs for a random observation and `task`, through the checkpoint's processors."""
+    observation = {k: v[0].numpy() for k, v in _sample_observation(runtime).items()}
+    batch: dict[str, Any] = runtime.check_observation.batch(observation)
+    batch["task"] = task
+    with torch.no_grad():
+        processed = pad_tokens(runtime.preprocessor(batch), int(runtime.config.tokenizer_max_length))
+    image_keys = list(runtime.policy.config.image_features)
+    return tuple(processed[k] for k in (OBS_STATE_KEY, TOKENS_KEY, TOKEN_MASK_KEY, *image_keys))
+
+
+@contextlib.contextmanager
+def full_image_position_ids(policy: PreTrainedPolicy) -> Iterator[None]:
+    """SmolVLM's vision embeddings with the position ids of a whole image as a constant.
+
+    transformers computes them per image from its patch mask (bucketize + scatter), which torch.onnx
+    exports with a float index. SmolVLA always feeds whole images (resized with padding to the tower's
+    size), whose ids are one fixed list: read here from transformers' own code on a whole image (its
+    float bucketing repeats some ids, which the model was trained with). The export's check against
+    PyTorch (the original code) confirms it.
+    """
+    embeddings = policy.model.vlm_with_expert.get_vlm_model().vision_model.embeddings
+    side = int(embeddings.num_patches_per_side)
+    seen: list[torch.Tensor] = []
+    hook = embeddings.position_embedding.register_forward_pre_hook(lambda _, args: seen.append(args[0][:1].clone()))
+    with torch.no_grad():
+        embeddings(torch.zeros(1, 3, side * embeddings.patch_size, side * embeddings.patch_size),
+                   torch.ones(1, side, side, dtype=torch.bool))
+    hook.remove()
+    positions = seen[0]
+
+    def whole_image(pixel_values: torch.Tensor, patch_attention_mask: Any = None) -> torch.Tensor:
+        patches = embeddings.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        return patches + embeddings.position_embedding(positions)
+
+    embeddings.forward = whole_image
+    try:
+        yield
+    finally:
+        del embeddings.forward  # the class's again
+
+
+class SmolVLAPrefix(nn.Module):
+    """(normalised state, instruction tokens and mask, normalised images) -> (prefix padding mask, the key and
+    value of every layer's cache), as SmolVLA's sample_actions computes them before its denoising loop."""
+
+    def __init__(self, policy: PreTrainedPolicy, image_keys: list[str]) -> None:
+        super().__init__()
+        self.policy = policy
+        self.image_keys = list(image_keys)
+        self.kv_layers: list[int] = []
+
+    def forward(self, state: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
+                *images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        batch = {OBS_STATE_KEY: state, **dict(zip(self.image_keys, images, strict=True))}
+        pixels, pixel_masks = self.policy.prepare_images(batch)
+        model = self.policy.model
+        embeddings, pad, att = model.embed_prefix(pixels, pixel_masks, tokens, token_mask,
+                                                  state=self.policy.prepare_state(batch))
+        _, cache = model.vlm_with_expert.forward(
+            attention_mask=make_att_2d_masks(pad, att), position_ids=torch.cumsum(pad, dim=1) - 1,
+            past_key_values=None, inputs_embeds=[embeddings, None], use_cache=True, fill_kv_cache=True)
+        self.kv_layers = sorted(cache)
+        return (pad, *[cache[i][name] for i in self.kv_layers for name in ("key_states", "value_states")])
+
+
+class SmolVLAStep(nn.Module):
+    """One flow-matching step: (noisy actions, time, the prefix's mask and cache) -> velocity (SmolVLA's
+    denoise_step)."""
+
+    def __init__(self, policy: PreTrainedPolicy, kv_layers: list[int]) -> None:
+        super().__init__()
+        self.model = policy.model
+        self.kv_layers = list(kv_layers)
+
+    def forward(self, x_t: torch.Tensor, time: torch.Tensor, pad: torch.Tensor, *kv: torch.Tensor) -> torch.Tensor:
+        cache = {layer: {"key_states": kv[2 * j], "value_states": kv[2 * j + 1]}
+                 for j, layer in enumerate(self.kv_layers)}
+        velocity: torch.Tensor = self.model.denoise_step(pad, cache, x_t, time)
+        return velocity
 
 
 def main(argv: Sequence[str] | None = None) -> int:

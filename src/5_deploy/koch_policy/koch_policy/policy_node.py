@@ -102,10 +102,19 @@ class PolicyNode(Node):
         self.mapping: Mapping = load_mapping(settings.mapping)
         # A LeRobot checkpoint or its ONNX export (kuavo_export), with the same processors as training.
         self.runtime = load_runtime(settings.checkpoint, settings.device, threads, kind=settings.runtime)
+        if settings.flow_steps:
+            try:
+                self.runtime.flow_steps = settings.flow_steps
+            except ValueError as exc:
+                raise ConfigError(f"flow_steps: {exc}") from None
+        flow = "" if self.runtime.flow_steps is None else f", {self.runtime.flow_steps} flow steps"
         self.runtime_name = RUNTIME_NAMES.get(type(self.runtime).__name__, type(self.runtime).__name__)
         self.runtime_path = str(getattr(self.runtime, "onnx_dir", settings.checkpoint))
         self.get_logger().info(f"runtime: {self.runtime_name} ({self.runtime_path}; runtime:={settings.runtime}), "
-                               f"{self.runtime.policy_type} on {settings.device}; {placement}")
+                               f"{self.runtime.policy_type}{flow} on {settings.device}; {placement}")
+        if self.runtime.flow_steps is not None and not self.runtime.supports_guidance:
+            self.get_logger().info("chunk_policy rtc freezes and blends only here: its guided denoising differentiates "
+                                   "through the model, which needs runtime:=pytorch")
         self.fps = float(self.mapping.fps) if settings.rate_hz is None else settings.rate_hz
         n_steps = self.runtime.n_action_steps if settings.n_action_steps is None else settings.n_action_steps
         # The streams this checkpoint reads (a mapping may hold more, e.g. a depth camera an RGB policy ignores).

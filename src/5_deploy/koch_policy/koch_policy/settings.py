@@ -46,9 +46,12 @@ class PolicySettings(RealtimeSettings):
         DEFAULT_MAPPING, "feature mapping YAML (a path, or under config/): which topic feeds which policy input, "
         "the same one the converter built the training data with")
     task: str = setting(
-        "", "the instruction a language-conditioned policy (SmolVLA) acts on, e.g. 'pick up the red cube'; also "
+        "", "the instruction a language-conditioned policy (SmolVLA, pi0) acts on, e.g. 'pick up the red cube'; also "
         "set by a std_msgs/String on ~/task (may change at run time); such a policy is not enabled without one",
         read_only=False)
+    flow_steps: int = setting(
+        0, "flow-matching VLAs (SmolVLA, pi0): integration steps per inference, fewer for faster inference with "
+        "coarser actions; 0: the checkpoint's (num_steps / num_inference_steps)", minimum=0)
     enabled: bool = setting(
         False, "start with the policy commanding the arm; at run time use the ~/enable service (std_srvs/SetBool)")
     dry_run: bool = setting(

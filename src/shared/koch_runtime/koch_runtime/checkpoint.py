@@ -20,12 +20,14 @@ from lerobot.configs.policies import PreTrainedConfig
 # LeRobot's checkpoint layout: <output_dir>/checkpoints/<step>/pretrained_model/{config.json,
 # model.safetensors, policy_preprocessor.json, policy_postprocessor.json, *.safetensors}.
 from koch_common.checkpoint_layout import PRETRAINED_MODEL_DIR  # noqa: F401 (re-exported)
-from koch_runtime.observation import ACTION_KEY, ObservationChecker
+from koch_runtime.observation import ACTION_KEY, ObservationChecker, PolicyInputError
 
 # Policy types conditioned on a task text (their preprocessor tokenises it).
 LANGUAGE_POLICY_TYPES = ("smolvla", "pi0", "pi05")
 # Flow-matching policies: RTC's guided denoising applies (lerobot.policies.rtc).
 FLOW_MATCHING_POLICY_TYPES = ("smolvla", "pi0", "pi05")
+# Their config field holding the denoising (integration) steps per inference.
+FLOW_STEPS_FIELDS = {"smolvla": "num_steps", "pi0": "num_inference_steps", "pi05": "num_inference_steps"}
 
 # Our addition to that layout: the dataset's feature specs (dtype, shape, joint names) for the
 # policy's inputs and action, so the robot knows which joint each action column drives.
@@ -94,9 +96,36 @@ class CheckpointInfo:
                                   "towards a prefix; only flow-matching policies run with PyTorch do")
 
     @property
+    def flow_steps(self) -> int | None:
+        """A flow-matching policy's integration steps per inference; None for other families."""
+        field = FLOW_STEPS_FIELDS.get(self.policy_type)
+        return None if field is None else int(getattr(self.config, field))
+
+    @flow_steps.setter
+    def flow_steps(self, steps: int) -> None:
+        """Fewer steps infer faster with coarser actions; the model is the same (flow matching integrates a
+        learnt velocity field, whose step count is free at inference)."""
+        field = FLOW_STEPS_FIELDS.get(self.policy_type)
+        if field is None:
+            raise ValueError(f"flow_steps applies to flow-matching policies ({', '.join(FLOW_STEPS_FIELDS)}); "
+                             f"this checkpoint is {self.policy_type}: leave it 0")
+        if steps < 1:
+            raise ValueError(f"flow_steps must be >= 1, got {steps}")
+        setattr(self.config, field, int(steps))
+
+    @property
     def needs_task(self) -> bool:
         """Whether the policy reads a task instruction (the VLAs): it never runs without one."""
         return self.policy_type in LANGUAGE_POLICY_TYPES
+
+    def with_task(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """`batch` with the instruction a language policy reads (PolicyInputError when none is set)."""
+        if self.needs_task:
+            if not self.task:
+                raise PolicyInputError(f"{self.policy_type} acts on a task instruction and none is set: give the "
+                                       "policy node's `task` parameter or publish one on its ~/task topic")
+            batch["task"] = self.task
+        return batch
 
     @property
     def input_features(self) -> dict[str, Any]:

@@ -8,6 +8,10 @@
 - diffusion types: `encoder.onnx` (normalised observation history -> conditioning) and `denoiser.onnx`
   (one denoising step); the scheduler loop (diffusers' DDPM/DDIM, as in training) and the checkpoint's
   own LeRobot processor pipelines run here in host code, exactly as PolicyRuntime runs them.
+- flow_matching (SmolVLA): `prefix.onnx` (normalised images and state, the instruction's tokens -> the
+  prefix's key/value cache) and `denoise.onnx` (one flow-matching step); the Euler integration over
+  `flow_steps` steps, the tokenizer and the processors run here. No Real-Time Chunking guidance: it
+  differentiates through the step (PolicyRuntime does it).
 """
 
 from __future__ import annotations
@@ -32,9 +36,25 @@ from koch_runtime.threads import ThreadLayout
 # Version of the export layout; 2: the ACT graph takes raw observation arrays and returns robot units.
 ONNX_FORMAT = 2
 # The graphs of each kind of export.
-EXPORT_GRAPHS = {"act": ("policy",), "diffusion": ("encoder", "denoiser")}
+EXPORT_GRAPHS = {"act": ("policy",), "diffusion": ("encoder", "denoiser"), "flow_matching": ("prefix", "denoise")}
 # Every graph's leading axis is exported as this free dimension (other consumers may batch).
 BATCH_AXIS = "batch"
+# Flow matching: the prefix graph's outputs (its padding mask, then each layer's key and value) are the step
+# graph's inputs.
+PREFIX_PAD, KV_PREFIX = "prefix_pad", "kv"
+TOKENS_KEY, TOKEN_MASK_KEY = "observation.language.tokens", "observation.language.attention_mask"
+
+
+def pad_tokens(processed: dict[str, Any], length: int) -> dict[str, Any]:
+    """The instruction's tokens and mask padded (masked out) to `length`: SmolVLA lays out its prefix
+    with a Python list per token count, so its graph is traced for one count; padding changes nothing
+    the model computes (padded positions are masked from attention and take no position)."""
+    tokens, mask = processed[TOKENS_KEY], processed[TOKEN_MASK_KEY]
+    missing = length - tokens.shape[1]
+    if missing > 0:
+        tokens = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], missing)], dim=1)
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], missing)], dim=1)
+    return {**processed, TOKENS_KEY: tokens, TOKEN_MASK_KEY: mask}
 
 
 def find_onnx_dir(path: Path) -> Path | None:
@@ -119,6 +139,9 @@ class OnnxRuntime(CheckpointInfo):
         self._history: dict[str, deque[np.ndarray]] = {}
         if self.kind == "diffusion":
             self.scheduler = lerobot_compat.make_noise_scheduler(self.config)
+        if self.kind == "flow_matching":
+            self.prefix_inputs = [i.name for i in self.sessions["prefix"].get_inputs()]
+            self.prefix_outputs = [o.name for o in self.sessions["prefix"].get_outputs()]
         self.reset()
 
     @classmethod
@@ -135,9 +158,12 @@ class OnnxRuntime(CheckpointInfo):
 
     def normalized_inputs(self, observation: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The preprocessed (normalised) observation, batch of one, as float32 numpy."""
-        batch = self.check_observation.batch(observation)
+        batch = self.with_task(self.check_observation.batch(observation))
         with torch.inference_mode():
             processed = self.preprocessor(batch)
+        if self.kind == "flow_matching":  # the tokenizer's output too, as the graph takes it
+            processed = pad_tokens(processed, int(self.config.tokenizer_max_length))
+            return {k: processed[k].numpy() for k in self.prefix_inputs}
         return {k: processed[k].numpy().astype(np.float32) for k in self.input_keys}
 
     def predict_chunk(self, observation: Mapping[str, np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:
@@ -149,11 +175,30 @@ class OnnxRuntime(CheckpointInfo):
             self.last_forward_s = time.perf_counter() - started
             return actions[0]
         inputs = self.normalized_inputs(observation)
-        normalized = self._diffusion(inputs, noise)  # sets last_forward_s (its session runs only)
+        # Both set last_forward_s (their session runs only).
+        normalized = self._flow(inputs, noise) if self.kind == "flow_matching" else self._diffusion(inputs, noise)
         with torch.inference_mode():
             out = self.postprocessor(torch.from_numpy(normalized))
         chunk: np.ndarray = out[0].numpy().astype(np.float32)
         return chunk
+
+    def _flow(self, inputs: dict[str, np.ndarray], noise: np.ndarray | None) -> np.ndarray:
+        """SmolVLA's sample_actions: the prefix cache once, then Euler steps from noise (t = 1) to actions
+        (t = 0) along the step graph's velocity; the padded action columns dropped."""
+        started = time.perf_counter()
+        prefix = dict(zip(self.prefix_outputs, self.sessions["prefix"].run(None, inputs), strict=True))
+        shape = (1, self.chunk_size, int(self.config.max_action_dim))
+        # As SmolVLA draws it (torch's generator), so a seed gives PolicyRuntime's noise.
+        x_t = torch.normal(0.0, 1.0, size=shape, dtype=torch.float32).numpy() if noise is None else noise
+        steps = int(self.flow_steps or 1)
+        dt = -1.0 / steps
+        for step in range(steps):
+            time_now = np.full((1,), 1.0 + step * dt, dtype=np.float32)
+            velocity = self.sessions["denoise"].run(None, {"x_t": x_t, "time": time_now, **prefix})[0]
+            x_t = x_t + dt * velocity
+        self.last_forward_s = time.perf_counter() - started
+        window: np.ndarray = x_t[:, :, :self.action_dim]
+        return window
 
     def _diffusion(self, inputs: dict[str, np.ndarray], noise: np.ndarray | None) -> np.ndarray:
         steps = int(self.config.n_obs_steps)

@@ -28,6 +28,14 @@ class ChunkPredictor(Protocol):
         """Whether the policy reads a task instruction (the VLAs): predict_chunk refuses without one."""
         ...
 
+    @property
+    def flow_steps(self) -> int | None:
+        """A flow-matching policy's integration steps per inference (settable); None for other families."""
+        ...
+
+    @flow_steps.setter
+    def flow_steps(self, steps: int) -> None: ...
+
     def predict_chunk(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         """Actions (chunk_size, action_dim) float32 in robot units for one observation
         (images uint8 HxWxC as recorded, everything else float32); PolicyInputError if it does not fit."""

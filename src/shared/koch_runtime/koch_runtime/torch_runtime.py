@@ -30,7 +30,7 @@ from koch_runtime.checkpoint import (
     write_feature_specs,
 )
 from koch_runtime.checkpoint_trust import CheckpointError, check_checkpoint_files, load_processors, one_line
-from koch_runtime.observation import ACTION_KEY, PolicyInputError
+from koch_runtime.observation import ACTION_KEY
 from koch_runtime.vlm_backbone import BACKBONE_DIR, PI0, SMOLVLA, TOKENIZER_DIR, is_backbone_folder, is_tokenizer_folder
 
 
@@ -152,12 +152,7 @@ class PolicyRuntime(CheckpointInfo):
                                            "inference_delay": int(inference_delay)})
 
     def _predict(self, observation: Mapping[str, np.ndarray], guidance: dict[str, Any] | None) -> np.ndarray:
-        batch: dict[str, Any] = self.check_observation.batch(observation)
-        if self.needs_task:
-            if not self.task:
-                raise PolicyInputError(f"{self.policy_type} acts on a task instruction and none is set: give the "
-                                       "policy node's `task` parameter or publish one on its ~/task topic")
-            batch["task"] = self.task
+        batch: dict[str, Any] = self.with_task(self.check_observation.batch(observation))
         # RTC's guidance differentiates through the denoiser: grad mode must be available (no_grad, whose
         # enable_grad inside works), where plain inference runs under inference_mode.
         with torch.no_grad() if guidance else torch.inference_mode():
