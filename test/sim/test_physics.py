@@ -263,12 +263,21 @@ def test_a_new_layout_restyles_the_scene_without_a_new_gl_context() -> None:
     from koch_sim.render import SceneRenderer
 
     width, height = 160, 120
-    reused = SceneRenderer(KOCH, SIM, "head", width, height)
+    for task in ("pick_place", "pick_color"):  # pick_color's cubes are named by their colours
+        _restyles_in_place(SceneRenderer(KOCH, SIM, "head", width, height), task)
+
+
+def _restyles_in_place(reused, task: str) -> None:
+    from koch_sim.render import SceneRenderer
+
+    width, height = reused.width, reused.height
     try:
-        reused.render_rgbd(np.array(KOCH.home), sample_layout("pick_place", 0, SIM).objects)
+        reused.render_rgbd(np.array(KOCH.home), sample_layout(task, 0, SIM).objects)
         context = reused._renderer
+        names = {tuple(o.name for o in sample_layout(task, seed, SIM).objects) for seed in range(4)}
+        assert task != "pick_color" or len(names) > 1, "the seeds must change the objects' names"
         for seed in (1, 2, 3):
-            objects = sample_layout("pick_place", seed, SIM).objects
+            objects = sample_layout(task, seed, SIM).objects
             fresh = SceneRenderer(KOCH, SIM, "head", width, height)
             try:
                 expected = fresh.render_rgbd(np.array(KOCH.home), objects)

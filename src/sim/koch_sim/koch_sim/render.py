@@ -13,6 +13,8 @@ first use, in the thread that renders (the camera node's capture thread).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import mujoco  # the GL backend: koch_sim/__init__.py sets MUJOCO_GL (egl) before this import
 import numpy as np
 
@@ -25,10 +27,17 @@ MOUNTS = (HEAD_CAMERA, WRIST_CAMERA)
 NO_RETURN_FRACTION = 0.99  # depth at or beyond this fraction of the far plane is "no return"
 
 
-def _structure(objects: tuple[SceneObject, ...]) -> tuple:
-    """What only a new model can change: which objects exist and what they are. Sizes, colours and
-    marker poses change in place (`_restyle`), so a new episode's layout costs no new GL context."""
-    return tuple((o.name, o.role) for o in objects)
+def _in_slots(objects: tuple[SceneObject, ...]) -> tuple[SceneObject, ...]:
+    """The objects renamed by their place in the layout (`block_0`, `marker_1`, ...). The renderer only
+    draws, so names carry nothing for it; pick_color names its cubes by colour, and keyed by those
+    names every new layout would be a new model."""
+    return tuple(replace(o, name=f"{o.role.value}_{i}") for i, o in enumerate(objects))
+
+
+def _structure(objects: tuple[SceneObject, ...]) -> tuple[ObjectRole, ...]:
+    """What only a new model can change: how many objects there are and what they are. Sizes, colours
+    and marker poses change in place (`_restyle`), so a new episode's layout costs no new GL context."""
+    return tuple(o.role for o in objects)
 
 
 class SceneRenderer:
@@ -75,6 +84,7 @@ class SceneRenderer:
 
     def pose(self, joints: np.ndarray, objects: tuple[SceneObject, ...]) -> None:
         """Put the model in this world state (built once per set of objects, restyled per layout)."""
+        objects = _in_slots(objects)
         if self.model is None or self._structure != _structure(objects):
             self._build(objects)
         self._restyle(objects)  # a few array writes: cheaper than telling whether the layout changed
